@@ -1,0 +1,192 @@
+"""The model bundle format: a folder with the int8 model, the float model and model.json.
+
+Reading and writing live here, so the trainer writes exactly what the device reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.preprocess import PreprocessSpec
+from edge.scoring import Calibration, ScoringSpec
+
+FORMAT_NAME = "lineguard-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "model.json"
+MODEL_NAME = "model.tflite"
+FLOAT_MODEL_NAME = "model_float.tflite"
+HASH_CHUNK_BYTES = 1 << 20
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Bundle:
+    """A loaded, verified bundle manifest. The model itself is opened by edge.runtime."""
+
+    path: Path
+    name: str
+    preprocess: PreprocessSpec
+    scoring: ScoringSpec
+    calibration: Calibration
+    model_sha256: str
+    quantization: str = "int8"
+    float_model_sha256: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_NAME
+
+    @property
+    def float_model_path(self) -> Path:
+        return self.path / FLOAT_MODEL_NAME
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, *self.preprocess.shape)
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "model": {"file": MODEL_NAME, "sha256": self.model_sha256, "quantization": self.quantization},
+            "float_model": {"file": FLOAT_MODEL_NAME, "sha256": self.float_model_sha256},
+            "input": {"shape": list(self.input_shape)},
+            "preprocess": self.preprocess.to_dict(),
+            "scoring": self.scoring.to_dict(),
+            "calibration": self.calibration.to_dict(),
+            "architecture": self.architecture,
+            "metrics": self.metrics,
+            "provenance": self.provenance,
+        }
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_manifest(manifest_path: Path) -> dict[str, Any]:
+    if not manifest_path.parent.is_dir():
+        raise BundleError(f"{manifest_path.parent}: no such bundle folder")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{manifest_path}: missing; not a model bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version {data.get('format_version')!r} is not supported "
+            f"(this lineguard reads version {FORMAT_VERSION})"
+        )
+    return data
+
+
+def _verify_hash(path: Path, expected: str | None, manifest_path: Path) -> None:
+    if not path.is_file():
+        raise BundleError(f"{path}: missing from the bundle")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise BundleError(
+            f"{path}: sha256 {actual[:12]}… does not match {manifest_path.name} ({str(expected)[:12]}…); "
+            "the model file is corrupt or from another bundle"
+        )
+
+
+def load_bundle(path: str | Path, verify_float: bool = False) -> Bundle:
+    """Read and verify a bundle folder. Raises BundleError with one line naming the file."""
+    root = Path(path)
+    manifest_path = root / MANIFEST_NAME
+    data = _read_manifest(manifest_path)
+    try:
+        bundle = Bundle(
+            path=root,
+            name=str(data["name"]),
+            preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+            scoring=ScoringSpec.from_dict(data["scoring"]),
+            calibration=Calibration.from_dict(data["calibration"]),
+            model_sha256=str(data["model"]["sha256"]),
+            quantization=str(data["model"].get("quantization", "int8")),
+            float_model_sha256=(data.get("float_model") or {}).get("sha256"),
+            metrics=data.get("metrics", {}),
+            provenance=data.get("provenance", {}),
+            architecture=data.get("architecture", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: invalid manifest: {exc.__class__.__name__}: {exc}") from None
+    declared = tuple(data.get("input", {}).get("shape", ()))
+    if declared != bundle.input_shape:
+        raise BundleError(
+            f"{manifest_path}: input.shape {list(declared)} does not match preprocess {list(bundle.input_shape)}"
+        )
+    _verify_hash(bundle.model_path, bundle.model_sha256, manifest_path)
+    if verify_float and bundle.float_model_sha256:
+        _verify_hash(bundle.float_model_path, bundle.float_model_sha256, manifest_path)
+    return bundle
+
+
+def check_model_shapes(bundle: Bundle, input_shape: tuple[int, ...], output_shape: tuple[int, ...], model_path: Path) -> None:
+    """The model must take and return exactly the shape the manifest promises."""
+    expected = bundle.input_shape
+    if tuple(input_shape) != expected or tuple(output_shape) != expected:
+        raise BundleError(
+            f"{model_path}: model takes {list(input_shape)} and returns {list(output_shape)}, "
+            f"but {MANIFEST_NAME} promises {list(expected)}"
+        )
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary name beside the target, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, sort_keys=False)
+            out.write("\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh temporary folder beside `final`, on the same filesystem so the last step is a rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def publish_dir(staged: Path, final: Path) -> None:
+    """Replace `final` with `staged` by renames, so readers never see a half-written folder."""
+    backup = None
+    if final.exists():
+        backup = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, backup)
+    os.replace(staged, final)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_manifest(bundle: Bundle) -> None:
+    """Hash the model files in the bundle folder and write model.json atomically."""
+    bundle.model_sha256 = sha256_of(bundle.model_path)
+    if bundle.float_model_path.is_file():
+        bundle.float_model_sha256 = sha256_of(bundle.float_model_path)
+    write_json_atomic(bundle.path / MANIFEST_NAME, bundle.to_manifest())

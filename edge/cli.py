@@ -1,0 +1,249 @@
+"""The `lineguard` command. Device commands need only the `edge` extra; train and evaluate need `train`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EX_OK = 0
+EX_DATAERR = 65  # sysexits.h: bad input data
+EX_SOFTWARE = 70
+EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus stops crash-loops on it
+
+DESCRIPTION = """\
+lineguard: visual inspection at the edge.
+
+Train an autoencoder on images of good parts, ship it as an int8 model bundle, and run the inspection
+daemon on a Raspberry Pi that publishes a pass/fail verdict per frame over MQTT.
+"""
+
+EPILOG = """\
+examples:
+  lineguard train --data mnist.npz --normal 1 --anomaly 9 --out models/mnist-1
+  lineguard train --data datasets/bottle --out models/bottle        (MVTec AD folder layout)
+  lineguard evaluate --model models/mnist-1 --data mnist.npz --out reports/mnist-1
+  lineguard score --model models/mnist-1 part-0001.png part-0002.png
+  lineguard check-config /etc/lineguard/config.yaml
+  lineguard run --config /etc/lineguard/config.yaml
+"""
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH, got {text!r}") from None
+    if len(values) not in (1, 2) or min(values) < 8:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH of at least 8 pixels, got {text!r}")
+    return (values[0], values[-1])
+
+
+def _roi(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 0 or values[2] == 0 or values[3] == 0:
+        raise argparse.ArgumentTypeError(f"expected X,Y,W,H with W and H > 0, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _classes(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class numbers like 9 or 7,9, got {text!r}") from None
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, metavar="PATH",
+                        help="an MVTec AD-layout folder (train/good, test/<kind>, ground_truth/), "
+                             "a Keras-format .npz (x_train, y_train, x_test, y_test), or a folder of MNIST IDX files")
+    parser.add_argument("--normal", type=int, default=1, help=".npz/IDX only: the class of good parts (default 1)")
+    parser.add_argument("--anomaly", type=_classes, default=[9], help=".npz/IDX only: anomalous classes, e.g. 9 or 7,9 (default 9)")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train, quantize and calibrate a model bundle from images of good parts",
+                       description="Train an autoencoder on good images, quantize it to int8 TFLite, calibrate the "
+                                   "threshold on the int8 model's own scores and write a bundle with its report. "
+                                   "The bundle appears at --out only when everything succeeded.")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write, e.g. models/bottle")
+    p.add_argument("--name", help="bundle name (default: the --out folder name)")
+    p.add_argument("--model", choices=("auto", "dense", "conv"), default="auto",
+                   help="auto: the study's dense model for gray images up to 32x32, else the convolutional one")
+    p.add_argument("--size", type=_size, help="model input size, SIZE or HxW (default: native up to 32 px, else 128)")
+    p.add_argument("--color", choices=("gray", "rgb"), help="colour mode (default: detected from the images)")
+    p.add_argument("--roi", type=_roi, help="crop X,Y,W,H applied to every image before resizing")
+    p.add_argument("--loss", choices=("mse", "l1", "ssim"), default="mse", help="training loss (default mse, the study's)")
+    p.add_argument("--residual", choices=("l1", "l2", "ssim"), default="l1", help="residual map (default l1, the study's)")
+    p.add_argument("--reducer", choices=("sum", "mean", "max", "topk"), default="sum", help="image score (default sum, the study's)")
+    p.add_argument("--smoothing", type=float, default=0.0, metavar="SIGMA", help="Gaussian blur of the residual map, pixels (default 0)")
+    p.add_argument("--topk", type=float, default=0.01, metavar="FRACTION", help="share of pixels for --reducer topk (default 0.01)")
+    p.add_argument("--width", type=int, help="hidden units (dense) or base filters (conv)")
+    p.add_argument("--latent", type=int, help="latent size")
+    p.add_argument("--steps", type=int, help="training steps (default 3000)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 128 dense, 16 conv)")
+    p.add_argument("--learning-rate", type=float, help="Adam learning rate, cosine-decayed")
+    p.add_argument("--augment", type=lambda t: [a for a in t.split(",") if a], default=[],
+                   help="comma list of flip, shift, brightness (default none)")
+    p.add_argument("--threshold", dest="threshold_method", choices=("auto", "best-f1", "good-quantile"), default="auto",
+                   help="best-f1: the study's F1-optimal threshold on labelled test data; good-quantile: from held-out "
+                        "good images for --target-frr; auto: best-f1 when --anomaly classes define the test set, else good-quantile")
+    p.add_argument("--target-frr", type=float, default=0.01, help="false-reject rate for good-quantile (default 0.01)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of good training images held out for calibration (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same bundle")
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads for calibration (default 2)")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a labelled test set with a bundle and write metrics and a report",
+                       description="Score the test images with the bundle's int8 and float models, through the "
+                                   "same code as the device, and write REPORT_DIR/metrics.json, plots and index.html.")
+    p.add_argument("--model", required=True, type=Path, help="bundle folder")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, type=Path, metavar="REPORT_DIR", help="report folder to write")
+    p.add_argument("--threads", type=int, default=2)
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="score image files; one JSON line per image",
+                       description="Score images with a bundle's int8 model and print one JSON object per line: "
+                                   "image, score, score_norm, threshold, verdict, regions. Needs no TensorFlow.")
+    p.add_argument("--model", required=True, type=Path, help="bundle folder")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--float", dest="use_float", action="store_true", help="use the float model instead of int8")
+
+
+def _add_device(sub) -> None:
+    p = sub.add_parser("run", help="run the inspection daemon",
+                       description="Capture frames, score them, publish verdicts over MQTT. Exits 78 on a bad "
+                                   "config or bundle. SIGTERM stops cleanly; SIGHUP reloads config and model.")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default ./config.yaml)")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames (for trials)")
+    p = sub.add_parser("check-config", help="validate a config file without starting anything (exit 0 or 78)")
+    p.add_argument("path", nargs="?", type=Path, default=Path("config.yaml"))
+    sub.add_parser("config-schema", help="print the config's JSON Schema, for editors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lineguard", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_score(sub)
+    _add_device(sub)
+    return parser
+
+
+def cmd_score(args) -> int:
+    from edge.inspector import Inspector
+
+    inspector = Inspector(args.model, threads=args.threads, use_float_model=args.use_float)
+    status = EX_OK
+    for path in args.images:
+        try:
+            result = inspector.inspect_file(path)
+        except ValueError as exc:
+            print(f"lineguard score: {exc}", file=sys.stderr)
+            status = EX_DATAERR
+            continue
+        print(json.dumps({
+            "image": str(path), "score": result.score, "score_norm": round(result.score_norm, 6),
+            "threshold": result.threshold, "verdict": result.verdict, "regions": result.regions,
+        }), flush=True)
+    return status
+
+
+def _load_data(args):
+    from trainer.data import load_dataset, summarize
+
+    dataset = load_dataset(args.data, normal=args.normal, anomaly=args.anomaly)
+    logging.getLogger("lineguard").info("%s", summarize(dataset))
+    return dataset
+
+
+def cmd_train(args) -> int:
+    from trainer.train import TrainOptions, train_bundle
+
+    fields = TrainOptions.__dataclass_fields__
+    options = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
+    options.smoothing_sigma, options.topk_fraction = args.smoothing, args.topk
+    result = train_bundle(_load_data(args), args.out, options)
+    print(json.dumps({k: result.get(k) for k in ("image_auroc", "f1", "precision", "recall", "threshold", "pixel_auroc")}))
+    print(f"bundle written to {args.out}; report: {args.out / 'report' / 'index.html'}")
+    return EX_OK
+
+
+def cmd_evaluate(args) -> int:
+    from trainer.evaluate import evaluate_bundle
+
+    result = evaluate_bundle(args.model, _load_data(args), args.out, threads=args.threads)
+    print(json.dumps({k: result.get(k) for k in ("image_auroc", "f1", "precision", "recall", "threshold", "pixel_auroc")}))
+    print(f"report written to {args.out / 'index.html'}")
+    return EX_OK
+
+
+def cmd_check_config(args) -> int:
+    from edge.config import ConfigError, load_config
+
+    try:
+        load_config(args.path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_CONFIG
+    print(f"{args.path}: OK")
+    return EX_OK
+
+
+def cmd_config_schema(args) -> int:
+    from edge.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EX_OK
+
+
+def cmd_run(args) -> int:
+    from edge.daemon import run_from_config
+
+    return run_from_config(args.config, max_frames=args.max_frames)
+
+
+COMMANDS = {
+    "score": cmd_score, "train": cmd_train, "evaluate": cmd_evaluate, "run": cmd_run,
+    "check-config": cmd_check_config, "config-schema": cmd_config_schema,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from edge.bundle import BundleError
+    from edge.preprocess import ImageError
+    from edge.runtime import ModelLoadError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (BundleError, ModelLoadError) as exc:
+        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except ImageError as exc:
+        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except ValueError as exc:  # DataError and option errors: one line, named file
+        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

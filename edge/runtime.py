@@ -1,0 +1,88 @@
+"""The model runtime: LiteRT, else tflite-runtime, else tensorflow.lite. The only module that imports them."""
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Tried in order; the device needs only the first.
+RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+
+class RuntimeMissing(ImportError):
+    """No TFLite interpreter is installed."""
+
+
+class ModelLoadError(ValueError):
+    """A model file the interpreter refuses; the message names the file."""
+
+
+def interpreter_class() -> tuple[type, str]:
+    for name in RUNTIME_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return module.Interpreter, name.split(".")[0]
+    raise RuntimeMissing("no TFLite runtime found: pip install 'lineguard[edge]' (ai-edge-litert)")
+
+
+class Reconstructor:
+    """A TFLite autoencoder: float image in [0, 1] in, dequantized reconstruction out."""
+
+    def __init__(self, model_path: str | Path, threads: int = 1) -> None:
+        interpreter_type, self.runtime = interpreter_class()
+        self.path = Path(model_path)
+        try:
+            self.interpreter = interpreter_type(model_path=str(self.path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{self.path}: not a loadable TFLite model: {exc}") from None
+        input_detail = self.interpreter.get_input_details()[0]
+        output_detail = self.interpreter.get_output_details()[0]
+        self.input_index = input_detail["index"]
+        self.output_index = output_detail["index"]
+        self.input_shape = tuple(int(v) for v in input_detail["shape"])
+        self.output_shape = tuple(int(v) for v in output_detail["shape"])
+        self.input_dtype = np.dtype(input_detail["dtype"])
+        self.output_dtype = np.dtype(output_detail["dtype"])
+        self.input_scale, self.input_zero = input_detail["quantization"]
+        self.output_scale, self.output_zero = output_detail["quantization"]
+        # uint8 pixels feed a uint8 model directly when its input quantization is exactly 1/255, 0.
+        self.takes_raw_uint8 = (
+            self.input_dtype == np.uint8 and self.input_zero == 0 and abs(self.input_scale * 255 - 1) < 1e-6
+        )
+        logger.info(
+            "model %s on %s: input %s %s, %d thread(s)",
+            self.path.name, self.runtime, list(self.input_shape), self.input_dtype.name, threads,
+        )
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        if self.input_dtype == np.float32:
+            return x.astype(np.float32, copy=False)
+        info = np.iinfo(self.input_dtype)
+        q = np.rint(x / self.input_scale + self.input_zero)
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        if self.output_dtype == np.float32:
+            return y
+        return (y.astype(np.float32) - np.float32(self.output_zero)) * np.float32(self.output_scale)
+
+    def reconstruct(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        """HxWxC float input in [0, 1] -> HxWxC float reconstruction.
+
+        `pixels`, the same image as uint8, skips quantization when the model can take it as is.
+        """
+        if pixels is not None and self.takes_raw_uint8 and pixels.dtype == np.uint8:
+            tensor = pixels
+        else:
+            tensor = self._quantize(x)
+        self.interpreter.set_tensor(self.input_index, tensor.reshape(self.input_shape))
+        self.interpreter.invoke()
+        output = self.interpreter.get_tensor(self.output_index)
+        return self._dequantize(output).reshape(self.output_shape[1:])

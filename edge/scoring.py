@@ -1,0 +1,159 @@
+"""Residual maps, image scores, calibration maths and regions: one implementation for trainer and device."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+RESIDUALS = ("l1", "l2", "ssim")
+REDUCERS = ("sum", "mean", "max", "topk")
+SSIM_SIGMA = 1.5  # Gaussian window of Wang et al. 2004, as in Bergmann et al. 2018
+SSIM_C1 = 0.01**2
+SSIM_C2 = 0.03**2
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How a reconstruction becomes a residual map and an image score."""
+
+    residual: str = "l1"  # the study's |input - reconstruction|
+    reducer: str = "sum"  # the study's image score
+    smoothing_sigma: float = 0.0  # Gaussian blur of the residual map, in model pixels; 0 = off
+    topk_fraction: float = 0.01  # share of pixels averaged by the "topk" reducer
+
+    def __post_init__(self) -> None:
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"scoring.residual must be one of {RESIDUALS}, got {self.residual!r}")
+        if self.reducer not in REDUCERS:
+            raise ValueError(f"scoring.reducer must be one of {REDUCERS}, got {self.reducer!r}")
+        if self.smoothing_sigma < 0:
+            raise ValueError("scoring.smoothing_sigma must be >= 0")
+        if not 0 < self.topk_fraction <= 1:
+            raise ValueError("scoring.topk_fraction must be in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScoringSpec:
+        return cls(**{k: data[k] for k in ("residual", "reducer", "smoothing_sigma", "topk_fraction") if k in data})
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Threshold and score statistics, fixed at training time and shipped in the bundle."""
+
+    threshold: float
+    method: str = "best_f1"  # or "good_quantile"
+    score_min: float = 0.0  # normalization range: score_norm = clip((s - threshold) / (max - min) + 0.5)
+    score_max: float = 1.0
+    pixel_threshold: float = 1.0  # residual value that counts as anomalous in a heatmap
+    stats: dict[str, float] = field(default_factory=dict)  # good/anomalous score statistics, for people
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(
+            threshold=float(data["threshold"]),
+            method=str(data.get("method", "best_f1")),
+            score_min=float(data["score_min"]),
+            score_max=float(data["score_max"]),
+            pixel_threshold=float(data["pixel_threshold"]),
+            stats=dict(data.get("stats", {})),
+        )
+
+
+def _channel_mean(residual: np.ndarray) -> np.ndarray:
+    return residual[..., 0] if residual.shape[-1] == 1 else residual.mean(axis=-1)
+
+
+def ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM (HxWxC -> HxWxC) with a Gaussian window."""
+    blur = lambda a: cv2.GaussianBlur(a, (0, 0), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT).reshape(a.shape)
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x * mu_x
+    var_y = blur(y * y) - mu_y * mu_y
+    cov = blur(x * y) - mu_x * mu_y
+    numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * cov + SSIM_C2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + SSIM_C1) * (var_x + var_y + SSIM_C2)
+    return numerator / denominator
+
+
+def residual_map(x: np.ndarray, reconstruction: np.ndarray, spec: ScoringSpec) -> np.ndarray:
+    """HxWxC input and reconstruction in [0, 1] -> HxW float32 residual map (higher = more anomalous)."""
+    if spec.residual == "l1":
+        residual = np.abs(x - reconstruction)
+    elif spec.residual == "l2":
+        residual = np.square(x - reconstruction)
+    else:
+        residual = 1.0 - ssim_map(x, reconstruction)
+    heat = _channel_mean(residual).astype(np.float32, copy=False)
+    if spec.smoothing_sigma > 0:
+        heat = cv2.GaussianBlur(heat, (0, 0), spec.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
+    return heat
+
+
+def image_score(heat: np.ndarray, spec: ScoringSpec, ignore: np.ndarray | None = None) -> float:
+    """Reduce a residual map to one score; `ignore` is a boolean mask of pixels left out."""
+    values = heat[~ignore] if ignore is not None else heat.ravel()
+    if values.size == 0:
+        return 0.0
+    if spec.reducer == "sum":
+        return float(values.sum(dtype=np.float64))
+    if spec.reducer == "mean":
+        return float(values.mean(dtype=np.float64))
+    if spec.reducer == "max":
+        return float(values.max())
+    k = max(1, int(round(values.size * spec.topk_fraction)))
+    return float(np.partition(values, values.size - k)[-k:].mean(dtype=np.float64))
+
+
+def normalize_score(score: float, calibration: Calibration) -> float:
+    """0..1 score that is exactly 0.5 at the threshold (anomalib's min-max-threshold normalization)."""
+    span = max(calibration.score_max - calibration.score_min, 1e-12)
+    return float(min(1.0, max(0.0, (score - calibration.threshold) / span + 0.5)))
+
+
+def verdict(score: float, threshold: float) -> str:
+    """A part fails when its score reaches the threshold."""
+    return "fail" if score >= threshold else "pass"
+
+
+def anomalous_regions(
+    heat: np.ndarray,
+    pixel_threshold: float,
+    min_area_px: int = 4,
+    scale_xy: tuple[float, float] = (1.0, 1.0),
+    offset_xy: tuple[int, int] = (0, 0),
+    max_regions: int = 16,
+) -> list[dict[str, Any]]:
+    """Bounding boxes of connected areas above the pixel threshold, in source-frame pixels, largest first."""
+    mask = (heat >= pixel_threshold).astype(np.uint8)
+    if not mask.any():
+        return []
+    count, labels, boxes, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    sx, sy = scale_xy
+    ox, oy = offset_xy
+    regions = []
+    for label in range(1, count):
+        x, y, w, h, area = (int(v) for v in boxes[label])
+        if area < min_area_px:
+            continue
+        peak = float(heat[y : y + h, x : x + w][labels[y : y + h, x : x + w] == label].max())
+        regions.append({
+            "x": int(ox + x * sx), "y": int(oy + y * sy),
+            "w": max(1, int(round(w * sx))), "h": max(1, int(round(h * sy))),
+            "area_px": area, "peak": round(peak, 6),
+        })
+    regions.sort(key=lambda r: r["area_px"], reverse=True)
+    return regions[:max_regions]
+
+
+def heat_colors(heat: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """BGR colour image of a heatmap on a fixed scale: the pixel threshold is always mid-scale."""
+    level = np.clip(heat / (2.0 * max(pixel_threshold, 1e-12)), 0.0, 1.0)
+    return cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)

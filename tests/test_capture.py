@@ -1,0 +1,527 @@
+"""Frame sources against real files, a real OpenCV build and real HTTP servers on 127.0.0.1."""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.capture import (
+    CaptureError,
+    FolderSource,
+    Frame,
+    FrameSource,
+    LiveSource,
+    SourceSettings,
+    gstreamer_available,
+    open_source,
+    redact_url,
+)
+
+FRAME_HEIGHT = 48
+FRAME_WIDTH = 64
+VIDEO_FRAME_COUNT = 12
+VIDEO_LEVEL_STEP = 20
+STREAM_FPS = 50.0
+WAIT_LIMIT_S = 5.0
+POLL_INTERVAL_S = 0.02
+
+
+def wait_until(condition: Callable[[], bool], limit_s: float = WAIT_LIMIT_S) -> bool:
+    """Poll condition until true or limit_s passes."""
+    pause = threading.Event()
+    deadline_s = time.monotonic() + limit_s
+    while time.monotonic() < deadline_s:
+        if condition():
+            return True
+        pause.wait(POLL_INTERVAL_S)
+    return condition()
+
+
+def read_frame(source: FrameSource, limit_s: float = WAIT_LIMIT_S) -> Frame | None:
+    """Keep reading (as the inspector loop does) until a frame comes or limit_s passes."""
+    deadline_s = time.monotonic() + limit_s
+    while time.monotonic() < deadline_s:
+        frame = source.read(timeout_s=0.2)
+        if frame is not None:
+            return frame
+    return None
+
+
+def solid_image(level: int) -> np.ndarray:
+    return np.full((FRAME_HEIGHT, FRAME_WIDTH, 3), level % 256, np.uint8)
+
+
+class StateLog:
+    """Collects on_state calls from the grabber thread."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def __call__(self, state: str, detail: str) -> None:
+        self.events.append((state, detail))
+
+    @property
+    def states(self) -> list[str]:
+        return [state for state, _ in self.events]
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    # Written out of order so the test sees the source sort them.
+    for level, name in ((90, "0003_nine.png"), (10, "0001_one.png"), (50, "0002_five.jpg")):
+        assert cv2.imwrite(str(folder / name), solid_image(level))
+    (folder / "0002a_broken.png").write_bytes(b"this is not a png")
+    (folder / "notes.txt").write_text("ignored: not an image")
+    return folder
+
+
+@pytest.fixture()
+def video_file(tmp_path: Path) -> Path:
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (FRAME_WIDTH, FRAME_HEIGHT))
+    assert writer.isOpened()
+    for i in range(VIDEO_FRAME_COUNT):
+        writer.write(solid_image(i * VIDEO_LEVEL_STEP))
+    writer.release()
+    return path
+
+
+class _MjpegHandler(http.server.BaseHTTPRequestHandler):
+    server: _MjpegHttpServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        self.server.stream_frames(self.wfile)
+
+
+class _MjpegHttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, fps: float) -> None:
+        super().__init__(("127.0.0.1", port), _MjpegHandler)
+        self.closing = threading.Event()
+        self.paused: threading.Event = threading.Event()
+        self.period_s = 1.0 / fps
+
+    def stream_frames(self, out) -> None:
+        counter = 0
+        try:
+            while not self.closing.is_set():
+                if self.paused.is_set():
+                    self.closing.wait(POLL_INTERVAL_S)
+                    continue
+                ok, jpeg = cv2.imencode(".jpg", solid_image(counter))
+                data = jpeg.tobytes()
+                out.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
+                out.write(data + b"\r\n")
+                out.flush()
+                counter += 1
+                self.closing.wait(self.period_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class MjpegServer:
+    """An IP-camera stand-in: multipart JPEG over HTTP; can stop, restart on the same port, or stall."""
+
+    def __init__(self, fps: float = STREAM_FPS) -> None:
+        self._fps = fps
+        self._server: _MjpegHttpServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        self.paused = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def start(self) -> None:
+        self._server = _MjpegHttpServer(self.port, self._fps)
+        self._server.paused = self.paused
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="mjpeg-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(WAIT_LIMIT_S)
+        self._server = None
+
+
+@pytest.fixture()
+def mjpeg_server():
+    server = MjpegServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def stream_settings(url: str, **overrides) -> SourceSettings:
+    values = dict(kind="stream", url=url, reconnect_initial_s=0.1, reconnect_max_s=0.4, read_timeout_s=1.0)
+    values.update(overrides)
+    return SourceSettings(**values)
+
+
+@pytest.fixture()
+def open_sources():
+    """Opens sources and always closes them, so no grabber outlives its test."""
+    opened: list[FrameSource] = []
+
+    def opener(settings: SourceSettings, on_state=None) -> FrameSource:
+        source = open_source(settings, on_state)
+        opened.append(source)
+        return source
+
+    yield opener
+    for source in opened:
+        source.close()
+
+
+# ---------------------------------------------------------------- folder
+
+
+def test_folder_delivers_every_image_sorted_by_name_and_skips_unreadable(image_folder: Path):
+    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0))
+    frames = [source.read(timeout_s=1.0) for _ in range(4)]
+
+    assert [f.name for f in frames[:3]] == ["0001_one.png", "0002_five.jpg", "0003_nine.png"]
+    assert [f.index for f in frames[:3]] == [0, 1, 2]
+    assert [round(float(f.image.mean()) / 10) for f in frames[:3]] == [1, 5, 9]
+    assert all(f.image.shape == (FRAME_HEIGHT, FRAME_WIDTH, 3) and f.image.dtype == np.uint8 for f in frames[:3])
+    assert frames[3] is None
+    assert source.finite and source.exhausted
+    stats = source.stats()
+    assert stats["state"] == "ended"
+    assert stats["unreadable"] == 1
+    assert "0002a_broken.png" in stats["last_error"]
+    assert stats["dropped"] == 0
+
+
+def test_folder_loop_restarts_and_counts_unreadable_each_pass(image_folder: Path):
+    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0, loop=True))
+    names = [source.read(timeout_s=1.0).name for _ in range(7)]
+
+    assert names == ["0001_one.png", "0002_five.jpg", "0003_nine.png"] * 2 + ["0001_one.png"]
+    assert not source.finite and not source.exhausted
+    assert source.stats()["unreadable"] == 2
+
+
+def test_folder_loop_of_only_unreadable_files_ends_instead_of_spinning(tmp_path: Path):
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    source = open_source(SourceSettings(kind="folder", path=tmp_path, fps=0, loop=True))
+
+    assert source.read(timeout_s=1.0) is None
+    assert source.exhausted
+    assert source.stats()["unreadable"] == 1
+
+
+def test_folder_grayscale_reads_single_channel(image_folder: Path):
+    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0, grayscale=True))
+    frame = source.read(timeout_s=1.0)
+
+    assert frame.image.shape == (FRAME_HEIGHT, FRAME_WIDTH)
+    assert frame.image.dtype == np.uint8
+
+
+def test_folder_paces_on_a_monotonic_schedule(image_folder: Path):
+    fps = 20.0
+    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=fps, loop=True))
+    first = source.read(timeout_s=1.0)
+    # The next slot is 50 ms away: a shorter wait gets nothing, and that is not an error.
+    assert source.read(timeout_s=0.001) is None
+    frames = [source.read(timeout_s=1.0) for _ in range(5)]
+
+    elapsed_s = frames[-1].arrival_s - first.arrival_s
+    assert elapsed_s == pytest.approx(5 / fps, abs=0.03)
+    assert [f.index for f in frames] == [1, 2, 3, 4, 5]
+
+
+def test_folder_reports_end_through_on_state(image_folder: Path):
+    log = StateLog()
+    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0), on_state=log)
+    while source.read(timeout_s=1.0) is not None:
+        pass
+
+    assert log.states == ["ended"]
+
+
+def test_folder_missing_or_empty_raises_capture_error_naming_the_path(tmp_path: Path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(CaptureError, match=str(missing)):
+        open_source(SourceSettings(kind="folder", path=missing))
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    with pytest.raises(CaptureError, match=str(empty)):
+        open_source(SourceSettings(kind="folder", path=empty))
+
+
+def test_folder_close_interrupts_a_paced_wait(image_folder: Path):
+    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0.2))
+    assert source.read(timeout_s=1.0) is not None
+    threading.Timer(0.1, source.close).start()
+
+    started_s = time.monotonic()
+    assert source.read(timeout_s=5.0) is None
+    assert time.monotonic() - started_s < 1.0
+
+
+# ---------------------------------------------------------------- video
+
+
+def test_video_delivers_every_frame_in_order(video_file: Path):
+    source = open_source(SourceSettings(kind="video", path=video_file, fps=0))
+    frames = []
+    while (frame := source.read(timeout_s=1.0)) is not None:
+        frames.append(frame)
+
+    assert [f.name for f in frames] == [f"clip.avi#{i}" for i in range(VIDEO_FRAME_COUNT)]
+    assert [f.index for f in frames] == list(range(VIDEO_FRAME_COUNT))
+    levels = [float(f.image.mean()) for f in frames]
+    assert levels == pytest.approx([i * VIDEO_LEVEL_STEP for i in range(VIDEO_FRAME_COUNT)], abs=3)
+    assert source.exhausted and source.stats()["state"] == "ended"
+    source.close()
+
+
+def test_video_loop_starts_again_from_the_first_frame(video_file: Path):
+    source = open_source(SourceSettings(kind="video", path=video_file, fps=0, loop=True, grayscale=True))
+    frames = [source.read(timeout_s=1.0) for _ in range(VIDEO_FRAME_COUNT + 3)]
+    source.close()
+
+    assert [f.name for f in frames[VIDEO_FRAME_COUNT:]] == ["clip.avi#0", "clip.avi#1", "clip.avi#2"]
+    assert frames[-1].index == VIDEO_FRAME_COUNT + 2
+    assert frames[VIDEO_FRAME_COUNT].image.ndim == 2
+    assert not source.exhausted
+    assert source.read(timeout_s=0.1) is None  # closed
+
+
+def test_video_missing_file_raises_capture_error_naming_the_path(tmp_path: Path):
+    missing = tmp_path / "gone.avi"
+    with pytest.raises(CaptureError, match=str(missing)):
+        open_source(SourceSettings(kind="video", path=missing))
+
+
+def test_video_that_cannot_be_decoded_raises_capture_error(tmp_path: Path):
+    not_video = tmp_path / "fake.avi"
+    not_video.write_bytes(b"definitely not a video container")
+    with pytest.raises(CaptureError, match=str(not_video)):
+        open_source(SourceSettings(kind="video", path=not_video))
+
+
+# ---------------------------------------------------------------- live stream over HTTP
+
+
+def test_stream_delivers_live_frames(mjpeg_server: MjpegServer, open_sources):
+    source = open_sources(stream_settings(mjpeg_server.url))
+    frames = [read_frame(source) for _ in range(3)]
+
+    assert all(f is not None for f in frames)
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert all(f.name.startswith("stream#") for f in frames)
+    assert frames[0].image.shape == (FRAME_HEIGHT, FRAME_WIDTH, 3)
+    assert frames[0].arrival_s < frames[1].arrival_s < frames[2].arrival_s
+    assert not source.finite and not source.exhausted
+    assert source.stats()["state"] == "running"
+
+
+def test_stream_latest_frame_wins_and_counts_drops(mjpeg_server: MjpegServer, open_sources):
+    source = open_sources(stream_settings(mjpeg_server.url, grayscale=True))
+    first = read_frame(source)
+    threading.Event().wait(0.3)  # a slow inspection step
+    second = read_frame(source)
+
+    first_counter = int(first.name.split("#")[1])
+    second_counter = int(second.name.split("#")[1])
+    skipped = second_counter - first_counter - 1
+    assert skipped >= 3
+    assert source.stats()["dropped"] >= skipped
+    assert second.index == first.index + 1
+    assert second.image.ndim == 2
+
+
+def test_stream_reconnects_when_the_server_goes_away_and_comes_back(mjpeg_server: MjpegServer, open_sources):
+    log = StateLog()
+    source = open_sources(stream_settings(mjpeg_server.url), on_state=log)
+    assert read_frame(source) is not None
+
+    mjpeg_server.stop()
+    assert wait_until(lambda: "reconnecting" in log.states)
+    source.read(timeout_s=0.2)  # may still hand over the last frame captured before the drop
+    assert source.read(timeout_s=0.3) is None
+    assert wait_until(lambda: source.stats()["reconnects"] >= 1)
+    stats = source.stats()
+    assert stats["state"] == "reconnecting"
+    assert stats["last_error"]
+
+    mjpeg_server.start()  # same port
+    assert read_frame(source) is not None
+    assert log.states[-1] == "running"
+    assert source.stats()["state"] == "running"
+
+
+def test_stream_stall_without_data_is_detected_and_recovered(mjpeg_server: MjpegServer, open_sources):
+    log = StateLog()
+    source = open_sources(stream_settings(mjpeg_server.url, read_timeout_s=0.5), on_state=log)
+    assert read_frame(source) is not None
+
+    mjpeg_server.paused.set()  # connection stays open, no bytes flow
+    assert wait_until(lambda: "reconnecting" in log.states)
+    assert "stalled" in log.events[log.states.index("reconnecting")][1]
+
+    mjpeg_server.paused.clear()
+    source.read(timeout_s=0.1)
+    assert wait_until(lambda: log.states[-1] == "running")
+    assert read_frame(source) is not None
+
+
+def test_stream_of_a_served_video_file_treats_its_end_as_a_failure(video_file: Path, open_sources):
+    handler = functools.partial(SilentFileHandler, directory=str(video_file.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="file-server", daemon=True).start()
+    try:
+        log = StateLog()
+        url = f"http://127.0.0.1:{server.server_address[1]}/{video_file.name}"
+        source = open_sources(stream_settings(url), on_state=log)
+        assert read_frame(source) is not None
+        assert wait_until(lambda: source.stats()["reconnects"] >= 1)
+        assert "reconnecting" in log.states
+        assert wait_until(lambda: log.states[-1] == "running")  # served again after the reopen
+        assert read_frame(source) is not None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class SilentFileHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_stream_close_stops_the_grabber_promptly(mjpeg_server: MjpegServer):
+    source = open_source(stream_settings(mjpeg_server.url))
+    assert read_frame(source) is not None
+
+    started_s = time.monotonic()
+    source.close()
+    assert time.monotonic() - started_s < 0.5
+    assert not source.grabber_alive
+    assert source.read(timeout_s=0.1) is None
+
+
+def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer):
+    log = StateLog()
+    source = open_source(stream_settings(mjpeg_server.url, reconnect_initial_s=30.0), on_state=log)
+    assert read_frame(source) is not None
+    mjpeg_server.stop()
+    assert wait_until(lambda: "reconnecting" in log.states)
+
+    started_s = time.monotonic()
+    source.close()
+    assert time.monotonic() - started_s < 0.5
+    assert not source.grabber_alive
+
+
+def test_close_during_a_stalled_read_is_bounded_by_read_timeout(mjpeg_server: MjpegServer):
+    read_timeout_s = 0.5
+    source = open_source(stream_settings(mjpeg_server.url, read_timeout_s=read_timeout_s))
+    assert read_frame(source) is not None
+    mjpeg_server.paused.set()
+    threading.Event().wait(0.1)  # let the grabber block inside the read
+
+    started_s = time.monotonic()
+    source.close()
+    assert time.monotonic() - started_s < read_timeout_s + 0.5
+    assert not source.grabber_alive
+
+
+# ---------------------------------------------------------------- reconnect policy, cameras, errors
+
+
+def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path):
+    """Drives the grabber with a real capture that fails to open, then one that plays a file."""
+    script = ["fail", "fail", "fail", "fail", "play", "fail", "fail"]
+    open_times_s: list[float] = []
+    all_opened = threading.Event()
+
+    def scripted_opener() -> cv2.VideoCapture:
+        open_times_s.append(time.monotonic())
+        step = script[min(len(open_times_s), len(script)) - 1]
+        if len(open_times_s) >= len(script):
+            all_opened.set()
+        return cv2.VideoCapture(str(video_file)) if step == "play" else cv2.VideoCapture()
+
+    settings = SourceSettings(kind="stream", url="scripted", reconnect_initial_s=0.1, reconnect_max_s=0.3)
+    source = LiveSource(settings, scripted_opener)
+    try:
+        assert all_opened.wait(WAIT_LIMIT_S)
+    finally:
+        source.close()
+
+    gaps_s = np.diff(open_times_s[: len(script)])
+    # fail->fail: 0.1, 0.2, 0.3 (capped), 0.3; play: frames came, so back to 0.1, then 0.2.
+    expected_s = [0.1, 0.2, 0.3, 0.3, 0.1, 0.2]
+    for gap_s, want_s in zip(gaps_s, expected_s):
+        assert want_s * 0.9 <= gap_s <= want_s + 0.15
+    assert source.stats()["reconnects"] >= len(script) - 1
+
+
+def test_missing_camera_keeps_reconnecting_without_raising(open_sources):
+    log = StateLog()
+    settings = SourceSettings(kind="camera", index=63, reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    source = open_sources(settings, on_state=log)
+
+    assert source.read(timeout_s=0.3) is None
+    assert wait_until(lambda: source.stats()["reconnects"] >= 2)
+    assert log.states == ["reconnecting"]
+    assert "/dev/video63" in log.events[0][1]
+    assert source.stats()["state"] == "reconnecting"
+
+
+@pytest.mark.skipif(gstreamer_available(), reason="this OpenCV build has GStreamer")
+def test_gstreamer_without_support_raises_a_clear_capture_error():
+    pipeline = "videotestsrc ! videoconvert ! appsink"
+    with pytest.raises(CaptureError) as caught:
+        open_source(SourceSettings(kind="gstreamer", url=pipeline))
+
+    message = str(caught.value)
+    assert "GStreamer" in message and "python3-opencv" in message and pipeline in message
+    assert "\n" not in message
+
+
+def test_configuration_that_can_never_work_raises_capture_error():
+    with pytest.raises(CaptureError, match="kind"):
+        open_source(SourceSettings(kind="webcam"))
+    with pytest.raises(CaptureError, match="url"):
+        open_source(SourceSettings(kind="stream"))
+
+
+def test_redact_url_hides_passwords():
+    assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+    assert redact_url("http://127.0.0.1:8080/stream") == "http://127.0.0.1:8080/stream"
+
+
+def test_sources_satisfy_the_frame_source_protocol(image_folder: Path):
+    assert isinstance(FolderSource(SourceSettings(kind="folder", path=image_folder)), FrameSource)

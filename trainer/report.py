@@ -1,0 +1,142 @@
+"""A report a person can judge at a glance: figures, plots and one HTML page (plus a Markdown twin)."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from edge.bundle import Bundle  # noqa: E402
+from edge.inspector import Inspector  # noqa: E402
+from edge.scoring import heat_colors  # noqa: E402
+
+GRID_PER_CLASS = 4
+FIGURE_DPI = 110
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    plt.close(fig)
+
+
+def histogram(path: Path, scores: np.ndarray, labels: np.ndarray, threshold: float) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    bins = np.histogram_bin_edges(scores, bins=60)
+    ax.hist(scores[labels == 0], bins=bins, alpha=0.6, label=f"good ({np.sum(labels == 0)})", color="tab:green")
+    if np.any(labels == 1):
+        ax.hist(scores[labels == 1], bins=bins, alpha=0.6, label=f"anomalous ({np.sum(labels == 1)})", color="tab:red")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel("anomaly score")
+    ax.set_ylabel("images")
+    ax.legend()
+    _save(fig, path)
+
+
+def curves(path: Path, scores: np.ndarray, labels: np.ndarray, result: dict) -> bool:
+    if len(np.unique(labels)) < 2:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    fpr, tpr, _ = roc_curve(labels, scores)
+    left.plot(fpr, tpr)
+    left.plot([0, 1], [0, 1], color="gray", linestyle=":")
+    left.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC, AUROC {result['image_auroc']:.4f}")
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    right.plot(recall, precision)
+    right.set(xlabel="recall", ylabel="precision", title=f"Precision-recall, AP {result['average_precision']:.4f}")
+    _save(fig, path)
+    return True
+
+
+def _examples(scored, labels_wanted: int) -> list[int]:
+    """The highest- and lowest-scoring images of a class: the ones worth a look."""
+    idx = np.flatnonzero(scored.labels == labels_wanted)
+    if idx.size == 0:
+        return []
+    order = idx[np.argsort(scored.scores[idx])]
+    half = GRID_PER_CLASS // 2
+    picks = list(order[:half]) + list(order[-half:])
+    return list(dict.fromkeys(int(i) for i in picks))
+
+
+def grid(path: Path, inspector: Inspector, scored, threshold: float) -> None:
+    """Input / reconstruction / heatmap rows, each titled with its score; colours anchored to the threshold."""
+    picks = _examples(scored, 0) + _examples(scored, 1)
+    fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.1 * len(picks)), squeeze=False)
+    color = inspector.spec.color
+    for row, i in enumerate(picks):
+        sample = scored.samples[i]
+        result = inspector.inspect(sample.image(color), keep_images=True)
+        cmap = "gray" if color == "gray" else None
+        show = lambda a: a[..., 0] if a.shape[-1] == 1 else a
+        axes[row, 0].imshow(show(result.model_input), cmap=cmap, vmin=0, vmax=1)
+        axes[row, 1].imshow(show(np.clip(result.reconstruction, 0, 1)), cmap=cmap, vmin=0, vmax=1)
+        axes[row, 2].imshow(heat_colors(result.heat, inspector.calibration.pixel_threshold)[..., ::-1])
+        tag = "FAIL" if result.score >= threshold else "pass"
+        axes[row, 0].set_title(f"{sample.defect}: {result.score:.4g} {tag}", fontsize=8)
+        axes[row, 1].set_title("reconstruction", fontsize=8)
+        axes[row, 2].set_title("residual (threshold = mid-scale)", fontsize=8)
+        for ax in axes[row]:
+            ax.axis("off")
+    _save(fig, path)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+HEADLINE_KEYS = (
+    "image_auroc", "average_precision", "f1", "precision", "recall", "threshold",
+    "tp", "fp", "tn", "fn", "false_reject_rate", "false_reject_rate_ci95", "pixel_auroc", "pro",
+)
+
+
+def _rows(result: dict) -> list[tuple[str, str]]:
+    rows = [(k, _fmt(result[k])) for k in HEADLINE_KEYS if result.get(k) is not None]
+    for key, value in (result.get("best_f1") or {}).items():
+        rows.append((f"best_f1.{key}", _fmt(value)))
+    for key, value in (result.get("parity") or {}).items():
+        rows.append((f"parity.{key}", _fmt(value)))
+    return rows
+
+
+def write_pages(folder: Path, bundle: Bundle, result: dict, images: list[tuple[str, str]]) -> None:
+    title = f"lineguard report: {bundle.name}"
+    rows = _rows(result)
+    md = [f"# {title}", "", f"Calibration: {result.get('calibration_method')}; "
+          "F1, precision and recall count \"normal\" as the positive class, as the study did.", "",
+          "| figure | value |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in rows]
+    md += [""] + [f"## {caption}\n\n![{caption}]({name})\n" for name, caption in images]
+    (folder / "README.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    figures = "".join(f"<h2>{html.escape(c)}</h2><img src='{n}' alt='{html.escape(c)}'>" for n, c in images)
+    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}td{padding:2px 12px}"
+            "img{max-width:100%}</style>"
+            f"<h1>{html.escape(title)}</h1><table>{table}</table>{figures}"
+            f"<h2>metrics.json</h2><pre>{html.escape(json.dumps(result, indent=2))}</pre>")
+    (folder / "index.html").write_text(page, encoding="utf-8")
+
+
+def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, result: dict) -> None:
+    """Plots plus index.html and README.md into `folder`."""
+    threshold = bundle.calibration.threshold
+    images = []
+    histogram(folder / "histogram.png", scored.scores, scored.labels, threshold)
+    images.append(("histogram.png", "Scores of good and anomalous images, threshold dashed"))
+    if curves(folder / "curves.png", scored.scores, scored.labels, result):
+        images.append(("curves.png", "ROC and precision-recall"))
+    grid(folder / "examples.png", inspector, scored, threshold)
+    images.append(("examples.png", "Input, reconstruction and residual heatmap, lowest and highest scores"))
+    write_pages(folder, bundle, result, images)

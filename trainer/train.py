@@ -1,0 +1,208 @@
+"""From good images to a calibrated int8 bundle: train, quantize, calibrate on the int8 model, report."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.bundle import Bundle, publish_dir, save_manifest, staging_dir, FLOAT_MODEL_NAME, MODEL_NAME
+from edge.inspector import Inspector
+from edge.preprocess import PreprocessSpec, preprocess
+from edge.scoring import Calibration, ScoringSpec
+from trainer import metrics
+from trainer.data import DataError, Dataset, Sample
+from trainer.evaluate import ScoredSet, score_samples, summarize
+
+logger = logging.getLogger(__name__)
+
+TRAINER_VERSION = "0.1.0"
+DENSE_MAX_SIDE = 32  # MNIST-sized images get the study's dense model
+CONV_DEFAULT_SIDE = 128
+PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image residual pixels: what counts as an anomalous pixel
+MODEL_DEFAULTS = {
+    "dense": {"width": 392, "latent": 64, "batch_size": 128, "steps": 3000, "learning_rate": 1e-3},
+    "conv": {"width": 32, "latent": 100, "batch_size": 16, "steps": 3000, "learning_rate": 5e-4},
+}
+
+
+@dataclass
+class TrainOptions:
+    """Everything `lineguard train` can be told; None means "choose from the data"."""
+
+    name: str | None = None
+    model: str = "auto"  # auto | dense | conv
+    size: tuple[int, int] | None = None  # (height, width); None: native when small, else 128x128
+    color: str | None = None  # None: from the data
+    roi: tuple[int, int, int, int] | None = None
+    loss: str = "mse"
+    residual: str = "l1"
+    reducer: str = "sum"
+    smoothing_sigma: float = 0.0
+    topk_fraction: float = 0.01
+    width: int | None = None
+    latent: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    threshold_method: str = "auto"  # auto | best-f1 | good-quantile
+    target_frr: float = 0.01
+    val_fraction: float = 0.1
+    augment: list[str] = field(default_factory=list)
+    seed: int = 0
+    threads: int = 2
+
+    def resolved(self, dataset: Dataset) -> TrainOptions:
+        """Fill every "auto" from the data, so the bundle records what was really used."""
+        out = TrainOptions(**asdict(self))
+        out.color = self.color or dataset.color
+        out.size = self.size or default_size(dataset)
+        if out.model == "auto":
+            out.model = "dense" if max(out.size) <= DENSE_MAX_SIDE and out.color == "gray" else "conv"
+        for key, value in MODEL_DEFAULTS[out.model].items():
+            if getattr(out, key) is None:
+                setattr(out, key, value)
+        if out.threshold_method == "auto":
+            # The study's protocol when anomaly classes were named; good parts only otherwise.
+            out.threshold_method = "best-f1" if dataset.anomaly_classes_named else "good-quantile"
+        return out
+
+
+def default_size(dataset: Dataset) -> tuple[int, int]:
+    if len(dataset.sizes) > 1:
+        listed = ", ".join(f"{w}x{h}" for h, w in sorted(dataset.sizes)[:4])
+        raise DataError(f"{dataset.description}: images of mixed sizes ({listed}, ...); pass --size to resize all to one size")
+    (height, width) = next(iter(dataset.sizes))
+    if max(height, width) <= DENSE_MAX_SIDE:
+        return (height, width)
+    return (CONV_DEFAULT_SIDE, CONV_DEFAULT_SIDE)
+
+
+def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    if fraction <= 0:
+        return train, []
+    order = np.random.default_rng(seed).permutation(len(train))
+    n_val = max(1, int(round(len(train) * fraction)))
+    if n_val >= len(train):
+        raise DataError(f"only {len(train)} training images: too few to hold out {fraction:.0%} for calibration")
+    return [train[i] for i in order[n_val:]], [train[i] for i in order[:n_val]]
+
+
+def load_arrays(samples: list[Sample], spec: PreprocessSpec) -> np.ndarray:
+    from tqdm import tqdm
+
+    out = np.empty((len(samples), *spec.shape), dtype=np.float32)
+    for i, sample in enumerate(tqdm(samples, desc="loading", unit="img", leave=False, mininterval=0.5)):
+        try:
+            out[i] = preprocess(sample.image(spec.color), spec)
+        except ValueError as exc:
+            raise DataError(f"{sample.path or sample.name}: {exc}") from None
+    return out
+
+
+def choose_threshold(options: TrainOptions, calib: ScoredSet) -> tuple[float, str]:
+    if options.threshold_method == "best-f1":
+        if not np.any(calib.labels == 1):
+            raise DataError("best-f1 calibration needs labelled anomalous images in the test set")
+        return metrics.best_f1_threshold(calib.scores, calib.labels)[0], "best_f1"
+    return metrics.good_quantile_threshold(calib.good_scores(), options.target_frr), "good_quantile"
+
+
+def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarray]) -> Calibration:
+    """Threshold from the int8 model's own scores, plus the statistics that normalize the score."""
+    good = calib.good_scores()
+    threshold, method = choose_threshold(options, calib)
+    score_min = float(good.min())
+    score_max = float(calib.scores.max()) if np.any(calib.labels == 1) else threshold + (threshold - score_min)
+    pixels = np.concatenate([h.ravel() for h in good_heats])
+    stats = {
+        "good_mean": float(good.mean()), "good_std": float(good.std()),
+        "good_p50": float(np.percentile(good, 50)), "good_p99": float(np.percentile(good, 99)),
+        "n_good": int(good.size), "n_anomalous": int(np.sum(calib.labels == 1)),
+        "target_frr": options.target_frr if method == "good_quantile" else None,
+    }
+    return Calibration(
+        threshold=float(threshold), method=method, score_min=score_min, score_max=max(score_max, threshold + 1e-9),
+        pixel_threshold=float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), stats=stats,
+    )
+
+
+def _fit(options: TrainOptions, x_train: np.ndarray):
+    from trainer.fit import fit_autoencoder
+
+    return fit_autoencoder(options, x_train)
+
+
+def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict:
+    """The whole job. Writes into a temporary folder and renames it to out_dir only when everything worked."""
+    opts = options.resolved(dataset)
+    spec = PreprocessSpec(color=opts.color, height=opts.size[0], width=opts.size[1], roi=opts.roi)
+    scoring = ScoringSpec(opts.residual, opts.reducer, opts.smoothing_sigma, opts.topk_fraction)
+    fit_samples, val_samples = split_validation(dataset.train, opts.val_fraction, opts.seed)
+    logger.info("training a %s autoencoder on %d images (%s), %d held out", opts.model, len(fit_samples),
+                "x".join(map(str, spec.shape)), len(val_samples))
+    x_train = load_arrays(fit_samples, spec)
+    model = _fit(opts, x_train)
+
+    from trainer.quantize import float_tflite, int8_tflite, write_bytes
+
+    staged = staging_dir(out_dir)
+    try:
+        write_bytes(staged / FLOAT_MODEL_NAME, float_tflite(model))
+        write_bytes(staged / MODEL_NAME, int8_tflite(model, x_train, seed=opts.seed))
+        bundle = Bundle(
+            path=staged, name=opts.name or out_dir.name, preprocess=spec, scoring=scoring,
+            calibration=Calibration(threshold=1.0), model_sha256="",
+            architecture={"kind": opts.model, "width": opts.width, "latent": opts.latent, "loss": opts.loss,
+                          "parameters": int(model.count_params())},
+        )
+        save_manifest(bundle)
+        result = _calibrate_and_report(bundle, dataset, opts, fit_samples, val_samples)
+        publish_dir(staged, out_dir)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return result
+
+
+def _calibration_set(opts: TrainOptions, dataset: Dataset, fit: list[Sample], val: list[Sample]) -> list[Sample]:
+    if opts.threshold_method == "best-f1":
+        return dataset.test  # the study's protocol: the threshold with the best F1 on labelled data
+    return val or fit
+
+
+def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, fit, val) -> dict:
+    color = bundle.preprocess.color
+    int8 = Inspector(bundle, threads=opts.threads)
+    float_model = Inspector(bundle, threads=opts.threads, use_float_model=True)
+    calib_samples = _calibration_set(opts, dataset, fit, val)
+    calib = score_samples(int8, calib_samples, color, "calibrating (int8)")
+    good_heats = [h for h, label in zip(calib.heats, calib.labels) if label == 0]
+    bundle.calibration = calibrate(opts, calib, good_heats)
+    calib_float = score_samples(float_model, calib_samples, color, "calibrating (float)", keep_heats=False)
+    float_threshold, _ = choose_threshold(opts, calib_float)
+    int8 = Inspector(bundle, threads=opts.threads)
+    result: dict = {"calibration_method": bundle.calibration.method}
+    if dataset.test:
+        scored = score_samples(int8, dataset.test, color, "evaluating (int8)")
+        scored_float = score_samples(float_model, dataset.test, color, "evaluating (float)", keep_heats=False)
+        result = summarize(bundle, scored, scored_float, float_threshold)
+        report_dir = bundle.path / "report"
+        report_dir.mkdir()
+        from trainer.report import write_report
+        from edge.bundle import write_json_atomic
+
+        write_report(report_dir, bundle, int8, scored, result)
+        write_json_atomic(report_dir / "metrics.json", result)
+    bundle.metrics = result
+    bundle.provenance = {
+        "data": dataset.description, "data_fingerprint": dataset.fingerprint(),
+        "train_images": len(fit), "held_out_images": len(val), "trainer_version": TRAINER_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "options": {k: v for k, v in asdict(opts).items() if k not in ("threads",)},
+    }
+    save_manifest(bundle)
+    return result
