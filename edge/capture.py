@@ -37,6 +37,8 @@ STATE_RUNNING = "running"
 STATE_RECONNECTING = "reconnecting"
 STATE_ENDED = "ended"
 
+# How far (in frame periods) replay may fall behind its schedule and still catch up.
+PACING_CATCH_UP_PERIODS = 2.0
 # Extra time close() grants a grabber blocked in a driver call beyond its own timeout.
 CLOSE_JOIN_MARGIN_S = 1.0
 V4L2_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
@@ -153,7 +155,11 @@ def _to_gray(image: np.ndarray) -> np.ndarray:
 
 
 class _Pacer:
-    """Releases frames on a fixed monotonic schedule; a late consumer restarts it instead of bursting."""
+    """Releases frames on a fixed monotonic schedule.
+
+    A consumer that falls a little behind catches up, so the average rate holds; one that falls
+    more than PACING_CATCH_UP_PERIODS behind restarts the schedule instead of getting a burst.
+    """
 
     def __init__(self, fps: float) -> None:
         self._period_s = 1.0 / fps if fps > 0 else 0.0
@@ -166,8 +172,9 @@ class _Pacer:
 
     def mark_delivered(self) -> None:
         now = time.monotonic()
-        due = now if self._next_due_s is None else self._next_due_s
-        self._next_due_s = max(due + self._period_s, now)
+        if self._next_due_s is None or now - self._next_due_s > self._period_s * PACING_CATCH_UP_PERIODS:
+            self._next_due_s = now
+        self._next_due_s += self._period_s
 
 
 class _ReplaySource:

@@ -126,6 +126,8 @@ def _add_device(sub) -> None:
                                    "config or bundle. SIGTERM stops cleanly; SIGHUP reloads config and model.")
     p.add_argument("--config", type=Path, default=Path("config.yaml"), help="config file (default ./config.yaml)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (for trials)")
+    p.add_argument("--drain-timeout", type=float, metavar="S",
+                   help="at the end of a finite replay, wait at most S seconds for delivery (default: storage.drain_timeout_s)")
     p = sub.add_parser("check-config", help="validate a config file without starting anything (exit 0 or 78)")
     p.add_argument("path", nargs="?", type=Path, default=Path("config.yaml"))
     sub.add_parser("config-schema", help="print the config's JSON Schema, for editors")
@@ -213,7 +215,7 @@ def cmd_config_schema(args) -> int:
 def cmd_run(args) -> int:
     from edge.daemon import run_from_config
 
-    return run_from_config(args.config, max_frames=args.max_frames)
+    return run_from_config(args.config, max_frames=args.max_frames, drain_timeout_s=args.drain_timeout)
 
 
 COMMANDS = {

@@ -463,8 +463,8 @@ class _Reader:
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.errors: list[tuple[int, str]] = []
-        self.key_lines: dict[tuple, int] = {}
-        self.value_lines: dict[tuple, int] = {}
+        # Line of every key (and of every list item), by key path.
+        self.lines: dict[tuple, int] = {}
         self._yaml = YAML(typ="safe", pure=True)
         self._nodes = 0
 
@@ -539,34 +539,30 @@ class _Reader:
                 self.error(line, key_path, f"duplicate key {key!r} (first set on line {first_seen[key]})")
                 continue
             first_seen[key] = line
-            self.key_lines[key_path] = line
-            self.value_lines[key_path] = _line(value_node)
+            self.lines[key_path] = line
             result[key] = self._convert(value_node, key_path, active)
         return result
 
     def _sequence(self, node: SequenceNode, path: tuple, active: frozenset) -> list:
         items = []
         for index, child in enumerate(node.value):
-            self.value_lines[path + (index,)] = _line(child)
+            self.lines[path + (index,)] = _line(child)
             items.append(self._convert(child, path + (index,), active))
         return items
 
     def _scalar(self, node: Node, path: tuple) -> Any:
         try:
             return self._yaml.constructor.construct_object(node, deep=True)
-        except (YAMLError, ValueError, TypeError, OverflowError) as exc:
+        except Exception as exc:  # noqa: BLE001 - ruamel's converters fail in many ways on odd tags
             detail = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             self.error(_line(node), path, f"cannot read value: {' '.join(str(detail).split())}")
             return _INVALID
 
-    def line_for(self, loc: tuple, *, key: bool = False) -> int:
+    def line_for(self, loc: tuple) -> int:
         """Line of ``loc``, or of its nearest ancestor present in the file."""
-        lines = self.key_lines if key else self.value_lines
-        if loc in lines:
-            return lines[loc]
-        for end in range(len(loc) - 1, 0, -1):
-            if loc[:end] in self.key_lines:
-                return self.key_lines[loc[:end]]
+        for end in range(len(loc), 0, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
         return 1
 
 
@@ -698,7 +694,7 @@ def _format_error(error: dict, reader: _Reader) -> tuple[int, str] | None:
     kind = error["type"]
     if kind == "extra_forbidden":
         # Unknown keys are reported even when their value was unreadable.
-        line, message = reader.line_for(loc, key=True), _unknown_key(loc)
+        line, message = reader.line_for(loc), _unknown_key(loc)
     elif error.get("input") is _INVALID:
         return None  # already reported while reading the YAML
     elif kind == "missing" and loc and isinstance(loc[-1], int):

@@ -20,7 +20,7 @@ def _convert(converter: tf.lite.TFLiteConverter) -> bytes:
     """Convert, keeping the converter's printed SavedModel listing off the terminal."""
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return _convert(converter)
+        return converter.convert()
 
 
 def float_tflite(model: tf.keras.Model) -> bytes:

@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-fast bench bench-quick clean
+
+# The device's footprint: LiteRT, OpenCV, paho-mqtt. No TensorFlow.
+$(VENV)/.edge-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[edge]'
+	touch $@
+
+# Trainer and tests: adds TensorFlow, scikit-learn, matplotlib, pytest, hypothesis.
+$(VENV)/.test-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(VENV)/.edge-installed $@
+
+## demo: the daemon on the bundled mnist-1 model and bundled sample frames (no camera, no broker needed)
+demo: $(VENV)/.edge-installed
+	$(BIN)/lineguard run --config config.yaml --drain-timeout 5
+
+## test: the whole test suite (needs Debian's mosquitto and systemd-analyze; .ci/run installs them)
+test: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q
+
+## test-fast: everything but the slow training and fault scenarios
+test-fast: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+## bench: all benchmarks, at most 10 minutes; writes benchmarks/results/latest.json and latest.md
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m benchmarks.run --all
+
+## bench-quick: pipeline efficiency only, at most a minute
+bench-quick: $(VENV)/.test-installed
+	$(BIN)/python -m benchmarks.run --quick
+
+clean:
+	rm -rf state .pytest_cache

@@ -1,0 +1,94 @@
+"""MQTT commands under <prefix>/<device>/cmd/<name>: parsed and validated before anything changes.
+
+Parsing is pure (no side effects), so a bad command is refused with a reason and changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_PAYLOAD_BYTES = 4096
+PART_ID_MAX_CHARS = 128
+
+
+class CommandRefused(ValueError):
+    """A command that is not acted on; str() is the reason sent back."""
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    request_id: str | None = Field(default=None, max_length=64, description="echoed in the reply")
+
+
+class TriggerCommand(_Command):
+    part_id: str | None = Field(default=None, min_length=1, max_length=PART_ID_MAX_CHARS)
+
+
+class ThresholdCommand(_Command):
+    threshold: float = Field(gt=0, description="new score threshold; a part fails when score >= threshold")
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        if isinstance(value, int):
+            value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class ReloadCommand(_Command):
+    pass
+
+
+COMMANDS: dict[str, type[_Command]] = {
+    "trigger": TriggerCommand,
+    "threshold": ThresholdCommand,
+    "reload": ReloadCommand,
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: _Command
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "payload"
+    return f"{where}: {error['msg']}"
+
+
+def parse_command(name: str, payload: bytes) -> Command:
+    """Validate a command; raises CommandRefused with a one-line reason."""
+    if name not in COMMANDS:
+        raise CommandRefused(f"unknown command {name[:64]!r}; known: {', '.join(sorted(COMMANDS))}")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise CommandRefused(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(payload.decode("utf-8")) if payload.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CommandRefused(f"payload is not JSON: {str(exc)[:100]}") from None
+    if not isinstance(data, dict):
+        raise CommandRefused("payload must be a JSON object")
+    try:
+        return Command(name, COMMANDS[name].model_validate(data))
+    except ValidationError as exc:
+        raise CommandRefused(_first_error(exc)) from None
+
+
+def request_id_of(payload: bytes) -> str | None:
+    """Best-effort request_id of a refused command, so the sender can match the reply."""
+    try:
+        data = json.loads(payload[:MAX_PAYLOAD_BYTES])
+    except (ValueError, RecursionError):
+        return None
+    value = data.get("request_id") if isinstance(data, dict) else None
+    return value[:64] if isinstance(value, str) else None

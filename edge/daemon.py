@@ -1,0 +1,412 @@
+"""`lineguard run`: capture -> preprocess -> model -> score -> verdict -> outbox -> MQTT.
+
+One main loop does the inspection; signals and MQTT callbacks only queue work for it. Verdicts are written to
+the durable outbox before they are published, and leave it only on PUBACK.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.bundle import BundleError
+from edge.capture import CaptureError, FrameSource, SourceSettings, open_source
+from edge.commands import Command, CommandRefused, parse_command, request_id_of
+from edge.config import Config, ConfigError, load_config, resolve_mqtt_password
+from edge.evidence import EvidenceStore
+from edge.inspector import Inspection, Inspector
+from edge.mqtt import BrokerSettings, MqttLink, OutboxSender
+from edge.notify import SystemdNotifier
+from edge.outbox import Outbox, OutboxError
+from edge.preprocess import ImageError, read_image
+from edge.runtime import ModelLoadError
+from edge.scoring import heat_colors
+
+logger = logging.getLogger("lineguard")
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_CONFIG = 78
+IDLE_WAIT_S = 0.5  # longest the loop waits for a frame or command before it checks in again
+LATENCY_WINDOW = 2048
+OVERLAY_MIN_SIDE_PX = 256
+CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+class StartupError(Exception):
+    """Config, bundle or source problem found before inspecting: exit 78, systemd does not restart."""
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    passed: int = 0
+    failed: int = 0
+    alerts: int = 0
+    errors: int = 0
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cpu_temperature_c() -> float | None:
+    try:
+        return int(CPU_TEMP_PATH.read_text()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+def build_inspector(cfg: Config) -> Inspector:
+    """The bundle and the device's ROI, ignore mask and threshold override; StartupError on any problem."""
+    mask = None
+    try:
+        if cfg.inference.ignore_mask is not None:
+            mask = read_image(cfg.inference.ignore_mask, "gray")
+        roi = tuple(cfg.inference.roi) if cfg.inference.roi else None
+        return Inspector(cfg.model, threads=cfg.inference.threads, roi=roi, ignore_mask=mask,
+                         threshold=cfg.inference.threshold, min_region_px=cfg.inference.min_region_px)
+    except (BundleError, ModelLoadError, ImageError) as exc:
+        raise StartupError(str(exc)) from None
+
+
+def source_settings(cfg: Config, grayscale: bool) -> SourceSettings:
+    s = cfg.source
+    return SourceSettings(
+        kind=s.kind, path=s.path, url=s.url, index=s.index, fps=s.fps, loop=s.loop, width=s.width, height=s.height,
+        grayscale=grayscale, reconnect_initial_s=s.reconnect_initial_s, reconnect_max_s=s.reconnect_max_s,
+        read_timeout_s=s.read_timeout_s,
+    )
+
+
+def broker_settings(cfg: Config) -> BrokerSettings:
+    m = cfg.mqtt
+    return BrokerSettings(
+        host=m.host, port=m.port, client_id=m.client_id or f"lineguard-{cfg.device_id}", username=m.username,
+        password=resolve_mqtt_password(m), keepalive_s=m.keepalive_s, max_inflight=m.max_inflight,
+        reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, tls_enabled=m.tls.enabled,
+        tls_ca_file=m.tls.ca_file, tls_cert_file=m.tls.cert_file, tls_key_file=m.tls.key_file,
+    )
+
+
+class AlertDebounce:
+    """Alert when at least n of the last m frames failed."""
+
+    def __init__(self, n: int, m: int) -> None:
+        self.n = n
+        self.recent: deque[bool] = deque(maxlen=m)
+
+    def update(self, failed: bool) -> bool:
+        self.recent.append(failed)
+        return failed and sum(self.recent) >= self.n
+
+
+class Daemon:
+    def __init__(self, cfg: Config, config_path: Path, max_frames: int | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.max_frames = max_frames
+        self.stop = threading.Event()
+        self.reload_requested = threading.Event()
+        self.commands: queue.Queue[Command] = queue.Queue(maxsize=64)
+        self.notifier = SystemdNotifier()
+        self.counters = Counters()
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.started_s = time.monotonic()
+        self.base_topic = f"{cfg.mqtt.topic_prefix}/{cfg.device_id}"
+        self.link: MqttLink | None = None
+        self.sender: OutboxSender | None = None
+        self.source: FrameSource | None = None
+        self.source_state = "starting"
+        self.last_reload_error: str | None = None
+
+    # --- start-up and shutdown, in reverse order of each other ---
+
+    def start(self) -> None:
+        storage = self.cfg.storage.dir
+        try:
+            storage.mkdir(parents=True, exist_ok=True)
+            self.outbox = Outbox(storage / OUTBOX_FILE, self.cfg.storage.outbox_max_messages,
+                                 self.cfg.storage.outbox_when_full, self.cfg.storage.sync)
+        except (OSError, OutboxError) as exc:
+            raise StartupError(f"storage.dir {storage}: {exc}") from None
+        self.inspector = build_inspector(self.cfg)
+        self.evidence = EvidenceStore(storage / "evidence", int(self.cfg.storage.evidence_quota_mb * 1e6))
+        self.debounce = AlertDebounce(self.cfg.alerts.debounce_n, self.cfg.alerts.debounce_m)
+        try:
+            self.source = open_source(source_settings(self.cfg, self.inspector.spec.color == "gray"), self._on_source_state)
+        except CaptureError as exc:
+            raise StartupError(str(exc)) from None
+        if self.cfg.mqtt.enabled:
+            self.link = MqttLink(broker_settings(self.cfg), self.base_topic, self._on_command, self._on_connection)
+            self.sender = OutboxSender(self.link, self.outbox, window=self.cfg.mqtt.max_inflight)
+            self.link.start()
+            self.sender.start()
+        pending = self.outbox.depth()
+        logger.info("ready: model %s (threshold %.6g), source %s, %d message(s) pending from earlier",
+                    self.inspector.bundle.name, self.inspector.threshold, self.cfg.source.kind, pending)
+        self.notifier.ready(f"inspecting with {self.inspector.bundle.name}")
+
+    def shutdown(self, clean: bool) -> None:
+        self.notifier.stopping()
+        if self.source is not None:
+            self.source.close()
+        if self.sender is not None:
+            self.sender.stop()
+        if self.link is not None:
+            self._publish_stats()
+            self.link.stop(clean=clean)
+        self.outbox.close()
+
+    # --- callbacks from other threads: they only queue work ---
+
+    def _on_source_state(self, state: str, detail: str) -> None:
+        self.source_state = state
+        logger.warning("source %s %s", state, detail) if state != "running" else logger.info("source running")
+        self.notifier.status(f"source {state} {detail}".strip())
+        if self.link is not None:
+            self._publish_json("state", {"source": state, "detail": detail, "ts": utc_now()}, retain=True)
+
+    def _on_connection(self, connected: bool, detail: str) -> None:
+        logger.info("broker %s %s", "connected" if connected else "disconnected", detail)
+
+    def _on_command(self, name: str, payload: bytes) -> None:
+        try:
+            command = parse_command(name, payload)
+            self.commands.put_nowait(command)
+        except CommandRefused as exc:
+            logger.warning("command %s refused: %s", name[:64], exc)
+            self._reply(name, False, str(exc), request_id_of(payload))
+        except queue.Full:
+            self._reply(name, False, "busy: too many queued commands", request_id_of(payload))
+
+    def _reply(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
+        if self.link is not None:
+            self._publish_json("reply", {"command": command[:64], "ok": ok, "reason": reason,
+                                         "request_id": request_id, "ts": utc_now()})
+
+    def _publish_json(self, subtopic: str, data: dict, retain: bool = False) -> None:
+        self.link.publish(subtopic, json.dumps(data, separators=(",", ":")), qos=1, retain=retain)
+
+    # --- the main loop ---
+
+    def run(self) -> int:
+        next_stats_s = time.monotonic() + self.cfg.mqtt.stats_interval_s
+        triggered = self.cfg.trigger.mode == "mqtt"
+        while not self.stop.is_set():
+            if self.reload_requested.is_set():
+                self._reload(request_id=None)
+            part_id, wait_s = None, IDLE_WAIT_S
+            command = self._next_command(block=triggered)
+            if command is not None:
+                part_id = self._apply(command)
+                if part_id is False:
+                    continue
+                wait_s = self.cfg.trigger.timeout_s
+            elif triggered:
+                self.notifier.ping()  # waiting for a trigger is healthy: the loop itself is alive
+                next_stats_s = self._maybe_stats(next_stats_s)
+                continue
+            frame = self.source.read(wait_s)
+            if frame is None:
+                if self.source.exhausted:
+                    return self._finish_replay()
+                if part_id is not None:
+                    self._reply("trigger", False, "no frame from the source in time", None)
+                next_stats_s = self._maybe_stats(next_stats_s)
+                continue
+            self._inspect(frame, part_id if isinstance(part_id, str) else None)
+            self.notifier.ping()
+            next_stats_s = self._maybe_stats(next_stats_s)
+            if self.max_frames and self.counters.frames >= self.max_frames:
+                return self._finish_replay()
+        return EX_OK
+
+    def _next_command(self, block: bool) -> Command | None:
+        try:
+            return self.commands.get(timeout=IDLE_WAIT_S) if block else self.commands.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _apply(self, command: Command) -> str | None | bool:
+        """Act on a validated command. Returns the part id for a trigger, None for one without, False otherwise."""
+        args = command.args
+        if command.name == "trigger":
+            return args.part_id or ""
+        if command.name == "threshold":
+            old = self.inspector.threshold
+            self.inspector.set_threshold(args.threshold)
+            logger.info("threshold changed by command: %.6g -> %.6g", old, args.threshold)
+            self._reply("threshold", True, f"threshold {old:.6g} -> {args.threshold:.6g}", args.request_id)
+            self._publish_stats()
+        elif command.name == "reload":
+            self._reload(args.request_id)
+        return False
+
+    def _reload(self, request_id: str | None) -> None:
+        """Re-read config and model; keep the running ones unless both are valid."""
+        self.reload_requested.clear()
+        self.notifier.reloading()
+        try:
+            cfg = load_config(self.config_path)
+            inspector = build_inspector(cfg)
+        except (ConfigError, StartupError) as exc:
+            self.last_reload_error = str(exc)
+            logger.error("reload refused, keeping the running config and model: %s", exc)
+            self._reply("reload", False, str(exc), request_id)
+            self.notifier.ready("reload refused")
+            return
+        self.cfg, self.inspector, self.last_reload_error = cfg, inspector, None
+        self.debounce = AlertDebounce(cfg.alerts.debounce_n, cfg.alerts.debounce_m)
+        logger.info("reloaded: model %s, threshold %.6g", inspector.bundle.name, inspector.threshold)
+        self._reply("reload", True, f"model {inspector.bundle.name}, threshold {inspector.threshold:.6g}", request_id)
+        self.notifier.ready(f"inspecting with {inspector.bundle.name}")
+
+    def _inspect(self, frame, part_id: str | None) -> None:
+        try:
+            result = self.inspector.inspect(frame.image, bgr=frame.image.ndim == 3)
+        except ImageError as exc:
+            self.counters.errors += 1
+            logger.error("frame %s not inspected: %s", frame.name, exc)
+            return
+        latency_ms = (time.monotonic() - frame.arrival_s) * 1000.0
+        self.latencies_ms.append(latency_ms)
+        failed = result.verdict == "fail"
+        self.counters.frames += 1
+        self.counters.failed += failed
+        self.counters.passed += not failed
+        alert = self.debounce.update(failed)
+        seq = self.outbox.next_seq()
+        payload = self._result_payload(seq, frame.name, part_id, result, latency_ms)
+        messages = [(f"{self.base_topic}/result", payload, 1)]
+        if alert:
+            self.counters.alerts += 1
+            messages.append((f"{self.base_topic}/alert", payload, 1))
+        self.outbox.put(seq, messages)
+        if self.sender is not None:
+            self.sender.wake()
+        logger.info("%s %-4s score %.4g (norm %.3f) %s", frame.name, result.verdict.upper(), result.score,
+                    result.score_norm, f"part {part_id}" if part_id else "")
+        self._evidence_and_heatmap(seq, frame, result, failed)
+
+    def _result_payload(self, seq: int, image: str, part_id: str | None, result: Inspection, latency_ms: float) -> bytes:
+        bundle = self.inspector.bundle
+        return json.dumps({
+            "id": uuid.uuid4().hex, "seq": seq, "ts": utc_now(), "device_id": self.cfg.device_id,
+            "image": image, "part_id": part_id, "score": result.score, "score_norm": round(result.score_norm, 6),
+            "threshold": result.threshold, "verdict": result.verdict, "regions": result.regions,
+            "model": {"name": bundle.name, "sha256": bundle.model_sha256}, "latency_ms": round(latency_ms, 3),
+        }, separators=(",", ":")).encode()
+
+    def _evidence_and_heatmap(self, seq: int, frame, result: Inspection, failed: bool) -> None:
+        wanted = {"always": True, "fail": failed, "never": False}
+        publish = self.link is not None and wanted[self.cfg.mqtt.heatmap]
+        save = wanted[self.cfg.storage.evidence]
+        if not (publish or save):
+            return
+        overlay = self._overlay(frame.image, result)
+        if publish:
+            ok, jpeg = cv2.imencode(".jpg", overlay)
+            if ok:
+                self.link.publish("heatmap", jpeg.tobytes(), qos=0)
+        if save:
+            self.evidence.save(f"{seq:09d}-{Path(frame.name).stem}", {"": frame.image, "-heat": overlay})
+
+    def _overlay(self, image: np.ndarray, result: Inspection) -> np.ndarray:
+        """Frame and heatmap blended, colours anchored to the pixel threshold."""
+        colors = heat_colors(result.heat, self.inspector.calibration.pixel_threshold)
+        spec = self.inspector.spec
+        base = cv2.resize(image, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+        base = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR) if base.ndim == 2 else base
+        blended = cv2.addWeighted(base, 0.5, colors, 0.5, 0)
+        factor = max(1, OVERLAY_MIN_SIDE_PX // max(spec.width, spec.height))
+        return cv2.resize(blended, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) if factor > 1 else blended
+
+    # --- stats and the end of a replay ---
+
+    def stats(self) -> dict:
+        latencies = np.fromiter(self.latencies_ms, dtype=float)
+        uptime = time.monotonic() - self.started_s
+        p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]).round(3).tolist() if latencies.size else [None] * 3)
+        source = self.source.stats() if self.source is not None else {}
+        return {
+            "ts": utc_now(), "device_id": self.cfg.device_id, "uptime_s": round(uptime, 1),
+            "frames": self.counters.frames, "pass": self.counters.passed, "fail": self.counters.failed,
+            "alerts": self.counters.alerts, "errors": self.counters.errors, "dropped": source.get("dropped", 0),
+            "fps": round(self.counters.frames / uptime, 2) if uptime > 0 else 0.0,
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+            "outbox": {"depth": self.outbox.depth(), "dropped": self.outbox.dropped},
+            "delivered": self.sender.delivered if self.sender else 0,
+            "source": source, "evidence": self.evidence.stats(),
+            "mqtt_connected": bool(self.link and self.link.connected),
+            "model": {"name": self.inspector.bundle.name, "sha256": self.inspector.bundle.model_sha256},
+            "threshold": self.inspector.threshold, "last_reload_error": self.last_reload_error,
+            "cpu_temp_c": cpu_temperature_c(),
+        }
+
+    def _publish_stats(self) -> None:
+        if self.link is not None:
+            self._publish_json("stats", self.stats())
+
+    def _maybe_stats(self, next_due_s: float) -> float:
+        now = time.monotonic()
+        if now < next_due_s:
+            return next_due_s
+        self._publish_stats()
+        return now + self.cfg.mqtt.stats_interval_s
+
+    def _finish_replay(self) -> int:
+        """A finite replay ended: deliver what is pending (bounded), then exit."""
+        pending = self.outbox.depth()
+        timeout = self.cfg.storage.drain_timeout_s
+        if pending and self.sender is not None:
+            logger.info("replay finished; delivering %d pending message(s), waiting up to %.0f s", pending, timeout)
+            if not self.sender.wait_drained(timeout):
+                logger.warning("%d message(s) stay in the outbox for the next start", self.outbox.depth())
+        logger.info("replay finished: %d frames, %d pass, %d fail", self.counters.frames,
+                    self.counters.passed, self.counters.failed)
+        return EX_OK
+
+
+def install_signal_handlers(daemon: Daemon) -> None:
+    """Signals only set events; the main loop acts on them."""
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.reload_requested.set())
+
+
+def run_from_config(config_path: Path, max_frames: int | None = None, drain_timeout_s: float | None = None) -> int:
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=__import__("sys").stderr)
+        return EX_CONFIG
+    if drain_timeout_s is not None:
+        cfg.storage.drain_timeout_s = drain_timeout_s
+    logging.getLogger().setLevel(cfg.log_level.upper())
+    daemon = Daemon(cfg, config_path, max_frames=max_frames)
+    install_signal_handlers(daemon)
+    try:
+        daemon.start()
+    except (StartupError, ConfigError) as exc:
+        logger.error("cannot start: %s", exc)
+        return EX_CONFIG
+    code = EX_SOFTWARE
+    try:
+        code = daemon.run()
+    finally:
+        daemon.shutdown(clean=True)
+    return code

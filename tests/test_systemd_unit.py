@@ -1,0 +1,123 @@
+"""The shipped systemd unit: hardening score, verify cleanliness, and the directives the daemon relies on.
+
+These tests need ``systemd-analyze`` (Debian package ``systemd``) and fail without it: a unit that
+was never checked must not pass CI silently.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+UNIT_PATH = Path(__file__).resolve().parents[1] / "systemd" / "lineguard.service"
+MAX_EXPOSURE = 2.0
+ANALYZE_TIMEOUT_S = 60
+MISSING_EXECUTABLE = "/opt/lineguard/bin/lineguard"
+_OVERALL_PATTERN = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
+
+
+@pytest.fixture(scope="module")
+def analyze() -> str:
+    """Path of systemd-analyze; fails (never skips) when it is not installed."""
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.fail("systemd-analyze not found: install the 'systemd' package to check the unit")
+    return path
+
+
+def run_analyze(analyze: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run systemd-analyze without pager or colours; stdout and stderr are captured."""
+    env = {**os.environ, "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0", "LC_ALL": "C.UTF-8"}
+    return subprocess.run(
+        [analyze, *args], capture_output=True, text=True, env=env, timeout=ANALYZE_TIMEOUT_S, check=False
+    )
+
+
+def unit_directives(path: Path) -> dict[str, list[str]]:
+    """Every ``Section.Key`` assignment in the unit, in order; comments and blank lines skipped."""
+    directives: dict[str, list[str]] = {}
+    section = ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"not an assignment: {raw!r}"
+        directives.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return directives
+
+
+@pytest.fixture(scope="module")
+def service() -> dict[str, list[str]]:
+    return unit_directives(UNIT_PATH)
+
+
+def test_security_exposure_within_budget(analyze: str) -> None:
+    result = run_analyze(analyze, "security", "--offline=true", "--no-pager", str(UNIT_PATH))
+    assert result.returncode == 0, result.stderr
+    match = _OVERALL_PATTERN.search(result.stdout)
+    assert match, f"no overall exposure line in:\n{result.stdout}\n{result.stderr}"
+    exposure = float(match.group(1))
+    assert exposure <= MAX_EXPOSURE, f"exposure {exposure} > {MAX_EXPOSURE}:\n{result.stdout}"
+
+
+def test_security_threshold_flag_agrees(analyze: str) -> None:
+    # --threshold counts in tenths; a non-zero exit means the exposure is above it.
+    threshold = str(round(MAX_EXPOSURE * 10))
+    result = run_analyze(analyze, "security", "--offline=true", f"--threshold={threshold}", str(UNIT_PATH))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_verify_only_complains_about_missing_executable(analyze: str, tmp_path: Path) -> None:
+    # A private copy, so no other file next to the unit is picked up as a drop-in or dependency.
+    unit = tmp_path / UNIT_PATH.name
+    shutil.copyfile(UNIT_PATH, unit)
+    result = run_analyze(analyze, "verify", "--man=no", str(unit))
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    unexpected = [line for line in complaints if MISSING_EXECUTABLE not in line]
+    assert unexpected == [], "\n".join(complaints)
+    for line in complaints:
+        assert "not executable" in line or "No such file" in line, line
+
+
+def test_notify_and_watchdog(service: dict[str, list[str]]) -> None:
+    assert service["Service.Type"] == ["notify"]
+    assert service["Service.NotifyAccess"] == ["main"]
+    assert service["Service.WatchdogSec"] == ["30s"]
+    assert service["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert service["Service.ExecStart"] == [f"{MISSING_EXECUTABLE} run --config /etc/lineguard/config.yaml"]
+
+
+def test_restart_policy(service: dict[str, list[str]]) -> None:
+    assert service["Service.Restart"] == ["on-failure"]
+    # EX_CONFIG: an invalid config must not crash-loop.
+    assert "78" in service["Service.RestartPreventExitStatus"][0].split()
+    assert service["Service.TimeoutStopSec"] == ["40s"]
+
+
+def test_identity_state_and_credentials(service: dict[str, list[str]]) -> None:
+    assert service["Service.User"] == ["lineguard"]
+    assert service["Service.StateDirectory"] == ["lineguard"]
+    assert service["Service.ConfigurationDirectory"] == ["lineguard"]
+    assert service["Service.LoadCredential"] == ["mqtt_password:/etc/lineguard/mqtt_password"]
+    assert service["Service.SupplementaryGroups"] == ["video"]
+
+
+def test_devices_are_allow_listed(service: dict[str, list[str]]) -> None:
+    assert service["Service.DevicePolicy"] == ["closed"]
+    allowed = {entry.split()[0] for entry in service["Service.DeviceAllow"]}
+    assert allowed == {"char-video4linux", "char-media", "char-dma_heap"}
+    # PrivateDevices=yes would hide the cameras.
+    assert "Service.PrivateDevices" not in service
+
+
+def test_proc_subset_stays_unset(service: dict[str, list[str]]) -> None:
+    # ProcSubset=pid hides /proc/cpuinfo, which XNNPACK's CPU detection reads on arm64.
+    assert "Service.ProcSubset" not in service
