@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 
@@ -455,6 +456,7 @@ class Config(BaseModel):
 
 _INVALID = object()  # stands in for a value already reported as unreadable
 _MAX_NODES = 100_000  # guards against alias expansion bombs
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 class _Reader:
@@ -474,26 +476,33 @@ class _Reader:
 
     def read(self, text: str) -> dict:
         """Parse ``text``; raises ConfigError for problems that stop parsing altogether."""
+        with warnings.catch_warnings():
+            # Reused anchors and similar are legal YAML; warnings would only clutter the log.
+            warnings.simplefilter("ignore", YAMLWarning)
+            warnings.simplefilter("ignore", YAMLFutureWarning)
+            root = self._compose(text)
+            if root is None or (isinstance(root, ScalarNode) and str(root.tag) == _NULL_TAG):
+                return {}  # an empty file means "all defaults"
+            if not isinstance(root, MappingNode):
+                what = "a list" if isinstance(root, SequenceNode) else f"the value {_show(root.value)}"
+                raise ConfigError(
+                    [f"{self.filename}:{_line(root)}: the document must be a mapping of "
+                     f"settings (key: value), got {what}"]
+                )
+            try:
+                return self._mapping(root, (), frozenset())
+            except _TooLarge:
+                raise ConfigError(
+                    [f"{self.filename}:1: the document expands to too many values (alias loop?)"]
+                ) from None
+
+    def _compose(self, text: str) -> Node | None:
         try:
-            root = self._yaml.compose(text)
+            return self._yaml.compose(text)
         except YAMLError as exc:
             raise ConfigError([self._syntax_error(exc, text)]) from None
         except RecursionError:
             raise ConfigError([f"{self.filename}:1: the document is nested too deeply"]) from None
-        if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
-            return {}  # an empty file means "all defaults"
-        if not isinstance(root, MappingNode):
-            what = "a list" if isinstance(root, SequenceNode) else f"the value {root.value!r}"
-            raise ConfigError(
-                [f"{self.filename}:{_line(root)}: the document must be a mapping of "
-                 f"settings (key: value), got {what}"]
-            )
-        try:
-            return self._mapping(root, (), frozenset())
-        except _TooLarge:
-            raise ConfigError(
-                [f"{self.filename}:1: the document expands to too many values (alias loop?)"]
-            ) from None
 
     def _syntax_error(self, exc: YAMLError, text: str) -> str:
         line = 1

@@ -178,7 +178,7 @@ class Outbox:
             return self._dropped
 
     def close(self) -> None:
-        """Close the database; further calls raise OutboxError."""
+        """Close the database; later calls that need it raise OutboxError."""
         with self._lock:
             self._conn.close()
 

@@ -1,0 +1,71 @@
+"""Shared test helpers: paths, a tiny trained bundle, synthetic textured parts with painted defects."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+MNIST_SMALL = FIXTURES / "mnist-small.npz"
+MNIST_BUNDLE = ROOT / "models" / "mnist-1"
+SAMPLES = ROOT / "samples" / "mnist"
+LINEGUARD = [sys.executable, "-m", "edge.cli"]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `lineguard ARGS` as a real process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*LINEGUARD, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env=full_env)
+
+
+def textured_part(rng: np.random.Generator, size: int = 64, color: bool = False) -> np.ndarray:
+    """A good part: smooth shading plus fine grinding-like texture."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = 0.45 + 0.1 * np.sin(2 * np.pi * (xx * 2 + rng.uniform())) + 0.05 * yy
+    texture = cv2.GaussianBlur(rng.normal(0, 0.06, (size, size)), (0, 0), 1.0)
+    gray = np.clip(base + texture, 0, 1)
+    image = (gray * 255).astype(np.uint8)
+    if color:
+        image = cv2.merge([image, (image * 0.8).astype(np.uint8), (image * 0.6).astype(np.uint8)])
+    return image
+
+
+def paint_defect(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dark scratch or bright blob; returns the image and its 0/255 mask."""
+    out = image.copy()
+    mask = np.zeros(image.shape[:2], dtype=np.uint8)
+    size = image.shape[0]
+    if rng.uniform() < 0.5:
+        p1 = tuple(int(v) for v in rng.integers(5, size - 5, 2))
+        p2 = tuple(int(v) for v in rng.integers(5, size - 5, 2))
+        cv2.line(mask, p1, p2, 255, 3)
+        value = 20
+    else:
+        center = tuple(int(v) for v in rng.integers(10, size - 10, 2))
+        cv2.circle(mask, center, int(rng.integers(4, 8)), 255, -1)
+        value = 240
+    out[mask > 0] = value
+    return out, mask
+
+
+def make_mvtec(root: Path, n_train: int = 40, n_good: int = 8, n_bad: int = 8, size: int = 64, color: bool = False,
+               seed: int = 0) -> Path:
+    """A small MVTec AD-layout data set of synthetic textured parts with painted defects and masks."""
+    rng = np.random.default_rng(seed)
+    for folder in ("train/good", "test/good", "test/scratch", "ground_truth/scratch"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(n_train):
+        cv2.imwrite(str(root / f"train/good/{i:03d}.png"), textured_part(rng, size, color))
+    for i in range(n_good):
+        cv2.imwrite(str(root / f"test/good/{i:03d}.png"), textured_part(rng, size, color))
+    for i in range(n_bad):
+        image, mask = paint_defect(textured_part(rng, size, color), rng)
+        cv2.imwrite(str(root / f"test/scratch/{i:03d}.png"), image)
+        cv2.imwrite(str(root / f"ground_truth/scratch/{i:03d}_mask.png"), mask)
+    return root
