@@ -299,8 +299,9 @@ def _list_images(folder: Path | None) -> list[Path]:
         key=lambda p: p.name,
     )
     if not files:
+        # Not an error: a restart on an emptied folder still delivers what the outbox holds.
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))
-        raise CaptureError(f"no images ({suffixes}) in folder {folder}")
+        logger.warning("no images (%s) in folder %s: nothing to replay", suffixes, folder)
     return files
 
 
@@ -335,17 +336,26 @@ class VideoSource(_ReplaySource):
             return None
         ok, image = self._capture.read()
         if not ok and self._settings.loop and self._frame_in_file > 0:
-            # Reopening is more reliable than seeking for many containers.
-            self._capture.release()
-            self._capture = self._open()
-            self._frame_in_file = 0
-            ok, image = self._capture.read()
+            ok, image = self._restart()
         if not ok or image is None:
             self._release()
             return None
         name = f"{self._path.name}#{self._frame_in_file}"
         self._frame_in_file += 1
         return image, name
+
+    def _restart(self) -> tuple[bool, np.ndarray | None]:
+        # Reopening is more reliable than seeking for many containers.
+        self._release()
+        self._frame_in_file = 0
+        try:
+            self._capture = self._open()
+        except CaptureError as exc:
+            # The file vanished or broke mid-replay: end the replay rather than fail the caller.
+            self._last_error = str(exc)
+            logger.warning("video replay stops: %s", exc)
+            return False, None
+        return self._capture.read()
 
 
 CaptureOpener = Callable[[], cv2.VideoCapture]
@@ -367,7 +377,8 @@ def _live_opener(settings: SourceSettings) -> CaptureOpener:
         raise CaptureError(
             f"gstreamer source {redact_url(settings.url)!r}: this OpenCV build has no GStreamer support "
             "(cv2.getBuildInformation() shows 'GStreamer: NO', as in the pip opencv-python wheels); "
-            "use Raspberry Pi OS's python3-opencv package (apt install python3-opencv), which is built with it"
+            "use Raspberry Pi OS's python3-opencv package (apt install python3-opencv), which is built with it "
+            "(a venv sees it only with --system-site-packages)"
         )
     return lambda: cv2.VideoCapture(settings.url, cv2.CAP_GSTREAMER, timeouts)
 

@@ -244,6 +244,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(
@@ -282,7 +283,10 @@ class MqttLink:
         reason_code: ReasonCode,
         properties: Properties,
     ) -> None:
-        self._mark_disconnected(str(reason_code))
+        reason = str(reason_code)
+        if reason_code.is_failure and not flags.is_disconnect_packet_from_server:
+            reason = f"connection lost ({reason})"
+        self._mark_disconnected(reason)
 
     def _mark_disconnected(self, reason: str, always_notify: bool = False) -> None:
         with self._lock:
@@ -317,6 +321,20 @@ class MqttLink:
                 listener(session, mid, accepted)
             except Exception:
                 logger.exception("publish listener failed")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties,
+    ) -> None:
+        if any(code.is_failure for code in reason_codes):
+            logger.error("broker refused the command subscription %s/%s/#: %s",
+                         self.base_topic, COMMAND_SUBTOPIC, ", ".join(map(str, reason_codes)))
+        else:
+            logger.debug("subscribed to %s/%s/#", self.base_topic, COMMAND_SUBTOPIC)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         try:

@@ -6,7 +6,7 @@ import http.server
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import cv2
 import numpy as np
@@ -119,20 +119,20 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
 class _MjpegHttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, fps: float) -> None:
+    def __init__(self, port: int, fps: float, paused: threading.Event) -> None:
         super().__init__(("127.0.0.1", port), _MjpegHandler)
         self.closing = threading.Event()
-        self.paused: threading.Event = threading.Event()
+        self.paused = paused
         self.period_s = 1.0 / fps
 
-    def stream_frames(self, out) -> None:
+    def stream_frames(self, out: BinaryIO) -> None:
         counter = 0
         try:
             while not self.closing.is_set():
                 if self.paused.is_set():
                     self.closing.wait(POLL_INTERVAL_S)
                     continue
-                ok, jpeg = cv2.imencode(".jpg", solid_image(counter))
+                _, jpeg = cv2.imencode(".jpg", solid_image(counter))
                 data = jpeg.tobytes()
                 out.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
                 out.write(data + b"\r\n")
@@ -158,10 +158,11 @@ class MjpegServer:
         return f"http://127.0.0.1:{self.port}/stream.mjpg"
 
     def start(self) -> None:
-        self._server = _MjpegHttpServer(self.port, self._fps)
-        self._server.paused = self.paused
+        self._server = _MjpegHttpServer(self.port, self._fps, self.paused)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="mjpeg-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="mjpeg-server", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -286,7 +287,7 @@ def test_folder_reports_end_through_on_state(image_folder: Path):
     assert log.states == ["ended"]
 
 
-def test_folder_missing_or_empty_raises_capture_error_naming_the_path(tmp_path: Path):
+def test_folder_missing_raises_capture_error_and_empty_ends_at_once(tmp_path: Path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(CaptureError, match=str(missing)):
         open_source(SourceSettings(kind="folder", path=missing))
@@ -294,8 +295,8 @@ def test_folder_missing_or_empty_raises_capture_error_naming_the_path(tmp_path: 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
-    with pytest.raises(CaptureError, match=str(empty)):
-        open_source(SourceSettings(kind="folder", path=empty))
+    source = open_source(SourceSettings(kind="folder", path=empty, fps=0))
+    assert source.read(0.1) is None and source.exhausted  # an empty replay ends at once
 
 
 def test_folder_close_interrupts_a_paced_wait(image_folder: Path):
@@ -335,6 +336,17 @@ def test_video_loop_starts_again_from_the_first_frame(video_file: Path):
     assert frames[VIDEO_FRAME_COUNT].image.ndim == 2
     assert not source.exhausted
     assert source.read(timeout_s=0.1) is None  # closed
+
+
+def test_video_loop_ends_quietly_when_the_file_disappears(video_file: Path):
+    source = open_source(SourceSettings(kind="video", path=video_file, fps=0, loop=True))
+    for _ in range(VIDEO_FRAME_COUNT):
+        assert source.read(timeout_s=1.0) is not None
+    video_file.unlink()
+
+    assert source.read(timeout_s=1.0) is None
+    assert source.exhausted
+    assert str(video_file) in source.stats()["last_error"]
 
 
 def test_video_missing_file_raises_capture_error_naming_the_path(tmp_path: Path):
@@ -440,8 +452,8 @@ class SilentFileHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_stream_close_stops_the_grabber_promptly(mjpeg_server: MjpegServer):
-    source = open_source(stream_settings(mjpeg_server.url))
+def test_stream_close_stops_the_grabber_promptly(mjpeg_server: MjpegServer, open_sources):
+    source = open_sources(stream_settings(mjpeg_server.url))
     assert read_frame(source) is not None
 
     started_s = time.monotonic()
@@ -451,9 +463,9 @@ def test_stream_close_stops_the_grabber_promptly(mjpeg_server: MjpegServer):
     assert source.read(timeout_s=0.1) is None
 
 
-def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer):
+def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer, open_sources):
     log = StateLog()
-    source = open_source(stream_settings(mjpeg_server.url, reconnect_initial_s=30.0), on_state=log)
+    source = open_sources(stream_settings(mjpeg_server.url, reconnect_initial_s=30.0), on_state=log)
     assert read_frame(source) is not None
     mjpeg_server.stop()
     assert wait_until(lambda: "reconnecting" in log.states)
@@ -464,9 +476,9 @@ def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer):
     assert not source.grabber_alive
 
 
-def test_close_during_a_stalled_read_is_bounded_by_read_timeout(mjpeg_server: MjpegServer):
+def test_close_during_a_stalled_read_is_bounded_by_read_timeout(mjpeg_server: MjpegServer, open_sources):
     read_timeout_s = 0.5
-    source = open_source(stream_settings(mjpeg_server.url, read_timeout_s=read_timeout_s))
+    source = open_sources(stream_settings(mjpeg_server.url, read_timeout_s=read_timeout_s))
     assert read_frame(source) is not None
     mjpeg_server.paused.set()
     threading.Event().wait(0.1)  # let the grabber block inside the read

@@ -1,0 +1,110 @@
+"""Running the real daemon as a process against a real broker, for the daemon and fault tests."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import MNIST_BUNDLE, ROOT, SAMPLES
+
+DEVICE = "cell-7"
+PREFIX = "lineguard"
+BASE = f"{PREFIX}/{DEVICE}"
+
+# The daemon runs in a wrapper that fails loudly if anything imported TensorFlow.
+NO_TENSORFLOW_WRAPPER = (
+    "import sys\n"
+    "from edge.cli import main\n"
+    "code = main()\n"
+    "if any(m == 'tensorflow' or m.startswith('tensorflow.') for m in sys.modules):\n"
+    "    print('TENSORFLOW WAS IMPORTED', file=sys.stderr); sys.exit(99)\n"
+    "sys.exit(code)\n"
+)
+
+
+def sample_folder(tmp_path: Path, count: int | None = None) -> Path:
+    """A copy of the bundled sample frames (real MNIST 1s and 9s)."""
+    folder = tmp_path / "frames"
+    folder.mkdir(exist_ok=True)
+    for path in sorted(SAMPLES.glob("*.png"))[:count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def write_config(tmp_path: Path, port: int | None, frames: Path, **sections) -> Path:
+    """A config for one test; keyword arguments override whole sections' keys."""
+    config = {
+        "device_id": DEVICE,
+        "model": str(MNIST_BUNDLE),
+        "source": {"kind": "folder", "path": str(frames), "fps": 0},
+        "mqtt": {"host": "127.0.0.1", "port": port or 1, "topic_prefix": PREFIX, "stats_interval_s": 1,
+                 "reconnect_min_s": 0.2, "reconnect_max_s": 1},
+        "storage": {"dir": str(tmp_path / "state"), "drain_timeout_s": 20},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+class DaemonProcess:
+    """`lineguard run` in its own process, with its stderr captured to a file."""
+
+    def __init__(self, config: Path, extra_env: dict | None = None, *args: str) -> None:
+        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        command = [sys.executable, "-c", NO_TENSORFLOW_WRAPPER, "run", "--config", str(config), *args]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout_s: float = 30) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return True
+            if self.process.poll() is not None:
+                return text in self.log()
+            time.sleep(0.05)
+        return False
+
+    def wait(self, timeout_s: float = 60) -> int:
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self._log.close()
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+
+def results(collector, topic: str = f"{BASE}/result") -> list[dict]:
+    return [json.loads(p) for p in collector.payloads(topic)]
+
+
+def unique_in_order(messages: list[dict]) -> list[dict]:
+    """First occurrence of each id; the only duplicates allowed are exact repeats of an id."""
+    seen: dict[str, dict] = {}
+    for message in messages:
+        if message["id"] in seen:
+            assert seen[message["id"]] == message, "a repeated id carried a different payload"
+            continue
+        seen[message["id"]] = message
+    return list(seen.values())

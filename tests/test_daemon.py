@@ -1,0 +1,207 @@
+"""The daemon as a real process against a real Mosquitto: every verdict delivered, in order, once."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.daemon_harness import (
+    BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config,
+)
+from tests.helpers import MNIST_BUNDLE, ROOT, run_cli
+
+RESULT_FIELDS = {"id", "seq", "ts", "device_id", "image", "part_id", "score", "score_norm", "threshold", "verdict",
+                 "regions", "model", "latency_ms"}
+
+
+def score_cli(paths) -> dict[str, dict]:
+    out = run_cli("score", "--model", MNIST_BUNDLE, *paths)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    return {line["image"].rsplit("/", 1)[-1]: line for line in lines}
+
+
+def test_folder_replay_gives_one_result_per_frame_equal_to_score(tmp_path, broker, make_collector):
+    frames = sample_folder(tmp_path)
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(write_config(tmp_path, broker.port, frames))
+    assert daemon.wait(60) == 0, daemon.log()[-3000:]
+    files = sorted(frames.glob("*.png"))
+    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/result" for x in m) >= len(files), 10)
+    got = unique_in_order(results(collector))
+    assert len(got) == len(files) == len(results(collector))
+    assert RESULT_FIELDS <= got[0].keys()
+    assert [r["image"] for r in got] == [p.name for p in files]
+    assert [r["seq"] for r in got] == sorted(r["seq"] for r in got)
+    assert len({r["id"] for r in got}) == len(got)
+    expected = score_cli(files)
+    for r in got:
+        assert r["score"] == expected[r["image"]]["score"]
+        assert r["verdict"] == expected[r["image"]]["verdict"]
+        assert r["model"]["sha256"] == json.loads((MNIST_BUNDLE / "model.json").read_text())["model"]["sha256"]
+    failed = [r for r in got if r["verdict"] == "fail"]
+    assert failed and all("digit9" in r["image"] for r in failed)
+    alerts = [json.loads(p) for p in collector.payloads(f"{BASE}/alert")]
+    assert [a["id"] for a in alerts] == [r["id"] for r in failed]
+    assert len(collector.payloads(f"{BASE}/heatmap")) == len(failed)
+    assert collector.payloads(f"{BASE}/status")[-1] == b"stopped"
+    evidence = list((tmp_path / "state" / "evidence").glob("*-heat.jpg"))
+    assert len(evidence) == len(failed)
+
+
+def test_broker_restart_mid_replay_loses_nothing(tmp_path, make_broker, make_collector):
+    broker = make_broker(persistence=True)
+    frames = sample_folder(tmp_path)
+    collector = make_collector(broker, [f"{BASE}/result"], client_id="dashboard", clean_session=False)
+    daemon = DaemonProcess(write_config(tmp_path, broker.port, frames, source={"fps": 8}))
+    assert collector.wait_for(3, 30), daemon.log()[-2000:]
+    broker.stop()
+    time.sleep(2.0)
+    broker.start()
+    assert daemon.wait(60) == 0, daemon.log()[-3000:]
+    assert collector.wait_for(lambda m: len(unique_in_order(results(collector))) >= 20, 20)
+    got = unique_in_order(results(collector))
+    assert [r["image"] for r in got] == sorted(p.name for p in frames.glob("*.png"))
+    assert [r["seq"] for r in got] == sorted(r["seq"] for r in got)
+
+
+def test_outbox_survives_sigkill_while_broker_is_down(tmp_path, make_broker, make_collector):
+    broker = make_broker(start=False)
+    frames = sample_folder(tmp_path)
+    config = write_config(tmp_path, broker.port, frames)
+    first = DaemonProcess(config)
+    assert first.wait_for_log("pending message(s), waiting up to", 60), first.log()[-2000:]
+    first.kill()  # SIGKILL after every frame was inspected, nothing delivered
+    broker.start()
+    collector = make_collector(broker, [f"{BASE}/result"])
+    for path in frames.glob("*.png"):
+        path.unlink()
+    second = DaemonProcess(config)
+    assert second.wait(60) == 0, second.log()[-3000:]
+    assert collector.wait_for(20, 10)
+    got = unique_in_order(results(collector))
+    assert [r["image"] for r in got] == sorted(p.name for p in sample_folder(tmp_path / "again").glob("*.png"))
+    assert [r["seq"] for r in got] == sorted(r["seq"] for r in got)
+
+
+def test_status_offline_on_sigkill_and_stopped_on_sigterm(tmp_path, broker, make_collector):
+    frames = sample_folder(tmp_path, count=4)
+    config = write_config(tmp_path, broker.port, frames, source={"fps": 5, "loop": True})
+    collector = make_collector(broker, [f"{BASE}/status"])
+    daemon = DaemonProcess(config)
+    assert collector.wait_for(lambda m: m and m[-1].payload == b"online", 30), daemon.log()[-2000:]
+    daemon.kill()
+    assert collector.wait_for(lambda m: m[-1].payload == b"offline", 10)
+    daemon = DaemonProcess(config)
+    assert collector.wait_for(lambda m: m[-1].payload == b"online", 30)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    assert collector.wait_for(lambda m: m[-1].payload == b"stopped", 10)
+    retained = make_collector(broker, [f"{BASE}/status"])
+    assert retained.wait_for(lambda m: m and m[0].retain and m[0].payload == b"stopped", 10)
+
+
+def test_check_config_reports_four_errors_with_lines(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "device_id: cell-7\n"
+        "source:\n"
+        "  kind: folder\n"
+        "  path: frames\n"
+        "  fps: -5\n"
+        "mqtt:\n"
+        "  host: 127.0.0.1\n"
+        "  port: fast\n"
+        "  topic_prefx: lineguard\n"
+        "device_id: cell-8\n",
+        encoding="utf-8",
+    )
+    out = run_cli("check-config", config)
+    assert out.returncode == 78
+    lines = out.stderr.strip().splitlines()
+    assert any(line.startswith(f"{config}:5: source.fps:") for line in lines), lines
+    assert any(line.startswith(f"{config}:8: mqtt.port:") for line in lines), lines
+    assert any(line.startswith(f"{config}:9: mqtt.topic_prefx:") for line in lines), lines
+    assert any(line.startswith(f"{config}:10: device_id:") and "duplicate" in line for line in lines), lines
+    daemon = run_cli("run", "--config", config)
+    assert daemon.returncode == 78
+
+
+def test_malformed_commands_are_refused_and_daemon_keeps_running(tmp_path, broker, make_collector):
+    frames = sample_folder(tmp_path, count=4)
+    config = write_config(tmp_path, broker.port, frames, source={"fps": 5, "loop": True})
+    collector = make_collector(broker, [f"{BASE}/reply", f"{BASE}/stats", f"{BASE}/status"])
+    daemon = DaemonProcess(config)
+    assert collector.wait_for(lambda m: any(x.payload == b"online" for x in m), 30), daemon.log()[-2000:]
+    bad = [
+        ("threshold", b"not json"),
+        ("threshold", b'{"threshold": "high"}'),
+        ("threshold", b'{"threshold": -1}'),
+        ("threshold", b'{"threshold": 5, "extra": 1}'),
+        ("threshold", b"[1, 2]"),
+        ("trigger", b'{"part_id": 12}'),
+        ("reload", b"x" * 10000),
+        ("selfdestruct", b"{}"),
+    ]
+    for name, payload in bad:
+        collector.publish(f"{BASE}/cmd/{name}", payload)
+    replies = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/reply")]
+    assert collector.wait_for(lambda m: len(replies()) >= len(bad), 15), replies()
+    assert all(r["ok"] is False and r["reason"] for r in replies())
+    collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": 123.5, "request_id": "r1"}')
+    assert collector.wait_for(lambda m: any(r.get("request_id") == "r1" and r["ok"] for r in replies()), 15)
+    stats = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/stats")]
+    assert collector.wait_for(lambda m: any(s["threshold"] == 123.5 for s in stats()), 15)
+    assert daemon.process.poll() is None
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+
+
+def test_mqtt_trigger_echoes_the_part_id(tmp_path, broker, make_collector):
+    frames = sample_folder(tmp_path, count=6)
+    config = write_config(tmp_path, broker.port, frames, trigger={"mode": "mqtt"}, source={"fps": 0, "loop": True})
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/status"])
+    daemon = DaemonProcess(config)
+    assert collector.wait_for(lambda m: any(x.payload == b"online" for x in m), 30), daemon.log()[-2000:]
+    time.sleep(0.5)
+    assert results(collector) == []  # nothing inspected without a trigger
+    for part in ("P-001", "P-002"):
+        collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": part}))
+    assert collector.wait_for(lambda m: len(results(collector)) >= 2, 15), daemon.log()[-2000:]
+    assert [r["part_id"] for r in results(collector)] == ["P-001", "P-002"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+
+
+def test_systemd_notifications(tmp_path, broker):
+    """READY=1 once set up, WATCHDOG=1 after inspections, STOPPING=1 at the end: bytes on a real socket."""
+    frames = sample_folder(tmp_path, count=5)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = tmp_path / "notify.sock"
+    notify.bind(str(notify_path))
+    notify.settimeout(0.2)
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
+    daemon = DaemonProcess(write_config(tmp_path, broker.port, frames, source={"fps": 20}), env)
+    assert daemon.wait(60) == 0, daemon.log()[-2000:]
+    received = []
+    while True:
+        try:
+            received.append(notify.recv(4096).decode())
+        except OSError:
+            break
+    kinds = [m.split("\n")[0] for m in received]
+    assert "READY=1" in kinds and "WATCHDOG=1" in kinds and "STOPPING=1" in kinds, received
+    assert kinds.index("READY=1") < kinds.index("WATCHDOG=1") < kinds.index("STOPPING=1")
+
+
+def test_make_demo_works_without_a_broker(tmp_path):
+    """The README's first command on the bundled model and frames, with nothing listening."""
+    out = subprocess.run(["make", "-s", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    verdict_lines = [line for line in out.stderr.splitlines() if " PASS " in line or " FAIL " in line]
+    assert len(verdict_lines) == len(list((ROOT / "samples" / "mnist").glob("*.png")))
+    assert all("digit9" in line for line in verdict_lines if " FAIL " in line)
