@@ -460,7 +460,7 @@ _NULL_TAG = "tag:yaml.org,2002:null"
 
 
 class _Reader:
-    """Turns YAML text into plain data, remembering the line of every key and value."""
+    """Turns YAML text into plain data, remembering the line of every key and list item."""
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
@@ -754,16 +754,15 @@ def parse_config(
     data = reader.read(text)
     _fill_sections(data, Config)
     errors = list(reader.errors)
-    config = None
     try:
         config = Config.model_validate(data, context={"base_dir": base})
     except ValidationError as exc:
         errors.extend(_format_errors(exc, reader))
-    if errors:
-        errors.sort(key=lambda item: item[0])  # stable: keeps order within a line
-        raise ConfigError([message for _, message in errors])
-    assert config is not None
-    return config
+    else:
+        if not errors:
+            return config
+    errors.sort(key=lambda item: item[0])  # stable: keeps the order within a line
+    raise ConfigError([message for _, message in errors])
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -23,6 +23,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.outbox import Outbox, OutboxError
 
 logger = logging.getLogger(__name__)
+_paho_logger = logging.getLogger(f"{__name__}.paho")
 
 STATUS_SUBTOPIC = "status"
 STATUS_ONLINE = "online"
@@ -111,6 +112,7 @@ class MqttLink:
         self._connected_event = threading.Event()
         self._client: mqtt.Client | None = None
         self._stopping = False
+        self._unreachable_reported = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -126,9 +128,15 @@ class MqttLink:
             settings.host, settings.port, settings.client_id,
             "on" if settings.tls_enabled else "off", settings.username,
         )
-        client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
-        client.loop_start()
+        # Set before the network thread starts: on_connect may fire at once and
+        # publish_in_session needs the client.
         self._client = client
+        try:
+            client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
+            client.loop_start()
+        except Exception:
+            self._client = None
+            raise
 
     def stop(self, clean: bool = True, timeout_s: float = 5.0) -> None:
         """Disconnect and stop the network thread.
@@ -224,9 +232,10 @@ class MqttLink:
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        # A bug in a callback must be logged, never end the network thread.
+        # A bug in a callback must be logged (see _on_log), never end the network thread.
         client.suppress_exceptions = True
+        client.on_log = self._on_log
+        client.on_connect_fail = self._on_connect_fail
         if settings.username is not None:
             client.username_pw_set(settings.username, settings.password)
         if settings.tls_enabled:
@@ -271,9 +280,26 @@ class MqttLink:
         with self._lock:
             self._sessions_started += 1
             self._session = self._sessions_started
+        self._unreachable_reported = False
         self._connected_event.set()
         logger.info("connected to broker %s:%d", self.settings.host, self.settings.port)
         self._notify_connection(True, str(reason_code))
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        # Reported once per outage; paho keeps retrying with backoff.
+        log = logger.debug if self._unreachable_reported else logger.warning
+        log(
+            "cannot connect to broker %s:%d, retrying (backoff up to %.0f s)",
+            self.settings.host, self.settings.port, self.settings.reconnect_max_s,
+        )
+        self._unreachable_reported = True
+
+    def _on_log(self, client: mqtt.Client, userdata: object, level: int, message: str) -> None:
+        # paho reports expected outage noise as errors; only swallowed callback exceptions matter.
+        if message.startswith("Caught exception"):
+            logger.error("in paho callback: %s", message)
+        else:
+            _paho_logger.debug("%s", message)
 
     def _on_disconnect(
         self,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -437,6 +436,7 @@ FRAGMENTS = [
     ",", "'", '"', "#", "&a ", "*a", "!!int ", "!x ", "---\n", "...", "~", "1", "-5", ".nan", "yes",
     "? ", "|\n", ">\n", "\t", "%YAML 1.2\n", "<<: ",
 ]
+EXAMPLE_TEXT = EXAMPLE.read_text()
 YAMLISH = st.lists(st.sampled_from(FRAGMENTS) | st.text(max_size=3), max_size=40).map("".join)
 
 
@@ -448,7 +448,7 @@ def _dump(data: Any) -> str:
 
 def _mutated_example(draw: st.DrawFn) -> str:
     """The example config with one setting replaced by an arbitrary value."""
-    data = YAML(typ="safe", pure=True).load(EXAMPLE.read_text())
+    data = YAML(typ="safe", pure=True).load(EXAMPLE_TEXT)
     keys = sorted(flatten(data))
     path = draw(st.sampled_from(keys))
     node = data

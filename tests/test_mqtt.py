@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import MessageCollector, MosquittoBroker, Received
 
 from edge.mqtt import BrokerSettings, MqttLink, OutboxSender
 from edge.outbox import Outbox
+from tests.conftest import MosquittoBroker, Received
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_TOPIC = "lg/dev1"
@@ -246,6 +246,14 @@ def test_refused_connection_is_reported_and_the_password_never_logged(
     assert "right-pass" not in caplog.text
 
 
+def test_tls_never_falls_back_to_plain_text(broker, make_link, tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        MqttLink(BrokerSettings(tls_enabled=True, tls_ca_file=tmp_path / "missing-ca.pem"), BASE_TOPIC).start()
+    # The broker only speaks plain MQTT: a TLS link must keep failing, not downgrade.
+    link = make_link(settings_for(broker, tls_enabled=True))
+    assert not link.wait_connected(0.5)
+
+
 # -- outbox sender ------------------------------------------------------------
 
 
@@ -272,7 +280,9 @@ def test_sender_delivers_in_order_and_empties_the_outbox(broker, make_collector,
         sender.stop()
 
 
-def test_sender_loses_nothing_when_the_broker_restarts_mid_stream(make_broker, make_collector, make_link, outbox) -> None:
+def test_sender_loses_nothing_when_the_broker_restarts_mid_stream(
+    make_broker, make_collector, make_link, outbox
+) -> None:
     before_outage, during_outage = 3000, 300
     # Persistent broker and dashboard session: what the broker accepted while the
     # dashboard was reconnecting is queued for it rather than discarded.
