@@ -120,18 +120,19 @@ def test_status_is_retained_online_after_connect(broker, make_collector, make_li
     assert live.wait_for(lambda ms: any(m.topic == f"{BASE_TOPIC}/stats" for m in ms), WAIT_S)
 
 
-def test_clean_stop_leaves_retained_stopped(broker, make_collector) -> None:
+@pytest.mark.parametrize(("clean", "final_status"), [(True, b"stopped"), (False, b"offline")])
+def test_stop_leaves_a_retained_final_status(broker, make_collector, clean: bool, final_status: bytes) -> None:
     live = make_collector(broker, [STATUS_TOPIC])
     link = MqttLink(settings_for(broker), BASE_TOPIC)
     link.start()
     assert live.wait_for(has_status(b"online"), WAIT_S)
-    link.stop(clean=True)
+    link.stop(clean=clean)
     assert not link.connected
     assert not link.publish("stats", b"{}")  # fire-and-forget is dropped, not queued
 
     late = make_collector(broker, [STATUS_TOPIC])
     assert late.wait_for(1, WAIT_S)
-    assert late.messages[0] == Received(STATUS_TOPIC, b"stopped", True)
+    assert late.messages[0] == Received(STATUS_TOPIC, final_status, True)
 
 
 LINK_SCRIPT = textwrap.dedent(

@@ -93,3 +93,26 @@ def build_model(kind: str, shape: tuple[int, int, int], width: int, latent: int,
     if kind == "dense":
         return dense_autoencoder(shape, hidden=width, latent=latent, mean_intensity=mean_intensity)
     return conv_autoencoder(shape, width=width, latent=latent, mean_intensity=mean_intensity)
+
+
+def _conv_bn(x: tf.Tensor, filters: int) -> tf.Tensor:
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.layers.ReLU()(x)
+
+
+def unet_segmenter(shape: tuple[int, int, int], width: int = 16, depth: int = 4) -> keras.Model:
+    """A small U-Net that maps an image to a per-pixel defect probability (trained on synthetic defects)."""
+    inputs = keras.Input(shape=shape)
+    x, skips = inputs, []
+    for level in range(depth):
+        x = _conv_bn(_conv_bn(x, width * 2**level), width * 2**level)
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2)(x)
+    x = _conv_bn(_conv_bn(x, width * 2**depth), width * 2**depth)
+    for level in reversed(range(depth)):
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear")(x)
+        x = keras.layers.Concatenate()([x, skips[level]])
+        x = _conv_bn(_conv_bn(x, width * 2**level), width * 2**level)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=keras.initializers.Constant(-4.0))(x)
+    return keras.Model(inputs, outputs, name="unet_segmenter")
