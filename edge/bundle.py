@@ -144,12 +144,16 @@ def load_bundle(path: str | Path, verify_float: bool = False) -> Bundle:
 
 
 def check_model_shapes(bundle: Bundle, input_shape: tuple[int, ...], output_shape: tuple[int, ...], model_path: Path) -> None:
-    """The model must take and return exactly the shape the manifest promises."""
+    """The model must take and return exactly the shape the manifest promises.
+
+    An autoencoder returns an image like its input; a model that outputs its anomaly map returns one channel.
+    """
     expected = bundle.input_shape
-    if tuple(input_shape) != expected or tuple(output_shape) != expected:
+    expected_output = (*expected[:3], 1) if bundle.scoring.residual == "map" else expected
+    if tuple(input_shape) != expected or tuple(output_shape) != expected_output:
         raise BundleError(
             f"{model_path}: model takes {list(input_shape)} and returns {list(output_shape)}, "
-            f"but {MANIFEST_NAME} promises {list(expected)}"
+            f"but {MANIFEST_NAME} promises {list(expected)} and {list(expected_output)}"
         )
 
 

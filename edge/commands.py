@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_PAYLOAD_BYTES = 4096
 PART_ID_MAX_CHARS = 128
+REASON_KEY_MAX_CHARS = 64  # an unknown key is echoed in the reason only this far
 
 
 class CommandRefused(ValueError):
@@ -37,7 +38,10 @@ class ThresholdCommand(_Command):
         if isinstance(value, bool):
             raise ValueError("must be a number")
         if isinstance(value, int):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer with hundreds of digits
+                raise ValueError("must be a finite number") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
@@ -60,21 +64,33 @@ class Command:
     args: _Command
 
 
+def _one_line(text: str) -> str:
+    """Reasons go back in a one-line reply and log line; keys and values from the payload may hold line breaks."""
+    return " ".join(text.split()) or "refused"
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
-    where = ".".join(str(p) for p in error["loc"]) or "payload"
+    where = ".".join(str(p)[:REASON_KEY_MAX_CHARS] for p in error["loc"]) or "payload"
     return f"{where}: {error['msg']}"
 
 
 def parse_command(name: str, payload: bytes) -> Command:
     """Validate a command; raises CommandRefused with a one-line reason."""
+    try:
+        return _parse(name, payload)
+    except CommandRefused as exc:
+        raise CommandRefused(_one_line(str(exc))) from None
+
+
+def _parse(name: str, payload: bytes) -> Command:
     if name not in COMMANDS:
         raise CommandRefused(f"unknown command {name[:64]!r}; known: {', '.join(sorted(COMMANDS))}")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise CommandRefused(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         data = json.loads(payload.decode("utf-8")) if payload.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, too many digits
         raise CommandRefused(f"payload is not JSON: {str(exc)[:100]}") from None
     if not isinstance(data, dict):
         raise CommandRefused("payload must be a JSON object")

@@ -7,11 +7,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-RESIDUALS = ("l1", "l2", "ssim")
+RESIDUALS = ("l1", "l2", "ssim", "msgms", "map")  # "map": the model outputs the anomaly map itself
 REDUCERS = ("sum", "mean", "max", "topk")
 SSIM_SIGMA = 1.5  # Gaussian window of Wang et al. 2004, as in Bergmann et al. 2018
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
+GMS_C = 0.0026  # stabilizer of the gradient-magnitude similarity, as in DRAEM's MSGMS
+GMS_SCALES = 4
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,34 @@ def ssim_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return numerator / denominator
 
 
+def _gradient_magnitude(image: np.ndarray) -> np.ndarray:
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3, borderType=cv2.BORDER_REFLECT) / 4
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3, borderType=cv2.BORDER_REFLECT) / 4
+    return np.sqrt(gx * gx + gy * gy)
+
+
+def msgms_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """1 - multi-scale gradient-magnitude similarity (HxW), averaged over 4 scales (DRAEM's ablation score)."""
+    height, width = x.shape[:2]
+    a, b = _channel_mean(x).astype(np.float32), _channel_mean(y).astype(np.float32)
+    total = np.zeros((height, width), np.float32)
+    for _ in range(GMS_SCALES):
+        ga, gb = _gradient_magnitude(a), _gradient_magnitude(b)
+        gms = (2 * ga * gb + GMS_C) / (ga * ga + gb * gb + GMS_C)
+        total += cv2.resize(1.0 - gms, (width, height), interpolation=cv2.INTER_LINEAR)
+        if min(a.shape) < 8:
+            break
+        a, b = cv2.pyrDown(a), cv2.pyrDown(b)
+    return total / GMS_SCALES
+
+
 def residual_map(x: np.ndarray, reconstruction: np.ndarray, spec: ScoringSpec) -> np.ndarray:
-    """HxWxC input and reconstruction in [0, 1] -> HxW float32 residual map (higher = more anomalous)."""
-    if spec.residual == "l1":
+    """HxWxC input and model output in [0, 1] -> HxW float32 residual map (higher = more anomalous)."""
+    if spec.residual == "map":
+        residual = reconstruction
+    elif spec.residual == "msgms":
+        residual = msgms_map(x, reconstruction)[..., None]
+    elif spec.residual == "l1":
         residual = np.abs(x - reconstruction)
     elif spec.residual == "l2":
         residual = np.square(x - reconstruction)

@@ -72,3 +72,56 @@ def fit_autoencoder(options, x_train: np.ndarray) -> keras.Model:
     logger.info("%s: %d parameters, %d steps of %d images", model.name, model.count_params(), options.steps, options.batch_size)
     model.fit(data, epochs=1, steps_per_epoch=options.steps, verbose=0, callbacks=[StepProgress(options.steps)])
     return model
+
+
+def segmentation_loss(y_true, y_pred):
+    """Focal loss for the rare defect pixels plus soft Dice for whole regions."""
+    focal = keras.losses.binary_focal_crossentropy(y_true, y_pred, gamma=2.0)
+    overlap = tf.reduce_sum(y_true * y_pred, axis=[1, 2, 3])
+    total = tf.reduce_sum(y_true, axis=[1, 2, 3]) + tf.reduce_sum(y_pred, axis=[1, 2, 3])
+    dice = 1.0 - (2.0 * overlap + 1.0) / (total + 1.0)
+    return FOCAL_WEIGHT * tf.reduce_mean(focal) + tf.reduce_mean(dice)
+
+
+FOCAL_WEIGHT = 10.0
+DEFECT_SHARE = 0.7  # share of training images that get a synthetic defect; the rest teach "good"
+
+
+def defect_batches(x_train: np.ndarray, batch_size: int, augment: list[str], seed: int):
+    """Endless (images, masks) batches: good images, most with one synthetic defect painted on."""
+    from trainer.synthetic import DefectSynthesizer
+
+    rng = np.random.default_rng(seed)
+    synthesizer = DefectSynthesizer(x_train.shape[1:], x_train, seed=seed)
+    flip = "flip" in augment
+    height, width, channels = x_train.shape[1:]
+    while True:
+        images = np.empty((batch_size, height, width, channels), np.float32)
+        masks = np.zeros((batch_size, height, width, 1), np.float32)
+        for i in range(batch_size):
+            image = x_train[rng.integers(len(x_train))]
+            if flip and rng.uniform() < 0.5:
+                image = image[:, ::-1]
+            if rng.uniform() < DEFECT_SHARE:
+                image, masks[i, ..., 0] = synthesizer(image)
+            images[i] = image
+        yield images, masks
+
+
+def fit_segmenter(options, x_train: np.ndarray) -> keras.Model:
+    """Train the U-Net to find synthetic defects on good images (DRAEM / NSA idea)."""
+    from trainer.models import unet_segmenter
+
+    keras.utils.set_random_seed(options.seed)
+    shape = x_train.shape[1:]
+    model = unet_segmenter(shape, width=options.width)
+    schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, options.steps, alpha=0.05)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=segmentation_loss)
+    signature = (tf.TensorSpec((options.batch_size, *shape), tf.float32),
+                 tf.TensorSpec((options.batch_size, *shape[:2], 1), tf.float32))
+    data = tf.data.Dataset.from_generator(
+        lambda: defect_batches(x_train, options.batch_size, options.augment, options.seed), output_signature=signature
+    ).prefetch(4)
+    logger.info("%s: %d parameters, %d steps of %d images", model.name, model.count_params(), options.steps, options.batch_size)
+    model.fit(data, epochs=1, steps_per_epoch=options.steps, verbose=0, callbacks=[StepProgress(options.steps)])
+    return model

@@ -26,6 +26,7 @@ PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image residual pixels: what counts a
 MODEL_DEFAULTS = {
     "dense": {"width": 392, "latent": 64, "batch_size": 128, "steps": 3000, "learning_rate": 1e-3},
     "conv": {"width": 32, "latent": 100, "batch_size": 16, "steps": 3000, "learning_rate": 5e-4},
+    "segmenter": {"width": 8, "latent": 0, "batch_size": 8, "steps": 3000, "learning_rate": 2e-3},
 }
 
 
@@ -34,7 +35,7 @@ class TrainOptions:
     """Everything `lineguard train` can be told; None means "choose from the data"."""
 
     name: str | None = None
-    model: str = "auto"  # auto | dense | conv
+    model: str = "auto"  # auto | dense | conv | segmenter
     size: tuple[int, int] | None = None  # (height, width); None: native when small, else 128x128
     color: str | None = None  # None: from the data
     roi: tuple[int, int, int, int] | None = None
@@ -62,6 +63,8 @@ class TrainOptions:
         out.size = self.size or default_size(dataset)
         if out.model == "auto":
             out.model = "dense" if max(out.size) <= DENSE_MAX_SIDE and out.color == "gray" else "conv"
+        if out.model == "segmenter":
+            out.residual = "map"
         for key, value in MODEL_DEFAULTS[out.model].items():
             if getattr(out, key) is None:
                 setattr(out, key, value)
@@ -131,9 +134,9 @@ def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarr
 
 
 def _fit(options: TrainOptions, x_train: np.ndarray):
-    from trainer.fit import fit_autoencoder
+    from trainer.fit import fit_autoencoder, fit_segmenter
 
-    return fit_autoencoder(options, x_train)
+    return (fit_segmenter if options.model == "segmenter" else fit_autoencoder)(options, x_train)
 
 
 def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict:

@@ -1,0 +1,50 @@
+"""Every JSON payload the daemon publishes matches the documented schema in docs/."""
+from __future__ import annotations
+
+import json
+import signal
+
+import jsonschema
+
+from tests.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
+from tests.helpers import ROOT
+
+SCHEMA = json.loads((ROOT / "docs" / "mqtt-payloads.schema.json").read_text())
+
+
+def validate(kind: str, payload: dict) -> None:
+    jsonschema.validate(payload, {**SCHEMA, "$ref": f"#/$defs/{kind}"})
+
+
+def test_published_payloads_match_the_schema(tmp_path, broker, make_collector):
+    frames = sample_folder(tmp_path, count=6)
+    config = write_config(tmp_path, broker.port, frames, source={"fps": 10, "loop": True})
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(config)
+    assert collector.wait_for(lambda m: any(x.topic == f"{BASE}/alert" for x in m), 30), daemon.log()[-2000:]
+    collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": 30.0, "request_id": "a"}')
+    collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": "x"}')
+    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/reply" for x in m) >= 2, 15)
+    assert collector.wait_for(lambda m: any(x.topic == f"{BASE}/stats" for x in m), 15)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    kinds = {"result": "result", "alert": "result", "stats": "stats", "reply": "reply", "state": "state"}
+    seen = set()
+    for message in collector.messages:
+        sub = message.topic[len(BASE) + 1:]
+        if sub in kinds:
+            validate(kinds[sub], json.loads(message.payload))
+            seen.add(sub)
+        elif sub.startswith("cmd/"):
+            continue  # our own commands, echoed back by the wildcard subscription
+        elif sub == "status":
+            assert message.payload in (b"online", b"offline", b"stopped")
+        else:
+            assert sub == "heatmap" and message.payload[:2] == b"\xff\xd8"  # JPEG
+    assert {"result", "alert", "stats", "reply"} <= seen
+
+
+def test_command_examples_match_the_schema():
+    validate("command_trigger", {"part_id": "P-17"})
+    validate("command_threshold", {"threshold": 21.5, "request_id": "r1"})
+    validate("command_reload", {})
