@@ -1,7 +1,14 @@
 """`lineguard run`: capture -> preprocess -> model -> score -> verdict -> outbox -> MQTT.
 
 One main loop does the inspection; signals and MQTT callbacks only queue work for it. Verdicts are written to
-the durable outbox before they are published, and leave it only on PUBACK.
+the durable outbox before they are published, and leave it only on PUBACK. If the outbox cannot be written
+(disk full), verdicts are published directly at QoS 1 without durability, and stats count it.
+
+Reload (SIGHUP or the MQTT `reload` command) re-reads the config and loads the model it names; both are
+validated before anything changes, and on any error the running config and model stay. A reload applies
+LIVE_SECTIONS and LIVE_KEYS at once. Every other setting (device_id, source, the broker connection, storage.dir
+and the outbox) keeps its running value until a restart: the reply, the log, stats and the retained state
+topic name the changed settings that wait for one. A threshold set by command lasts until the next reload.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,10 +51,23 @@ LATENCY_WINDOW = 2048
 OVERLAY_MIN_SIDE_PX = 256
 CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
 OUTBOX_FILE = "outbox.sqlite3"
+# What a reload changes while inspecting: whole sections, and single keys of the others.
+LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger")
+LIVE_KEYS = {"mqtt": ("heatmap", "stats_interval_s"), "storage": ("evidence", "evidence_quota_mb", "drain_timeout_s")}
 
 
 class StartupError(Exception):
     """Config, bundle or source problem found before inspecting: exit 78, systemd does not restart."""
+
+
+@dataclass
+class OutboxHealth:
+    """Writes to the outbox that failed, and what became of their messages."""
+
+    errors: int = 0
+    last_error: str | None = None
+    published_directly: int = 0  # sent at QoS 1 without durability
+    lost: int = 0  # could not be sent either: broker unreachable too
 
 
 @dataclass
@@ -80,7 +100,37 @@ def build_inspector(cfg: Config) -> Inspector:
         return Inspector(cfg.model, threads=cfg.inference.threads, roi=roi, ignore_mask=mask,
                          threshold=cfg.inference.threshold, min_region_px=cfg.inference.min_region_px)
     except (BundleError, ModelLoadError, ImageError) as exc:
-        raise StartupError(str(exc)) from None
+        raise StartupError(one_line(str(exc))) from None
+
+
+def one_line(text: str) -> str:
+    """Runtime and YAML messages can span lines; log lines, replies and STATUS= must not."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def apply_live_settings(running: Config, loaded: Config) -> tuple[Config, list[str]]:
+    """The config to run after a reload, and the changed settings that wait for a restart (dotted names)."""
+    update: dict[str, object] = {name: getattr(loaded, name) for name in LIVE_SECTIONS}
+    for section, keys in LIVE_KEYS.items():
+        live_values = {key: getattr(getattr(loaded, section), key) for key in keys}
+        update[section] = getattr(running, section).model_copy(update=live_values)
+    effective = running.model_copy(update=update)
+    return effective, changed_settings(effective, loaded)
+
+
+def changed_settings(before: Config, after: Config) -> list[str]:
+    old, new = flat_settings(before.model_dump()), flat_settings(after.model_dump())
+    return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+
+
+def flat_settings(data: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def source_settings(cfg: Config, grayscale: bool) -> SourceSettings:
@@ -115,10 +165,12 @@ class AlertDebounce:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, config_path: Path, max_frames: int | None = None) -> None:
+    def __init__(self, cfg: Config, config_path: Path, max_frames: int | None = None,
+                 drain_timeout_s: float | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.max_frames = max_frames
+        self.drain_timeout_override_s = drain_timeout_s  # --drain-timeout outlives reloads
         self.stop = threading.Event()
         self.reload_requested = threading.Event()
         self.commands: queue.Queue[Command] = queue.Queue(maxsize=64)
@@ -131,7 +183,11 @@ class Daemon:
         self.sender: OutboxSender | None = None
         self.source: FrameSource | None = None
         self.source_state = "starting"
+        self.source_detail = ""
         self.last_reload_error: str | None = None
+        self.restart_required: list[str] = []
+        self.last_seq = 0
+        self.outbox_health = OutboxHealth()
 
     # --- start-up and shutdown, in reverse order of each other ---
 
@@ -141,13 +197,15 @@ class Daemon:
             storage.mkdir(parents=True, exist_ok=True)
             self.outbox = Outbox(storage / OUTBOX_FILE, self.cfg.storage.outbox_max_messages,
                                  self.cfg.storage.outbox_when_full, self.cfg.storage.sync)
+            self.last_seq = self.outbox.next_seq() - 1  # see _reserve_seq
         except (OSError, OutboxError) as exc:
             raise StartupError(f"storage.dir {storage}: {exc}") from None
         self.inspector = build_inspector(self.cfg)
         self.evidence = EvidenceStore(storage / "evidence", int(self.cfg.storage.evidence_quota_mb * 1e6))
         self.debounce = AlertDebounce(self.cfg.alerts.debounce_n, self.cfg.alerts.debounce_m)
+        self.source_grayscale = self.inspector.spec.color == "gray"
         try:
-            self.source = open_source(source_settings(self.cfg, self.inspector.spec.color == "gray"), self._on_source_state)
+            self.source = open_source(source_settings(self.cfg, self.source_grayscale), self._on_source_state)
         except CaptureError as exc:
             raise StartupError(str(exc)) from None
         if self.cfg.mqtt.enabled:
@@ -174,21 +232,22 @@ class Daemon:
     # --- callbacks from other threads: they only queue work ---
 
     def _on_source_state(self, state: str, detail: str) -> None:
-        self.source_state = state
+        self.source_state, self.source_detail = state, detail
         logger.warning("source %s %s", state, detail) if state != "running" else logger.info("source running")
         self.notifier.status(f"source {state} {detail}".strip())
-        if self.link is not None:
-            self._publish_json("state", {"source": state, "detail": detail, "ts": utc_now()}, retain=True)
+        self._publish_state()
 
     def _on_connection(self, connected: bool, detail: str) -> None:
         logger.info("broker %s %s", "connected" if connected else "disconnected", detail)
+        if connected:
+            self._publish_state()  # changes while disconnected were dropped, and the retained one may be stale
 
     def _on_command(self, name: str, payload: bytes) -> None:
         try:
             command = parse_command(name, payload)
             self.commands.put_nowait(command)
         except CommandRefused as exc:
-            logger.warning("command %s refused: %s", name[:64], exc)
+            logger.warning("command %r refused: %s", name[:64], exc)
             self._reply(name, False, str(exc), request_id_of(payload))
         except queue.Full:
             self._reply(name, False, "busy: too many queued commands", request_id_of(payload))
@@ -201,14 +260,25 @@ class Daemon:
     def _publish_json(self, subtopic: str, data: dict, retain: bool = False) -> None:
         self.link.publish(subtopic, json.dumps(data, separators=(",", ":")), qos=1, retain=retain)
 
+    def _publish_state(self) -> None:
+        """The retained <base>/state: source health, running model and threshold, reload outcome."""
+        if self.link is None or not hasattr(self, "inspector"):
+            return
+        bundle = self.inspector.bundle
+        self._publish_json("state", {
+            "source": self.source_state, "detail": self.source_detail,
+            "model": {"name": bundle.name, "sha256": bundle.model_sha256}, "threshold": self.inspector.threshold,
+            "last_reload_error": self.last_reload_error, "restart_required": self.restart_required, "ts": utc_now(),
+        }, retain=True)
+
     # --- the main loop ---
 
     def run(self) -> int:
         next_stats_s = time.monotonic() + self.cfg.mqtt.stats_interval_s
-        triggered = self.cfg.trigger.mode == "mqtt"
         while not self.stop.is_set():
             if self.reload_requested.is_set():
                 self._reload(request_id=None)
+            triggered = self.cfg.trigger.mode == "mqtt"  # a reload may change it
             part_id, wait_s = None, IDLE_WAIT_S
             command = self._next_command(block=triggered)
             if command is not None:
@@ -226,6 +296,8 @@ class Daemon:
                     return self._finish_replay()
                 if part_id is not None:
                     self._reply("trigger", False, "no frame from the source in time", None)
+                # The loop is alive; a camera that is away is the grabber's to reconnect, not systemd's to restart.
+                self.notifier.ping()
                 next_stats_s = self._maybe_stats(next_stats_s)
                 continue
             self._inspect(frame, part_id if isinstance(part_id, str) else None)
@@ -252,28 +324,60 @@ class Daemon:
             logger.info("threshold changed by command: %.6g -> %.6g", old, args.threshold)
             self._reply("threshold", True, f"threshold {old:.6g} -> {args.threshold:.6g}", args.request_id)
             self._publish_stats()
+            self._publish_state()
         elif command.name == "reload":
             self._reload(args.request_id)
         return False
 
     def _reload(self, request_id: str | None) -> None:
-        """Re-read config and model; keep the running ones unless both are valid."""
+        """Re-read config and model; keep the running ones unless both are valid. Runs between two frames."""
         self.reload_requested.clear()
         self.notifier.reloading()
         try:
-            cfg = load_config(self.config_path)
+            cfg, restart_required = apply_live_settings(self.cfg, load_config(self.config_path))
             inspector = build_inspector(cfg)
-        except (ConfigError, StartupError) as exc:
-            self.last_reload_error = str(exc)
-            logger.error("reload refused, keeping the running config and model: %s", exc)
-            self._reply("reload", False, str(exc), request_id)
-            self.notifier.ready("reload refused")
+            self._check_source_fits(inspector)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, the running model keeps inspecting
+            self._refuse_reload(exc, request_id)
             return
-        self.cfg, self.inspector, self.last_reload_error = cfg, inspector, None
-        self.debounce = AlertDebounce(cfg.alerts.debounce_n, cfg.alerts.debounce_m)
-        logger.info("reloaded: model %s, threshold %.6g", inspector.bundle.name, inspector.threshold)
-        self._reply("reload", True, f"model {inspector.bundle.name}, threshold {inspector.threshold:.6g}", request_id)
-        self.notifier.ready(f"inspecting with {inspector.bundle.name}")
+        self._switch_to(cfg, inspector, restart_required)
+        reason = f"model {inspector.bundle.name}, threshold {inspector.threshold:.6g}"
+        if restart_required:
+            reason += f"; running values kept until a restart for: {', '.join(restart_required)}"
+            logger.warning("reload: changed settings that need a restart: %s", ", ".join(restart_required))
+        logger.info("reloaded: %s", reason)
+        self._reply("reload", True, reason, request_id)
+        self._after_reload(f"inspecting with {inspector.bundle.name}")
+
+    def _check_source_fits(self, inspector: Inspector) -> None:
+        if self.source_grayscale and inspector.spec.color != "gray":
+            raise StartupError(f"model {inspector.bundle.name} needs colour frames but the source was opened "
+                               "in gray for the running model; restart to switch")
+
+    def _refuse_reload(self, exc: Exception, request_id: str | None) -> None:
+        if isinstance(exc, (ConfigError, StartupError)):
+            reason = one_line(str(exc))
+            logger.error("reload refused, keeping the running config and model: %s", reason)
+        else:
+            reason = one_line(f"{type(exc).__name__}: {exc}")
+            logger.exception("reload failed, keeping the running config and model")
+        self.last_reload_error = reason
+        self._reply("reload", False, reason, request_id)
+        self._after_reload("reload refused; running the previous config and model")
+
+    def _switch_to(self, cfg: Config, inspector: Inspector, restart_required: list[str]) -> None:
+        alerts_changed = cfg.alerts != self.cfg.alerts
+        self.cfg, self.inspector = cfg, inspector
+        self.last_reload_error, self.restart_required = None, restart_required
+        if alerts_changed:
+            self.debounce = AlertDebounce(cfg.alerts.debounce_n, cfg.alerts.debounce_m)
+        self.evidence.quota_bytes = int(cfg.storage.evidence_quota_mb * 1e6)
+        logging.getLogger().setLevel(cfg.log_level.upper())
+
+    def _after_reload(self, status: str) -> None:
+        self.notifier.ready(status)
+        self._publish_stats()
+        self._publish_state()
 
     def _inspect(self, frame, part_id: str | None) -> None:
         try:
@@ -289,18 +393,53 @@ class Daemon:
         self.counters.failed += failed
         self.counters.passed += not failed
         alert = self.debounce.update(failed)
-        seq = self.outbox.next_seq()
+        seq = self._reserve_seq()
         payload = self._result_payload(seq, frame.name, part_id, result, latency_ms)
         messages = [(f"{self.base_topic}/result", payload, 1)]
         if alert:
             self.counters.alerts += 1
             messages.append((f"{self.base_topic}/alert", payload, 1))
-        self.outbox.put(seq, messages)
-        if self.sender is not None:
-            self.sender.wake()
+        self._store(seq, messages)
         logger.info("%s %-4s score %.4g (norm %.3f) %s", frame.name, result.verdict.upper(), result.score,
                     result.score_norm, f"part {part_id}" if part_id else "")
         self._evidence_and_heatmap(seq, frame, result, failed)
+
+    def _reserve_seq(self) -> int:
+        """The next verdict's seq. Outbox.put records it with the verdict, in one transaction, so a kill
+        between two frames leaves no gap in the seqs a receiver sees."""
+        self.last_seq += 1
+        return self.last_seq
+
+    def _store(self, seq: int, messages: list[tuple[str, bytes, int]]) -> None:
+        """Queue one verdict's messages durably; if the outbox cannot be written, publish them directly."""
+        try:
+            self.outbox.put(seq, messages)
+        except OutboxError as exc:
+            self._outbox_write_failed(exc)
+            self._publish_undurable(messages)
+            return
+        if self.outbox_health.last_error is not None:
+            logger.warning("outbox writable again after %d failed write(s); verdicts are durable again",
+                           self.outbox_health.errors)
+            self.outbox_health.last_error = None
+        if self.sender is not None:
+            self.sender.wake()
+
+    def _outbox_write_failed(self, exc: OutboxError) -> None:
+        health = self.outbox_health
+        if health.last_error is None:
+            logger.error("outbox cannot be written (%s); publishing verdicts directly at QoS 1, without "
+                         "durability, until it can (they may overtake older queued ones; seq orders them)", exc)
+        health.errors += 1
+        health.last_error = one_line(str(exc))
+
+    def _publish_undurable(self, messages: list[tuple[str, bytes, int]]) -> None:
+        for topic, payload, qos in messages:
+            subtopic = topic.removeprefix(f"{self.base_topic}/")
+            if self.link is not None and self.link.publish(subtopic, payload, qos=qos):
+                self.outbox_health.published_directly += 1
+            else:
+                self.outbox_health.lost += 1
 
     def _result_payload(self, seq: int, image: str, part_id: str | None, result: Inspection, latency_ms: float) -> bytes:
         bundle = self.inspector.bundle
@@ -348,12 +487,14 @@ class Daemon:
             "alerts": self.counters.alerts, "errors": self.counters.errors, "dropped": source.get("dropped", 0),
             "fps": round(self.counters.frames / uptime, 2) if uptime > 0 else 0.0,
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
-            "outbox": {"depth": self.outbox.depth(), "dropped": self.outbox.dropped},
+            "outbox": {"depth": self.outbox.depth(), "dropped": self.outbox.dropped, **asdict(self.outbox_health)},
+            "last_seq": self.last_seq,
             "delivered": self.sender.delivered if self.sender else 0,
             "source": source, "evidence": self.evidence.stats(),
             "mqtt_connected": bool(self.link and self.link.connected),
             "model": {"name": self.inspector.bundle.name, "sha256": self.inspector.bundle.model_sha256},
             "threshold": self.inspector.threshold, "last_reload_error": self.last_reload_error,
+            "restart_required": self.restart_required,
             "cpu_temp_c": cpu_temperature_c(),
         }
 
@@ -371,7 +512,9 @@ class Daemon:
     def _finish_replay(self) -> int:
         """A finite replay ended: deliver what is pending (bounded), then exit."""
         pending = self.outbox.depth()
-        timeout = self.cfg.storage.drain_timeout_s
+        timeout = self.drain_timeout_override_s
+        if timeout is None:
+            timeout = self.cfg.storage.drain_timeout_s
         if pending and self.sender is not None:
             logger.info("replay finished; delivering %d pending message(s), waiting up to %.0f s", pending, timeout)
             if not self.sender.wait_drained(timeout):
@@ -394,10 +537,8 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
     except ConfigError as exc:
         print(exc, file=__import__("sys").stderr)
         return EX_CONFIG
-    if drain_timeout_s is not None:
-        cfg.storage.drain_timeout_s = drain_timeout_s
     logging.getLogger().setLevel(cfg.log_level.upper())
-    daemon = Daemon(cfg, config_path, max_frames=max_frames)
+    daemon = Daemon(cfg, config_path, max_frames=max_frames, drain_timeout_s=drain_timeout_s)
     install_signal_handlers(daemon)
     try:
         daemon.start()

@@ -36,21 +36,19 @@ class EvidenceStore:
     def _scan(self) -> None:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            files = sorted(self.folder.glob("*.jpg"), key=lambda p: p.stat().st_mtime)
+            stats = [(path, path.stat()) for path in self.folder.glob("*.jpg")]
         except OSError as exc:
             self._fail(exc)
             return
-        for path in files:
-            size = path.stat().st_size
-            self._files.append((path, size))
-            self._total += size
+        for path, stat in sorted(stats, key=lambda item: item[1].st_mtime):
+            self._files.append((path, stat.st_size))
+            self._total += stat.st_size
 
     @property
     def healthy(self) -> bool:
         return self.last_error is None
 
     def _fail(self, exc: OSError) -> None:
-
         self.errors += 1
         if self.last_error is None:
             logger.warning("evidence not saved, storage problem: %s (verdicts continue)", exc)
@@ -58,8 +56,7 @@ class EvidenceStore:
         self._disabled_until = time.monotonic() + RETRY_AFTER_ERROR_S
 
     def save(self, stem: str, images: dict[str, np.ndarray]) -> None:
-        """Save each image as <stem><suffix>.jpg; suffix "" for the frame, "-heat" for the overlay."""
-
+        """Save each image as <stem><suffix>.jpg; suffix "" for the frame, "-heat" for the overlay. Never raises."""
         if time.monotonic() < self._disabled_until:
             self.errors += 1
             return
@@ -92,8 +89,12 @@ class EvidenceStore:
     def _enforce_quota(self) -> None:
         while self._total > self.quota_bytes and self._files:
             path, size = self._files.popleft()
-            path.unlink(missing_ok=True)
             self._total -= size
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. the folder was replaced or remounted read-only
+                self._fail(exc)
+                return
 
     def stats(self) -> dict:
         return {"saved": self.saved, "errors": self.errors, "bytes": self._total, "last_error": self.last_error}

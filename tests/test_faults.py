@@ -1,0 +1,599 @@
+"""Faults with real processes: a real Mosquitto, the real daemon process, real files, sockets and HTTP streams.
+
+Broker outage with a SIGKILL in it, a live stream that ends or stalls, broken model bundles, an unusable or
+full storage.dir, and a hung inference seen through the systemd watchdog.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.bundle import MANIFEST_NAME, MODEL_NAME, sha256_of
+from edge.evidence import EvidenceStore
+from tests.daemon_harness import (
+    BASE, NO_TENSORFLOW_WRAPPER, DaemonProcess, results, sample_folder, unique_in_order, write_config,
+)
+from tests.helpers import MNIST_BUNDLE, ROOT, run_cli
+
+WAIT_S = 30.0
+POLL_S = 0.05
+FPS = 10
+BROKER_OUTAGE_S = 30.0  # the issue's figure
+KILL_INTO_OUTAGE_S = 10.0
+FRAMES_AFTER_RESTART = 60
+WATCHDOG_USEC = 1_000_000
+IDLE_WATCHDOG_USEC = 2_000_000  # the idle loop ticks every 0.5 s: pings come at most 1.5 s apart
+FRAMES_BEFORE_HANG = 15
+HUNG_FOR_S = 3.0  # three watchdog timeouts
+STREAM_FPS = 10.0
+FULL_DISK_S = 2.5
+QUIET = {"heatmap": "never"}
+NO_EVIDENCE = {"evidence": "never"}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
+    pause = threading.Event()
+    deadline_s = time.monotonic() + timeout_s
+    while time.monotonic() < deadline_s:
+        if condition():
+            return True
+        pause.wait(POLL_S)
+    return condition()
+
+
+def json_messages(collector, subtopic: str) -> list[dict]:
+    return [json.loads(p) for p in collector.payloads(f"{BASE}/{subtopic}")]
+
+
+def latest(collector, subtopic: str) -> dict:
+    messages = json_messages(collector, subtopic)
+    return messages[-1] if messages else {}
+
+
+def wait_for_results(collector, log: Callable[[], str], count: int, timeout_s: float = WAIT_S) -> list[dict]:
+    assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= count, timeout_s), log()[-3000:]
+    return unique_in_order(results(collector))
+
+
+def assert_gap_free_and_in_order(got: list[dict]) -> None:
+    assert [r["seq"] for r in got] == list(range(1, len(got) + 1))
+
+
+def log_lines_with(log: str, text: str) -> list[str]:
+    return [line for line in log.splitlines() if text in line]
+
+
+class LoggedProcess:
+    """A process whose output is copied through a pipe into a log file.
+
+    Through a pipe, the output is not subject to the process's own RLIMIT_FSIZE, so its log survives a
+    simulated full disk.
+    """
+
+    def __init__(self, code: str, args: list[str], log_path: Path, env: dict | None = None) -> None:
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self._copier = threading.Thread(target=self._copy_output, name="log-copier", daemon=True)
+        self._copier.start()
+
+    def _copy_output(self) -> None:
+        with open(self.log_path, "ab") as log:
+            for line in self.process.stdout:
+                log.write(line)
+                log.flush()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, text: str, timeout_s: float = WAIT_S) -> bool:
+        wait_until(lambda: text in self.log() or self.process.poll() is not None, timeout_s)
+        return text in self.log()
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float = 60) -> int:
+        code = self.process.wait(timeout_s)
+        self._copier.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait(10)
+
+
+def daemon_process(config: Path, env: dict | None = None) -> LoggedProcess:
+    return LoggedProcess(NO_TENSORFLOW_WRAPPER, ["run", "--config", str(config)],
+                         config.parent / f"daemon-{time.monotonic_ns()}.log", env)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[LoggedProcess]]:
+    """Processes the test starts; any still running at the end is killed."""
+    started: list[LoggedProcess] = []
+    yield started
+    for process in started:
+        process.kill()
+
+
+class NotifyListener:
+    """Stands in for systemd: an AF_UNIX datagram socket that records each sd_notify message and when it came."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[tuple[float, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(POLL_S)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, name="notify-listener", daemon=True)
+        self._thread.start()
+
+    def env(self, watchdog_usec: int) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": str(self.path), "WATCHDOG_USEC": str(watchdog_usec)}
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode(errors="replace")))
+
+    def pings(self, since_s: float = 0.0) -> list[float]:
+        return [t for t, text in list(self.messages) if t >= since_s and "WATCHDOG=1" in text.split("\n")]
+
+    def statuses(self) -> list[str]:
+        return [line[len("STATUS="):] for _, text in list(self.messages) for line in text.split("\n")
+                if line.startswith("STATUS=")]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifyListener]:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    yield listener
+    listener.close()
+
+
+# ---------------------------------------------------------------- broker outage with a SIGKILL in it
+
+
+def outbox_rows_and_last_seq(state_dir: Path) -> tuple[int, int]:
+    with sqlite3.connect(state_dir / "outbox.sqlite3") as db:
+        rows = db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        last_seq = db.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0]
+    return rows, last_seq
+
+
+@pytest.mark.slow
+def test_30_s_broker_outage_with_a_sigkill_in_it_delivers_every_verdict_in_order(tmp_path, make_broker, make_collector):
+    broker = make_broker(persistence=True)
+    frames = sample_folder(tmp_path)
+    config = write_config(tmp_path, broker.port, frames, source={"fps": FPS, "loop": True}, mqtt=QUIET,
+                          storage={"dir": str(tmp_path / "state"), "drain_timeout_s": 60, **NO_EVIDENCE})
+    collector = make_collector(broker, [f"{BASE}/result"], client_id="dashboard", clean_session=False)
+    first = DaemonProcess(config)
+    try:
+        before_outage = len(wait_for_results(collector, first.log, 5))
+        broker.stop()
+        outage_started_s = time.monotonic()
+        threading.Event().wait(KILL_INTO_OUTAGE_S)
+        first.kill()  # mid-replay, mid-outage: what it inspected is only in its outbox
+    finally:
+        first.kill()
+    second = DaemonProcess(config, None, "--max-frames", str(FRAMES_AFTER_RESTART))
+    try:
+        threading.Event().wait(max(0.0, outage_started_s + BROKER_OUTAGE_S - time.monotonic()))
+        broker.start()
+        assert second.wait(90) == 0, second.log()[-3000:]
+    finally:
+        second.kill()
+
+    rows_left, last_seq = outbox_rows_and_last_seq(tmp_path / "state")
+    assert rows_left == 0, second.log()[-3000:]
+    assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= last_seq, 20)
+    got = unique_in_order(results(collector))  # also checks that a repeated id is an exact repeat
+    assert_gap_free_and_in_order(got)
+    assert len(got) == last_seq
+    from_first = len(got) - FRAMES_AFTER_RESTART
+    assert from_first > before_outage, "the killed daemon's outage verdicts came from its outbox after the restart"
+
+
+# ---------------------------------------------------------------- a live stream that ends or stalls
+
+
+def solid_jpeg(level: int) -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), level % 256, np.uint8))
+    assert ok
+    return jpeg.tobytes()
+
+
+class _MjpegHandler(http.server.BaseHTTPRequestHandler):
+    server: _MjpegHttpServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        self.server.stream_frames(self.wfile)
+
+
+class _MjpegHttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, paused: threading.Event) -> None:
+        super().__init__(("127.0.0.1", port), _MjpegHandler)
+        self.closing = threading.Event()
+        self.paused = paused
+
+    def stream_frames(self, out: BinaryIO) -> None:
+        counter = 0
+        try:
+            while not self.closing.is_set():
+                if self.paused.is_set():  # the connection stays open, no bytes flow
+                    self.closing.wait(POLL_S)
+                    continue
+                data = solid_jpeg(counter)
+                out.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
+                out.write(data + b"\r\n")
+                out.flush()
+                counter += 1
+                self.closing.wait(1.0 / STREAM_FPS)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class MjpegServer:
+    """An IP-camera stand-in (as in test_capture): multipart JPEG over HTTP; stops, restarts on its port, stalls."""
+
+    def __init__(self) -> None:
+        self._server: _MjpegHttpServer | None = None
+        self.port = 0
+        self.paused = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def start(self) -> None:
+        self._server = _MjpegHttpServer(self.port, self.paused)
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, args=(POLL_S,), name="mjpeg", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.closing.set()
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def camera() -> Iterator[MjpegServer]:
+    server = MjpegServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_stream_that_ends_or_stalls_is_reconnected_reported_and_flows_again(
+        tmp_path, broker, make_collector, camera, notify):
+    source = {"kind": "stream", "url": camera.url, "path": None, "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0,
+              "read_timeout_s": 1.0}
+    config = write_config(tmp_path, broker.port, tmp_path, source=source, mqtt=QUIET, storage=NO_EVIDENCE)
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(config, notify.env(WATCHDOG_USEC))
+    count = lambda: len(unique_in_order(results(collector)))
+    state = lambda: latest(collector, "state")
+    try:
+        wait_for_results(collector, daemon.log, 3)
+        for outage in ("ended", "stalled"):
+            if outage == "ended":
+                camera.stop()
+            else:
+                camera.paused.set()
+            assert collector.wait_for(lambda _: state().get("source") == "reconnecting", WAIT_S), daemon.log()[-3000:]
+            if outage == "stalled":
+                assert "stalled" in state()["detail"]
+            outage_s = time.monotonic()
+            assert collector.wait_for(lambda _: latest(collector, "stats").get("source", {}).get("reconnects", 0) >= 1
+                                      and latest(collector, "stats")["source"]["state"] == "reconnecting", WAIT_S)
+            assert any(s.startswith("source reconnecting") for s in notify.statuses())
+            threading.Event().wait(2 * WATCHDOG_USEC / 1e6)
+            assert len(notify.pings(since_s=outage_s)) >= 2, "the loop stays alive while the camera is away"
+            assert daemon.process.poll() is None
+            if outage == "ended":
+                camera.start()  # same port
+            else:
+                camera.paused.clear()
+            assert collector.wait_for(lambda _: state().get("source") == "running", WAIT_S), daemon.log()[-3000:]
+            flowing_again_from = count()
+            wait_for_results(collector, daemon.log, flowing_again_from + 3)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        daemon.kill()
+    assert_gap_free_and_in_order(unique_in_order(results(collector)))
+    assert "Traceback" not in daemon.log()
+
+
+# ---------------------------------------------------------------- broken model bundles
+
+
+def copy_bundle(tmp_path: Path, name: str) -> Path:
+    return Path(shutil.copytree(MNIST_BUNDLE, tmp_path / name))
+
+
+def edit_manifest(bundle: Path, edit: Callable[[dict], None]) -> None:
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    edit(manifest)
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """How a deploy should land a file: the running model keeps the old one open (the runtime maps it)."""
+    temp = path.with_name(f".{path.name}.new")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+def truncated_model(bundle: Path) -> str:
+    replace_atomically(bundle / MODEL_NAME, (bundle / MODEL_NAME).read_bytes()[:4096])
+    return "does not match model.json"
+
+
+def corrupt_model_with_matching_hash(bundle: Path) -> str:
+    model = bundle / MODEL_NAME
+    data = bytearray(model.read_bytes())
+    data[100:1100] = bytes(1000)
+    replace_atomically(model, bytes(data))
+    edit_manifest(bundle, lambda m: m["model"].update(sha256=sha256_of(model)))
+    return "not a loadable TFLite model"
+
+
+def manifest_promising_another_shape(bundle: Path) -> str:
+    def edit(manifest: dict) -> None:
+        manifest["preprocess"].update(height=32, width=32)
+        manifest["input"]["shape"] = [1, 32, 32, 1]
+    edit_manifest(bundle, edit)
+    return "promises [1, 32, 32, 1]"
+
+
+def manifest_of_a_future_format(bundle: Path) -> str:
+    edit_manifest(bundle, lambda m: m.update(format_version=99))
+    return "format_version 99 is not supported"
+
+
+BREAKERS = [truncated_model, corrupt_model_with_matching_hash, manifest_promising_another_shape,
+            manifest_of_a_future_format]
+
+
+@pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__)
+def test_broken_bundle_stops_start_with_one_clear_line_and_exit_78(tmp_path, breaker):
+    bundle = copy_bundle(tmp_path, "broken")
+    expected = breaker(bundle)
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2), model=str(bundle))
+    out = run_cli("run", "--config", config, timeout=60)
+    assert out.returncode == 78, out.stderr[-3000:]
+    errors = log_lines_with(out.stderr, "cannot start:")
+    assert len(errors) == 1 and expected in errors[0] and str(bundle) in errors[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    after = out.stderr[out.stderr.index(errors[0]) + len(errors[0]):]
+    assert not after.strip(), f"the error continues on more lines: {after!r}"
+
+
+@pytest.mark.slow
+def test_reload_to_a_broken_model_keeps_the_running_one(tmp_path, broker, make_collector):
+    running = copy_bundle(tmp_path, "running")
+    running_sha = sha256_of(running / MODEL_NAME)
+    frames = sample_folder(tmp_path)
+    live = dict(source={"fps": FPS, "loop": True}, mqtt=QUIET, storage=NO_EVIDENCE)
+    config = write_config(tmp_path, broker.port, frames, model=str(running), **live)
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(config)
+    reload_replies = lambda: [r for r in json_messages(collector, "reply") if r["command"] == "reload"]
+    try:
+        wait_for_results(collector, daemon.log, 3)
+        for attempt, breaker in enumerate(BREAKERS):
+            if breaker is truncated_model:
+                expected = breaker(running)  # the running bundle itself, swapped under the daemon
+                daemon.signal(signal.SIGHUP)
+            else:
+                expected = breaker(copy_bundle(tmp_path, breaker.__name__))
+                write_config(tmp_path, broker.port, frames, model=str(tmp_path / breaker.__name__), **live)
+                collector.publish(f"{BASE}/cmd/reload", json.dumps({"request_id": breaker.__name__}))
+            assert collector.wait_for(lambda _: len(reload_replies()) > attempt, WAIT_S), daemon.log()[-3000:]
+            reply = reload_replies()[attempt]
+            assert reply["ok"] is False and expected in reply["reason"], reply
+            assert collector.wait_for(lambda _: expected in (latest(collector, "state").get("last_reload_error") or ""),
+                                      10)
+            assert collector.wait_for(lambda _: expected in (latest(collector, "stats").get("last_reload_error") or ""),
+                                      10)
+            wait_for_results(collector, daemon.log, len(unique_in_order(results(collector))) + 3)
+        assert daemon.process.poll() is None
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        daemon.kill()
+    got = unique_in_order(results(collector))
+    assert_gap_free_and_in_order(got)
+    assert {r["model"]["sha256"] for r in got} == {running_sha}
+    refusals = log_lines_with(daemon.log(), "reload refused, keeping the running config and model")
+    assert len(refusals) == len(BREAKERS)
+    assert "Traceback" not in daemon.log()
+
+
+# ---------------------------------------------------------------- storage.dir unusable or full
+
+
+def test_evidence_folder_turned_into_a_file_stops_evidence_not_verdicts(tmp_path, broker, make_collector):
+    frames = sample_folder(tmp_path)
+    state_dir = tmp_path / "state"
+    config = write_config(tmp_path, broker.port, frames, source={"fps": FPS, "loop": True}, mqtt=QUIET,
+                          storage={"dir": str(state_dir), "evidence": "always"})
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(config)
+    evidence = state_dir / "evidence"
+    try:
+        wait_for_results(collector, daemon.log, 3)
+        assert wait_until(lambda: any(evidence.glob("*-heat.jpg")))
+        evidence.rename(state_dir / "evidence-moved")
+        evidence.write_text("not a folder any more")
+        broken_at = len(unique_in_order(results(collector)))
+        stats = lambda: latest(collector, "stats").get("evidence", {})
+        assert collector.wait_for(lambda _: stats().get("errors", 0) >= 3, WAIT_S), daemon.log()[-3000:]
+        assert "Not a directory" in stats()["last_error"]
+        wait_for_results(collector, daemon.log, broken_at + 10)
+        assert latest(collector, "stats")["outbox"]["errors"] == 0
+        assert daemon.process.poll() is None
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        daemon.kill()
+    assert len(log_lines_with(daemon.log(), "evidence not saved")) == 1
+    assert_gap_free_and_in_order(unique_in_order(results(collector)))
+
+
+def test_evidence_quota_cleanup_on_a_vanished_folder_does_not_raise(tmp_path):
+    folder = tmp_path / "evidence"
+    store = EvidenceStore(folder, quota_bytes=10**9)
+    image = np.full((28, 28), 128, np.uint8)
+    store.save("000000001-part", {"": image})
+    assert store.saved == 1
+    shutil.rmtree(folder)
+    folder.write_text("not a folder any more")
+    store.quota_bytes = 0  # e.g. lowered by a reload: the next save also cleans up
+    store.save("000000002-part", {"": image})
+    assert store.errors >= 1 and "Not a directory" in store.last_error
+
+
+def set_file_size_limit(pid: int, limit_bytes: int) -> None:
+    """A full disk for one process: writes that would grow a file past the limit fail with EFBIG (Python
+    ignores SIGXFSZ). Only the soft limit moves, so it can be raised again without privileges."""
+    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit_bytes, hard))
+
+
+@pytest.mark.slow
+def test_full_disk_sends_verdicts_without_the_outbox_and_recovers(tmp_path, broker, make_collector, processes):
+    frames = sample_folder(tmp_path)
+    config = write_config(tmp_path, broker.port, frames, source={"fps": FPS, "loop": True}, mqtt=QUIET,
+                          storage={"dir": str(tmp_path / "state"), "evidence": "always"})
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = daemon_process(config)
+    processes.append(daemon)
+    outbox_stats = lambda: latest(collector, "stats").get("outbox", {})
+    wait_for_results(collector, daemon.log, 3)
+
+    set_file_size_limit(daemon.process.pid, 0)
+    full_at = len(unique_in_order(results(collector)))
+    assert daemon.wait_for_log("outbox cannot be written", WAIT_S), daemon.log()[-3000:]
+    threading.Event().wait(FULL_DISK_S)
+    got_while_full = wait_for_results(collector, daemon.log, full_at + 10)
+    assert collector.wait_for(lambda _: outbox_stats().get("published_directly", 0) >= 5, WAIT_S)
+    stats = latest(collector, "stats")
+    assert stats["outbox"]["errors"] >= 5 and stats["outbox"]["lost"] == 0 and stats["outbox"]["last_error"]
+    assert stats["evidence"]["errors"] >= 1 and "File too large" in stats["evidence"]["last_error"]
+    assert daemon.process.poll() is None
+
+    set_file_size_limit(daemon.process.pid, resource.RLIM_INFINITY)
+    assert daemon.wait_for_log("outbox writable again", WAIT_S), daemon.log()[-3000:]
+    assert collector.wait_for(lambda _: outbox_stats().get("last_error", "") is None, WAIT_S)
+    wait_for_results(collector, daemon.log, len(got_while_full) + 10)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0, daemon.log()[-3000:]
+
+    # Sent directly, a verdict may overtake one still queued; none is lost or doubled, and seq orders them.
+    seqs = [r["seq"] for r in unique_in_order(results(collector))]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    assert len(log_lines_with(daemon.log(), "outbox cannot be written")) == 1
+    assert "Traceback" not in daemon.log()
+
+
+# ---------------------------------------------------------------- the systemd watchdog
+
+HANG_WRAPPER = (
+    "import sys, threading\n"
+    "import edge.runtime\n"
+    "after, original, done = int(sys.argv[1]), edge.runtime.Reconstructor.reconstruct, [0]\n"
+    "def reconstruct(self, *args, **kwargs):\n"
+    "    done[0] += 1\n"
+    "    if done[0] > after:\n"
+    "        print('INFERENCE HANGS NOW', file=sys.stderr, flush=True)\n"
+    "        threading.Event().wait()\n"
+    "    return original(self, *args, **kwargs)\n"
+    "edge.runtime.Reconstructor.reconstruct = reconstruct\n"
+    "from edge.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+
+
+@pytest.mark.slow
+def test_hung_inference_stops_the_watchdog_pings_while_the_process_lives(tmp_path, broker, notify, processes):
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), source={"fps": FPS, "loop": True},
+                          mqtt=QUIET, storage=NO_EVIDENCE)
+    daemon = LoggedProcess(HANG_WRAPPER, [str(FRAMES_BEFORE_HANG), "run", "--config", str(config)],
+                           tmp_path / "daemon.log", notify.env(WATCHDOG_USEC))
+    processes.append(daemon)
+    assert daemon.wait_for_log("INFERENCE HANGS NOW", WAIT_S), daemon.log()[-3000:]
+    hung_s = time.monotonic()
+    threading.Event().wait(HUNG_FOR_S)
+
+    assert daemon.process.poll() is None
+    assert len(notify.pings()) >= 2, notify.messages  # while it worked
+    late_pings = [t - hung_s for t in notify.pings(since_s=hung_s)]
+    assert late_pings == [], f"pings {late_pings} s after inference hung"
+    assert time.monotonic() - max(notify.pings()) > 2.5 * WATCHDOG_USEC / 1e6
+
+
+@pytest.mark.slow
+def test_idle_trigger_mode_keeps_pinging_the_watchdog(tmp_path, broker, make_collector, notify):
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path, count=2), trigger={"mode": "mqtt"},
+                          source={"fps": 0, "loop": True}, mqtt=QUIET, storage=NO_EVIDENCE)
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(config, notify.env(IDLE_WATCHDOG_USEC))
+    try:
+        assert collector.wait_for(lambda m: any(x.payload == b"online" for x in m), WAIT_S), daemon.log()[-3000:]
+        idle_from_s = time.monotonic()
+        threading.Event().wait(3 * IDLE_WATCHDOG_USEC / 1e6)
+        pings = notify.pings(since_s=idle_from_s)
+        assert results(collector) == []  # nothing inspected: no trigger came
+        assert len(pings) >= 3, notify.messages
+        gaps = np.diff([idle_from_s, *pings, time.monotonic()])
+        assert gaps.max() < IDLE_WATCHDOG_USEC / 1e6, gaps
+        collector.publish(f"{BASE}/cmd/trigger", b'{"part_id": "P-1"}')
+        assert collector.wait_for(lambda _: results(collector), WAIT_S)  # and it still works when asked
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.kill()
