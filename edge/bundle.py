@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.preprocess import PreprocessSpec
+from edge.quality import QualityLimits
 from edge.scoring import Calibration, ScoringSpec
 
 FORMAT_NAME = "lineguard-bundle"
@@ -21,6 +22,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "model.json"
 MODEL_NAME = "model.tflite"
 FLOAT_MODEL_NAME = "model_float.tflite"
+IGNORE_MASK_NAME = "ignore.png"
 HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -43,6 +45,20 @@ class Bundle:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     architecture: dict[str, Any] = field(default_factory=dict)
+    quality: QualityLimits | None = None
+    ignore_polygons: list[list[tuple[float, float]]] = field(default_factory=list)
+    has_ignore_mask: bool = False
+
+    def ignore_mask(self):
+        """The bundle's ignore mask image (non-zero = ignored), covering the whole frame, or None."""
+        if not self.has_ignore_mask:
+            return None
+        import cv2
+
+        mask = cv2.imread(str(self.path / IGNORE_MASK_NAME), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise BundleError(f"{self.path / IGNORE_MASK_NAME}: missing or unreadable ignore mask")
+        return mask
 
     @property
     def model_path(self) -> Path:
@@ -67,6 +83,8 @@ class Bundle:
             "preprocess": self.preprocess.to_dict(),
             "scoring": self.scoring.to_dict(),
             "calibration": self.calibration.to_dict(),
+            "quality": self.quality.to_dict() if self.quality else None,
+            "ignore": {"polygons": self.ignore_polygons, "mask_file": IGNORE_MASK_NAME if self.has_ignore_mask else None},
             "architecture": self.architecture,
             "metrics": self.metrics,
             "provenance": self.provenance,
@@ -129,6 +147,9 @@ def load_bundle(path: str | Path, verify_float: bool = False) -> Bundle:
             metrics=data.get("metrics", {}),
             provenance=data.get("provenance", {}),
             architecture=data.get("architecture", {}),
+            quality=QualityLimits.from_dict(data.get("quality")),
+            ignore_polygons=[[tuple(p) for p in poly] for poly in (data.get("ignore") or {}).get("polygons", [])],
+            has_ignore_mask=bool((data.get("ignore") or {}).get("mask_file")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{manifest_path}: invalid manifest: {exc.__class__.__name__}: {exc}") from None

@@ -20,6 +20,7 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -39,6 +40,11 @@ STATE_ENDED = "ended"
 
 # How far (in frame periods) replay may fall behind its schedule and still catch up.
 PACING_CATCH_UP_PERIODS = 2.0
+# Folder replay decodes the next file on a second thread while the current frame is inspected, when files
+# are this large on average (a 256x256 PNG takes about a millisecond to decode); tiny files decode faster
+# than a hand-over between threads costs.
+PREFETCH_MIN_MEAN_BYTES = 16 * 1024
+PREFETCH_SAMPLE_FILES = 8
 # Extra time close() grants a grabber blocked in a driver call beyond its own timeout.
 CLOSE_JOIN_MARGIN_S = 1.0
 V4L2_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
@@ -250,7 +256,11 @@ class _ReplaySource:
 
 
 class FolderSource(_ReplaySource):
-    """Every image file of a folder in name order; unreadable files are skipped and counted."""
+    """Every image file of a folder in name order; unreadable files are skipped and counted.
+
+    Large files are decoded one ahead on a worker thread (see PREFETCH_MIN_MEAN_BYTES); counting, logging
+    and the order of frames happen as each file is taken, exactly as without the worker.
+    """
 
     def __init__(self, settings: SourceSettings, on_state: StateCallback | None = None) -> None:
         super().__init__(settings, on_state)
@@ -258,7 +268,12 @@ class FolderSource(_ReplaySource):
         self._position = 0
         self._read_any_this_pass = False
         self._imread_flag = cv2.IMREAD_GRAYSCALE if settings.grayscale else cv2.IMREAD_COLOR
+        self._prefetcher = _Prefetcher(self._decode_file) if _worth_prefetching(self._files) else None
         logger.info("replaying %d images from %s", len(self._files), settings.path)
+
+    def _release(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
 
     def _next_image(self) -> tuple[np.ndarray, str] | None:
         while True:
@@ -273,19 +288,69 @@ class FolderSource(_ReplaySource):
             image = self._decode(path)
             if image is not None:
                 self._read_any_this_pass = True
+                self._prefetch_next()
                 return image, path.name
 
-    def _decode(self, path: Path) -> np.ndarray | None:
-        reason = "not a decodable image"
+    def _prefetch_next(self) -> None:
+        if self._prefetcher is None:
+            return
+        if self._position < len(self._files):
+            self._prefetcher.start(self._files[self._position])
+        elif self._settings.loop:
+            self._prefetcher.start(self._files[0])
+
+    def _decode_file(self, path: Path) -> tuple[np.ndarray | None, str]:
+        """Decode one file; no side effects, so it may run on the prefetch thread."""
         try:
             image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), self._imread_flag)
         except (OSError, cv2.error) as exc:
-            image, reason = None, _one_line(exc)
+            return None, _one_line(exc)
+        return image, "not a decodable image"
+
+    def _decode(self, path: Path) -> np.ndarray | None:
+        decoded = self._prefetcher.take(path) if self._prefetcher is not None else None
+        image, reason = decoded if decoded is not None else self._decode_file(path)
         if image is None:
             self._unreadable += 1
             self._last_error = f"unreadable image {path}: {reason}"
             logger.warning("skipping unreadable image %s: %s", path, reason)
         return image
+
+
+class _Prefetcher:
+    """Decodes one file ahead on a single worker thread."""
+
+    def __init__(self, decode: Callable[[Path], tuple[np.ndarray | None, str]]) -> None:
+        self._decode = decode
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-prefetch")
+        self._pending: tuple[Path, Future] | None = None
+
+    def start(self, path: Path) -> None:
+        try:
+            self._pending = (path, self._executor.submit(self._decode, path))
+        except RuntimeError:  # closed meanwhile: the caller decodes synchronously
+            self._pending = None
+
+    def take(self, path: Path) -> tuple[np.ndarray | None, str] | None:
+        """The decoded file if it was prefetched, else None (the caller decodes it itself)."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != path or pending[1].cancelled():
+            return None
+        return pending[1].result()
+
+    def close(self) -> None:
+        self._pending = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _worth_prefetching(files: list[Path]) -> bool:
+    sizes = []
+    for path in files[:PREFETCH_SAMPLE_FILES]:
+        try:
+            sizes.append(path.stat().st_size)
+        except OSError:
+            continue
+    return bool(sizes) and sum(sizes) / len(sizes) >= PREFETCH_MIN_MEAN_BYTES
 
 
 def _list_images(folder: Path | None) -> list[Path]:

@@ -51,6 +51,18 @@ def _roi(text: str) -> tuple[int, int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _polygons(text: str) -> list:
+    """A JSON list of polygons, each a list of [x, y] points, inline or in a .json file."""
+    try:
+        data = json.loads(Path(text).read_text() if text.endswith(".json") else text)
+        polygons = [[(float(x), float(y)) for x, y in polygon] for polygon in data]
+    except (OSError, ValueError, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"expected polygons like [[[0,0],[40,0],[40,30]]]: {exc}") from None
+    if any(len(p) < 3 for p in polygons):
+        raise argparse.ArgumentTypeError("each polygon needs at least 3 points")
+    return polygons
+
+
 def _classes(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
@@ -81,6 +93,10 @@ def _add_train(sub) -> None:
     p.add_argument("--size", type=_size, help="model input size, SIZE or HxW (default: native up to 32 px, else 128)")
     p.add_argument("--color", choices=("gray", "rgb"), help="colour mode (default: detected from the images)")
     p.add_argument("--roi", type=_roi, help="crop X,Y,W,H applied to every image before resizing")
+    p.add_argument("--ignore-mask", type=Path, metavar="IMAGE",
+                   help="mask image covering the whole frame; non-zero pixels are left out of scoring (shipped in the bundle)")
+    p.add_argument("--ignore-polygons", type=_polygons, default=[], metavar="JSON",
+                   help='polygons left out of scoring, in frame pixels: a JSON list like [[[0,0],[40,0],[40,30]]] or a .json file')
     p.add_argument("--loss", choices=("mse", "l1", "ssim"), default="mse", help="training loss (default mse, the study's)")
     p.add_argument("--residual", choices=("l1", "l2", "ssim"), default="l1", help="residual map (default l1, the study's)")
     p.add_argument("--reducer", choices=("sum", "mean", "max", "topk"), default="sum", help="image score (default sum, the study's)")

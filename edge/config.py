@@ -218,7 +218,19 @@ class InferenceConfig(BaseModel):
     ignore_mask: FilePath | None = Field(
         None,
         validate_default=True,
-        description="Image file; non-zero pixels are ignored in scoring.",
+        description="Image file covering the whole captured frame; non-zero pixels are ignored in scoring "
+        "(added to the bundle's own ignore mask).",
+    )
+    ignore_polygons: list[list[tuple[float, float]]] = Field(
+        [],  # pydantic copies mutable defaults per instance
+        description="Polygons ignored in scoring, each a list of [x, y] points in captured-frame pixels "
+        "(added to the bundle's own).",
+    )
+    quality_gate: bool = Field(
+        True,
+        strict=True,
+        description="Give blurred, over- or under-exposed and blank frames the verdict 'unscorable' "
+        "instead of scoring them (limits learned from the training images, shipped in the bundle).",
     )
     threshold: float | None = Field(
         None,
@@ -237,6 +249,13 @@ class InferenceConfig(BaseModel):
     @classmethod
     def _resolve_mask(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return _resolve(value, info)
+
+    @field_validator("ignore_polygons")
+    @classmethod
+    def _check_polygons(cls, value: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+        if any(len(polygon) < 3 for polygon in value):
+            raise ValueError("each polygon needs at least 3 [x, y] points")
+        return value
 
 
 class AlertsConfig(BaseModel):

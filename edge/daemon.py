@@ -77,6 +77,7 @@ class Counters:
     failed: int = 0
     alerts: int = 0
     errors: int = 0
+    unscorable: int = 0  # frames the quality gate refused to judge
 
 
 def utc_now() -> str:
@@ -98,7 +99,8 @@ def build_inspector(cfg: Config) -> Inspector:
             mask = read_image(cfg.inference.ignore_mask, "gray")
         roi = tuple(cfg.inference.roi) if cfg.inference.roi else None
         return Inspector(cfg.model, threads=cfg.inference.threads, roi=roi, ignore_mask=mask,
-                         threshold=cfg.inference.threshold, min_region_px=cfg.inference.min_region_px)
+                         ignore_polygons=cfg.inference.ignore_polygons, threshold=cfg.inference.threshold,
+                         min_region_px=cfg.inference.min_region_px, quality_gate=cfg.inference.quality_gate)
     except (BundleError, ModelLoadError, ImageError) as exc:
         raise StartupError(one_line(str(exc))) from None
 
@@ -391,7 +393,8 @@ class Daemon:
         failed = result.verdict == "fail"
         self.counters.frames += 1
         self.counters.failed += failed
-        self.counters.passed += not failed
+        self.counters.passed += result.verdict == "pass"
+        self.counters.unscorable += result.verdict == "unscorable"
         alert = self.debounce.update(failed)
         seq = self._reserve_seq()
         payload = self._result_payload(seq, frame.name, part_id, result, latency_ms)
@@ -446,8 +449,8 @@ class Daemon:
         return json.dumps({
             "id": uuid.uuid4().hex, "seq": seq, "ts": utc_now(), "device_id": self.cfg.device_id,
             "image": image, "part_id": part_id, "score": result.score, "score_norm": round(result.score_norm, 6),
-            "threshold": result.threshold, "verdict": result.verdict, "regions": result.regions,
-            "model": {"name": bundle.name, "sha256": bundle.model_sha256}, "latency_ms": round(latency_ms, 3),
+            "threshold": result.threshold, "verdict": result.verdict, "reason": result.reason,
+            "regions": result.regions, "model": {"name": bundle.name, "sha256": bundle.model_sha256}, "latency_ms": round(latency_ms, 3),
         }, separators=(",", ":")).encode()
 
     def _evidence_and_heatmap(self, seq: int, frame, result: Inspection, failed: bool) -> None:
@@ -484,6 +487,7 @@ class Daemon:
         return {
             "ts": utc_now(), "device_id": self.cfg.device_id, "uptime_s": round(uptime, 1),
             "frames": self.counters.frames, "pass": self.counters.passed, "fail": self.counters.failed,
+            "unscorable": self.counters.unscorable,
             "alerts": self.counters.alerts, "errors": self.counters.errors, "dropped": source.get("dropped", 0),
             "fps": round(self.counters.frames / uptime, 2) if uptime > 0 else 0.0,
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99},

@@ -15,7 +15,10 @@ import numpy as np
 from edge import scoring
 from edge.bundle import Bundle, BundleError, check_model_shapes, load_bundle
 from edge.preprocess import ImageError, PreprocessSpec, crop, read_image, scale, to_pixels
+from edge.quality import measure, problem
 from edge.runtime import Reconstructor
+
+Polygon = list[tuple[float, float]]
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Inspection:
     heat: np.ndarray | None = None  # HxW residual map in model pixels
     model_input: np.ndarray | None = None  # HxWxC float in [0, 1]
     reconstruction: np.ndarray | None = None
+    reason: str | None = None  # why a frame is unscorable
 
 
 class Inspector:
@@ -42,8 +46,10 @@ class Inspector:
         use_float_model: bool = False,
         roi: tuple[int, int, int, int] | None = None,
         ignore_mask: np.ndarray | None = None,
+        ignore_polygons: list[Polygon] | None = None,
         threshold: float | None = None,
         min_region_px: int = 4,
+        quality_gate: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_float=use_float_model)
         model_path = self.bundle.float_model_path if use_float_model else self.bundle.model_path
@@ -53,19 +59,43 @@ class Inspector:
         self.frame_roi = roi  # the device's crop, applied before the bundle's own preprocessing
         self.calibration = self.bundle.calibration
         self.threshold = float(threshold) if threshold is not None else self.calibration.threshold
-        self.ignore = self._ignore_pixels(ignore_mask)
+        self.ignore_masks = [m for m in (self.bundle.ignore_mask(), ignore_mask) if m is not None]
+        self.ignore_polygons = list(self.bundle.ignore_polygons) + list(ignore_polygons or [])
+        self._ignore_by_shape: dict[tuple[int, int], np.ndarray | None] = {}
         self.min_region_px = min_region_px
+        self.quality = self.bundle.quality if quality_gate else None
 
-    def _ignore_pixels(self, mask: np.ndarray | None) -> np.ndarray | None:
-        """A mask image (non-zero = ignore) in model pixels, as a boolean array."""
-        if mask is None:
+    def _ignore_pixels(self, frame_shape: tuple[int, ...]) -> np.ndarray | None:
+        """Ignored model pixels for frames of this size: masks and polygons drawn on the whole frame, then
+        cropped and resized exactly like the frame. Cached per frame size."""
+        key = tuple(frame_shape[:2])
+        if key not in self._ignore_by_shape:
+            self._ignore_by_shape[key] = self._rasterize_ignore(key)
+        return self._ignore_by_shape[key]
+
+    def _rasterize_ignore(self, frame_size: tuple[int, int]) -> np.ndarray | None:
+        if not self.ignore_masks and not self.ignore_polygons:
             return None
-        gray = mask if mask.ndim == 2 else mask.max(axis=2)
-        resized = cv2.resize(gray, (self.spec.width, self.spec.height), interpolation=cv2.INTER_NEAREST)
-        return resized > 0
+        height, width = frame_size
+        canvas = np.zeros((height, width), np.uint8)
+        for mask in self.ignore_masks:
+            gray = mask if mask.ndim == 2 else mask.max(axis=2)
+            canvas |= (cv2.resize(gray, (width, height), interpolation=cv2.INTER_NEAREST) > 0).astype(np.uint8)
+        for polygon in self.ignore_polygons:
+            cv2.fillPoly(canvas, [np.round(np.asarray(polygon, dtype=np.float64)).astype(np.int32)], 1)
+        region = crop(crop(canvas, self.frame_roi), self.spec.roi)
+        return cv2.resize(region, (self.spec.width, self.spec.height), interpolation=cv2.INTER_NEAREST) > 0
 
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)
+
+    def _normalization(self) -> scoring.Calibration:
+        """The calibration with the threshold in force; rebuilt when either changes, not per frame."""
+        source, threshold, normalization = getattr(self, "_normalization_cache", (None, None, None))
+        if source is not self.calibration or threshold != self.threshold:
+            normalization = replace(self.calibration, threshold=self.threshold)
+            self._normalization_cache = (self.calibration, self.threshold, normalization)
+        return normalization
 
     def _geometry(self, frame_shape: tuple[int, ...]) -> tuple[tuple[float, float], tuple[int, int]]:
         """Scale and offset from model pixels back to source-frame pixels, for region boxes."""
@@ -84,25 +114,30 @@ class Inspector:
         x = scale(pixels)
         reconstruction = self.model.reconstruct(x, pixels=pixels)
         heat = scoring.residual_map(x, reconstruction, self.bundle.scoring)
-        if self.ignore is not None:
-            heat[self.ignore] = 0.0
-        score = scoring.image_score(heat, self.bundle.scoring, self.ignore)
+        ignore = self._ignore_pixels(frame_shape)
+        if ignore is not None:
+            heat[ignore] = 0.0
+        score = scoring.image_score(heat, self.bundle.scoring, ignore)
         regions = []
         decision = scoring.verdict(score, self.threshold)
-        if decision == "fail":
+        reason = problem(measure(x), self.quality) if self.quality is not None else None
+        if reason is not None:
+            decision = "unscorable"
+        elif decision == "fail":
             scale_xy, offset_xy = self._geometry(frame_shape)
             regions = scoring.anomalous_regions(
                 heat, self.calibration.pixel_threshold, self.min_region_px, scale_xy, offset_xy
             )
         return Inspection(
             score=score,
-            score_norm=scoring.normalize_score(score, replace(self.calibration, threshold=self.threshold)),
+            score_norm=scoring.normalize_score(score, self._normalization()),
             threshold=self.threshold,
             verdict=decision,
             regions=regions,
             heat=heat,
             model_input=x if keep_images else None,
             reconstruction=reconstruction if keep_images else None,
+            reason=reason,
         )
 
     def inspect_file(self, path: str | Path, keep_images: bool = False) -> Inspection:

@@ -92,6 +92,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._conn = self._open(SYNC_PRAGMAS[sync])
         self._last_seq, self._dropped, self._depth = self._load_counters()
+        # Highest seq written to meta. put() leaves meta alone while the rows themselves carry their seq;
+        # whatever deletes rows first records the highest seq so far, so a reopen never reuses one.
+        self._stored_seq = self._last_seq
         self._drops_since_warning = 0
         self._last_drop_warning_at = -math.inf
         logger.info(
@@ -110,7 +113,7 @@ class Outbox:
                     self._conn.execute(_SET_META_SQL, (seq, "seq"))
             except sqlite3.Error as exc:
                 raise self._failure("next_seq", exc) from exc
-            self._last_seq = seq
+            self._last_seq = self._stored_seq = seq
             return seq
 
     def put(self, seq: int, messages: list[tuple[str, bytes, int]]) -> None:
@@ -133,12 +136,13 @@ class Outbox:
                     if excess:
                         self._conn.execute(_DROP_OLDEST_SQL, (excess,))
                         self._conn.execute(_SET_META_SQL, (self._dropped + excess, "dropped"))
-                    if last_seq != self._last_seq:
-                        self._conn.execute(_SET_META_SQL, (last_seq, "seq"))
+                        self._store_seq(last_seq)
             except sqlite3.Error as exc:
                 raise self._failure("put", exc) from exc
             self._depth += len(rows) - excess
             self._last_seq = last_seq
+            if excess:
+                self._stored_seq = last_seq
             if excess:
                 self._dropped += excess
                 self._warn_dropped(excess, "oldest messages dropped")
@@ -160,10 +164,12 @@ class Outbox:
         with self._lock:
             try:
                 with self._conn:
+                    self._store_seq(self._last_seq)
                     removed = self._conn.executemany(_DELETE_SQL, params).rowcount
             except sqlite3.Error as exc:
                 raise self._failure("ack", exc) from exc
             self._depth -= removed
+            self._stored_seq = self._last_seq
             return removed
 
     def depth(self) -> int:
@@ -244,6 +250,11 @@ class Outbox:
         return last_seq, int(meta.get("dropped", 0)), int(depth)
 
     # -- helpers (called with self._lock held) -------------------------------
+
+    def _store_seq(self, seq: int) -> None:
+        """Record seq in meta (inside the caller's transaction) before rows that may carry it are deleted."""
+        if seq != self._stored_seq:
+            self._conn.execute(_SET_META_SQL, (seq, "seq"))
 
     def _failure(self, action: str, exc: sqlite3.Error) -> OutboxError:
         return OutboxError(f"{self.path}: outbox {action} failed: {exc}")

@@ -38,8 +38,13 @@ class Reconstructor:
         interpreter_type, self.runtime = interpreter_class()
         self.path = Path(model_path)
         try:
-            self.interpreter = interpreter_type(model_path=str(self.path), num_threads=threads)
+            # From bytes, not a path: the interpreter would memory-map the file, and a model replaced in
+            # place on disk would then crash the daemon with SIGBUS.
+            self.model_bytes = self.path.read_bytes()
+            self.interpreter = interpreter_type(model_content=self.model_bytes, num_threads=threads)
             self.interpreter.allocate_tensors()
+        except OSError as exc:
+            raise ModelLoadError(f"{self.path}: cannot read: {exc.strerror}") from None
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{self.path}: not a loadable TFLite model: {exc}") from None
         input_detail = self.interpreter.get_input_details()[0]
@@ -71,7 +76,11 @@ class Reconstructor:
     def _dequantize(self, y: np.ndarray) -> np.ndarray:
         if self.output_dtype == np.float32:
             return y
-        return (y.astype(np.float32) - np.float32(self.output_zero)) * np.float32(self.output_scale)
+        # In place on one fresh float32 array: the same two float32 operations as (y - zero) * scale.
+        out = y.astype(np.float32)
+        np.subtract(out, np.float32(self.output_zero), out=out)
+        np.multiply(out, np.float32(self.output_scale), out=out)
+        return out
 
     def reconstruct(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         """HxWxC float input in [0, 1] -> HxWxC float reconstruction.

@@ -113,9 +113,11 @@ def residual_map(x: np.ndarray, reconstruction: np.ndarray, spec: ScoringSpec) -
     elif spec.residual == "msgms":
         residual = msgms_map(x, reconstruction)[..., None]
     elif spec.residual == "l1":
-        residual = np.abs(x - reconstruction)
+        residual = np.subtract(x, reconstruction)
+        np.abs(residual, out=residual)  # in place: one temporary array instead of two
     elif spec.residual == "l2":
-        residual = np.square(x - reconstruction)
+        residual = np.subtract(x, reconstruction)
+        np.square(residual, out=residual)
     else:
         residual = 1.0 - ssim_map(x, reconstruction)
     heat = _channel_mean(residual).astype(np.float32, copy=False)
@@ -165,19 +167,20 @@ def anomalous_regions(
     count, labels, boxes, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     sx, sy = scale_xy
     ox, oy = offset_xy
+    # Largest first (ties in label order), chosen before the per-region work: a noisy map has hundreds.
+    areas = boxes[1:, cv2.CC_STAT_AREA]
+    kept = np.flatnonzero(areas >= min_area_px)
+    largest = kept[np.argsort(-areas[kept], kind="stable")][:max_regions] + 1
     regions = []
-    for label in range(1, count):
+    for label in largest.tolist():
         x, y, w, h, area = (int(v) for v in boxes[label])
-        if area < min_area_px:
-            continue
         peak = float(heat[y : y + h, x : x + w][labels[y : y + h, x : x + w] == label].max())
         regions.append({
             "x": int(ox + x * sx), "y": int(oy + y * sy),
             "w": max(1, int(round(w * sx))), "h": max(1, int(round(h * sy))),
             "area_px": area, "peak": round(peak, 6),
         })
-    regions.sort(key=lambda r: r["area_px"], reverse=True)
-    return regions[:max_regions]
+    return regions
 
 
 def heat_colors(heat: np.ndarray, pixel_threshold: float) -> np.ndarray:

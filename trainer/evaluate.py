@@ -24,6 +24,8 @@ class ScoredSet:
     scores: np.ndarray
     labels: np.ndarray
     heats: list[np.ndarray]
+    verdicts: list[str]
+    reasons: list[str | None]
 
     def good_scores(self) -> np.ndarray:
         return self.scores[self.labels == 0]
@@ -31,17 +33,19 @@ class ScoredSet:
 
 def score_samples(inspector: Inspector, samples: list[Sample], color: str, desc: str, keep_heats: bool = True) -> ScoredSet:
     """Score every sample; the same Inspector.inspect call as `lineguard score` and the daemon."""
-    scores, heats = np.zeros(len(samples)), []
+    scores, heats, verdicts, reasons = np.zeros(len(samples)), [], [], []
     for i, sample in enumerate(tqdm(samples, desc=desc, unit="img", leave=False, mininterval=0.5)):
         try:
             result = inspector.inspect(sample.image(color))
         except ValueError as exc:
             raise DataError(f"{sample.path or sample.name}: {exc}") from None
         scores[i] = result.score
+        verdicts.append(result.verdict)
+        reasons.append(result.reason)
         if keep_heats:
             heats.append(result.heat)
     labels = np.array([s.label for s in samples], dtype=int)
-    return ScoredSet(samples, scores, labels, heats)
+    return ScoredSet(samples, scores, labels, heats, verdicts, reasons)
 
 
 def pixel_figures(scored: ScoredSet, shape: tuple[int, int]) -> dict[str, float | None]:
@@ -100,6 +104,7 @@ def summarize(bundle: Bundle, scored: ScoredSet, scored_float: ScoredSet, float_
         best_t, best = metrics.best_f1_threshold(scored.scores, scored.labels)
         result["best_f1"] = {"threshold": best_t, **best}
     result.update(pixel_figures(scored, (bundle.preprocess.height, bundle.preprocess.width)))
+    result["unscorable"] = sum(v == "unscorable" for v in scored.verdicts)  # scores still count in the figures
     result["parity"] = parity(scored, scored_float, threshold, float_threshold)
     result["calibration_method"] = bundle.calibration.method
     result["model"] = {"name": bundle.name, "sha256": bundle.model_sha256}

@@ -1,6 +1,7 @@
 """A report a person can judge at a glance: figures, plots and one HTML page (plus a Markdown twin)."""
 from __future__ import annotations
 
+import csv
 import html
 import json
 from pathlib import Path
@@ -129,19 +130,19 @@ def write_pages(folder: Path, bundle: Bundle, result: dict, images: list[tuple[s
     (folder / "index.html").write_text(page, encoding="utf-8")
 
 
-def write_scores(path: Path, scored, threshold: float) -> None:
+def write_scores(path: Path, scored) -> None:
     """Every image's score, so a person (or a test) can check any single one with `lineguard score`."""
-    lines = ["image,defect,label,score,verdict"]
-    for sample, score in zip(scored.samples, scored.scores):
-        verdict = "fail" if score >= threshold else "pass"
-        lines.append(f"{sample.name},{sample.defect},{sample.label},{float(score)!r},{verdict}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "defect", "label", "score", "verdict", "reason"])
+        for sample, score, verdict, reason in zip(scored.samples, scored.scores, scored.verdicts, scored.reasons):
+            writer.writerow([sample.name, sample.defect, sample.label, repr(float(score)), verdict, reason or ""])
 
 
 def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, result: dict) -> None:
     """Plots, scores.csv, index.html and README.md into `folder`."""
     threshold = bundle.calibration.threshold
-    write_scores(folder / "scores.csv", scored, threshold)
+    write_scores(folder / "scores.csv", scored)
     images = []
     histogram(folder / "histogram.png", scored.scores, scored.labels, threshold)
     images.append(("histogram.png", "Scores of good and anomalous images, threshold dashed"))

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import Bundle, publish_dir, save_manifest, staging_dir, FLOAT_MODEL_NAME, MODEL_NAME
+import cv2
+
+from edge.bundle import FLOAT_MODEL_NAME, IGNORE_MASK_NAME, MODEL_NAME, Bundle, publish_dir, save_manifest, staging_dir
 from edge.inspector import Inspector
 from edge.preprocess import PreprocessSpec, preprocess
+from edge.quality import fit_limits, measure
 from edge.scoring import Calibration, ScoringSpec
 from trainer import metrics
 from trainer.data import DataError, Dataset, Sample
@@ -49,6 +52,8 @@ class TrainOptions:
     steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
+    ignore_mask: Path | None = None  # image covering the whole frame; non-zero pixels are not scored
+    ignore_polygons: list[list[tuple[float, float]]] = field(default_factory=list)  # frame pixel coordinates
     threshold_method: str = "auto"  # auto | best-f1 | good-quantile
     target_frr: float = 0.01
     val_fraction: float = 0.1
@@ -162,6 +167,8 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
             architecture={"kind": opts.model, "width": opts.width, "latent": opts.latent, "loss": opts.loss,
                           "parameters": int(model.count_params())},
         )
+        bundle.quality = fit_limits([measure(x) for x in x_train])
+        _add_ignore(bundle, opts, staged, dataset)
         save_manifest(bundle)
         result = _calibrate_and_report(bundle, dataset, opts, fit_samples, val_samples)
         publish_dir(staged, out_dir)
@@ -169,6 +176,19 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return result
+
+
+def _add_ignore(bundle: Bundle, opts: TrainOptions, staged: Path, dataset: Dataset) -> None:
+    """Ship the ignore mask and polygons in the bundle, so the device leaves out the same pixels."""
+    if opts.ignore_polygons and len(dataset.sizes) > 1:
+        raise DataError("--ignore-polygons are in frame pixels: they need images of one size")
+    bundle.ignore_polygons = [[tuple(map(float, p)) for p in poly] for poly in opts.ignore_polygons]
+    if opts.ignore_mask is not None:
+        mask = cv2.imread(str(opts.ignore_mask), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise DataError(f"{opts.ignore_mask}: not a readable mask image")
+        cv2.imwrite(str(staged / IGNORE_MASK_NAME), mask)
+        bundle.has_ignore_mask = True
 
 
 def _calibration_set(opts: TrainOptions, dataset: Dataset, fit: list[Sample], val: list[Sample]) -> list[Sample]:
@@ -205,7 +225,7 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
         "data": dataset.description, "data_fingerprint": dataset.fingerprint(),
         "train_images": len(fit), "held_out_images": len(val), "trainer_version": TRAINER_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("threads",)},
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items() if k != "threads"},
     }
     save_manifest(bundle)
     return result

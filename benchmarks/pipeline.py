@@ -1,0 +1,121 @@
+"""Case 1, pipeline efficiency: frames/s of the whole daemon over frames/s of a bare invoke loop.
+
+The daemon path is the real `lineguard run` process: folder replay (fps 0) -> preprocess -> invoke -> residual
+map -> score -> JSON -> durable outbox -> MQTT QoS 1 to a local Mosquitto, counted when the PUBACK came back.
+The reference is a bare `interpreter.invoke()` loop on the same int8 model with the same thread count. The two
+alternate, so both see the same noise from other work on the machine, and the ratio is the median of the
+ratios of adjacent pairs.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.common import (
+    DaemonRun, local_broker, log, median, percentile, rounded, run_daemon, run_json, scratch_dir, write_config,
+)
+from benchmarks.workloads import conv_bundle, fail_threshold, part_frames
+
+SIZE_PX = 256
+GOAL = 0.90
+FRAMES = {"full": 300, "quick": 200}
+REPEATS = {"full": 3, "quick": 3}
+THREADS = {"full": (1, 2), "quick": (1,)}
+WARMUP_FRAMES = 10  # excluded from both rates: first invokes pack weights, first publishes open the session
+FINISHED_PATTERN = re.compile(r"replay finished: (\d+) frames, (\d+) pass, (\d+) fail")
+
+
+@dataclass
+class Comparison:
+    """Alternating daemon and bare-invoke runs at one model size and thread count."""
+
+    size: int
+    threads: int
+    daemon_fps: list[float] = field(default_factory=list)
+    bare_fps: list[float] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    ready_s: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+    failed_fraction: float | None = None
+
+    @property
+    def ratios(self) -> list[float]:
+        return [d / b for d, b in zip(self.daemon_fps, self.bare_fps)]
+
+    def summary(self) -> dict:
+        return {
+            "size": self.size, "threads": self.threads,
+            "efficiency": rounded(median(self.ratios)),
+            "ratio_per_pair": [rounded(r) for r in self.ratios],
+            "daemon_fps_median": rounded(median(self.daemon_fps), 2),
+            "bare_invoke_fps_median": rounded(median(self.bare_fps), 2),
+            "daemon_fps": [rounded(v, 2) for v in self.daemon_fps],
+            "bare_invoke_fps": [rounded(v, 2) for v in self.bare_fps],
+            "latency_ms_at_full_speed": {"p50": rounded(percentile(self.latencies_ms, 50)),
+                                         "p99": rounded(percentile(self.latencies_ms, 99))},
+            "failed_fraction": rounded(self.failed_fraction),
+            "peak_rss_mb": rounded(max(self.peak_rss_mb, default=0), 1),
+            "ready_s_median": rounded(median(self.ready_s)) if self.ready_s else None,
+        }
+
+
+def failed_fraction(run: DaemonRun) -> float | None:
+    match = FINISHED_PATTERN.search(run.log_tail(20_000))
+    return int(match.group(3)) / int(match.group(1)) if match and int(match.group(1)) else None
+
+
+def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: int, repeats: int,
+            port: int, work: Path) -> Comparison:
+    """`repeats` pairs of (daemon run, bare loop), alternating which goes first."""
+    result = Comparison(size=int(bundle.name.split("-")[1]), threads=threads)
+    sample_image = str(sorted(frames.glob("*.png"))[0])
+    for repeat in range(repeats):
+        def daemon() -> None:
+            storage = work / f"state-{bundle.name}-{threads}-{repeat}"
+            config = write_config(work / f"config-{threads}-{repeat}.yaml", model=bundle, frames=frames,
+                                  port=port, storage=storage, threads=threads, threshold=threshold)
+            run = run_daemon(config, work)
+            if run.delivered != count:
+                raise RuntimeError(f"only {run.delivered} of {count} verdicts acknowledged:\n{run.log_tail()}")
+            result.daemon_fps.append(run.steady_fps(WARMUP_FRAMES))
+            result.latencies_ms.extend(run.latencies_ms()[WARMUP_FRAMES:])
+            result.peak_rss_mb.append(run.peak_rss_mb())
+            if run.ready_s is not None:
+                result.ready_s.append(run.ready_s)
+            result.failed_fraction = failed_fraction(run)
+
+        def bare() -> None:
+            reference = run_json("benchmarks.bare_invoke", bundle / "model.tflite", threads, count, WARMUP_FRAMES,
+                                 sample_image)
+            result.bare_fps.append(reference["fps"])
+
+        for step in ((daemon, bare) if repeat % 2 == 0 else (bare, daemon)):
+            step()
+        log("  %dx%d threads=%d pair %d: daemon %.1f fps, bare invoke %.1f fps, ratio %.3f", result.size,
+            result.size, threads, repeat + 1, result.daemon_fps[-1], result.bare_fps[-1], result.ratios[-1])
+    return result
+
+
+def run(mode: str) -> dict:
+    bundle = conv_bundle(SIZE_PX)
+    count, repeats = FRAMES[mode], REPEATS[mode]
+    with scratch_dir("pipeline") as work, local_broker(work) as broker:
+        frames = part_frames(work / "frames", count, SIZE_PX)
+        threshold = fail_threshold(bundle, frames)
+        log("case 1: pipeline efficiency, %d frames of %dx%d, %d pairs per thread count", count, SIZE_PX,
+            SIZE_PX, repeats)
+        by_threads = {str(t): compare(bundle, frames, threshold, t, count, repeats, broker.port, work).summary()
+                      for t in THREADS[mode]}
+    headline = by_threads["1"]["efficiency"]
+    results = {
+        "pipeline_efficiency_256": headline,
+        "pipeline_256": {
+            "goal": GOAL, "met": headline is not None and headline >= GOAL, "mode": mode,
+            "model": f"{bundle.name} (conv AE, int8, uint8 in/out)", "frames": count, "warmup_frames": WARMUP_FRAMES,
+            "threshold": threshold, "by_threads": by_threads,
+        },
+    }
+    if "2" in by_threads:
+        results["pipeline_efficiency_256_threads2"] = by_threads["2"]["efficiency"]
+    return results

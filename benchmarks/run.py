@@ -1,0 +1,89 @@
+"""Run the benchmarks and write benchmarks/results/latest.json and latest.md.
+
+    python -m benchmarks.run --all      # every case, at most 10 minutes on 2 cores (make bench)
+    python -m benchmarks.run --quick    # case 1 only, at most 60 s (make bench-quick)
+    python -m benchmarks.run --case 3   # one case
+
+Results are merged into latest.json key by key, so a quick run refreshes pipeline_efficiency_256 and keeps the
+other figures of the last full run; each case records when it was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from benchmarks.common import RESULTS_DIR, log, machine
+from benchmarks.report import markdown
+
+LATEST_JSON = RESULTS_DIR / "latest.json"
+LATEST_MD = RESULTS_DIR / "latest.md"
+CASES = ("1", "2", "3", "4", "5")
+
+
+def run_case(case: str, mode: str, results: dict) -> dict:
+    if case == "1":
+        from benchmarks import pipeline
+        return pipeline.run(mode)
+    if case == "2":
+        from benchmarks import mnist_throughput
+        return mnist_throughput.run()
+    if case == "3":
+        from benchmarks import keras_compare
+        return keras_compare.run()
+    if case == "4":
+        from benchmarks import footprint
+        return footprint.run(results)
+    from benchmarks import pi_estimate
+    return pi_estimate.run(results)
+
+
+def load_latest() -> dict:
+    try:
+        return json.loads(LATEST_JSON.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save(results: dict) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    for path, text in ((LATEST_JSON, json.dumps(results, indent=2) + "\n"), (LATEST_MD, markdown(results))):
+        temp = path.with_name(path.name + ".tmp")
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--all", action="store_true", help="every case (make bench)")
+    group.add_argument("--quick", action="store_true", help="case 1 only, fewer pairs (make bench-quick)")
+    group.add_argument("--case", choices=CASES, action="append", help="one case; may be repeated")
+    args = parser.parse_args(argv)
+    cases = ["1"] if args.quick else list(CASES) if args.all else args.case
+    mode = "quick" if args.quick else "full"
+    results = load_latest()
+    started = time.monotonic()
+    results["machine"] = machine()
+    for case in cases:
+        case_started = time.monotonic()
+        figures = run_case(case, mode, results)
+        results.update(figures)
+        results.setdefault("measured_at", {})[f"case_{case}"] = {
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mode": mode,
+            "seconds": round(time.monotonic() - case_started, 1),
+        }
+        save(results)
+        log("case %s done in %.0f s", case, time.monotonic() - case_started)
+    results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    save(results)
+    log("all done in %.0f s: %s", time.monotonic() - started, LATEST_JSON)
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

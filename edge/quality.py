@@ -1,0 +1,75 @@
+"""Image-quality gate: blurred, over- or under-exposed and blank frames are `unscorable`, not false fails.
+
+The acceptable ranges are learned at training time from the good images and shipped in the bundle, so
+"too dark" means too dark for this part and camera, not for some fixed idea of a photo.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+BLANK_CONTRAST = 0.01  # std of a frame with nothing in it (lens cap, dead sensor), in [0, 1] units
+BRIGHTNESS_MARGIN = 0.2  # allowed departure of the mean from the good images' range
+SATURATION_MARGIN = 0.25  # extra share of clipped pixels allowed beyond the good images' worst
+SHARPNESS_FACTOR = 0.3  # a frame this much softer than the softest good images is blurred
+SATURATED_LEVEL = 0.98
+DARK_LEVEL = 0.02
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """Ranges of good images, with margins; stored in the bundle."""
+
+    brightness_min: float = 0.0
+    brightness_max: float = 1.0
+    saturated_max: float = 1.0
+    dark_max: float = 1.0
+    sharpness_min: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> QualityLimits | None:
+        return cls(**data) if data else None
+
+
+def measure(x: np.ndarray) -> dict[str, float]:
+    """Brightness, contrast, clipped shares and sharpness (variance of the Laplacian) of a model input."""
+    gray = x[..., 0] if x.shape[-1] == 1 else x.mean(axis=-1)
+    gray = np.ascontiguousarray(gray, dtype=np.float32)
+    return {
+        "brightness": float(gray.mean()),
+        "contrast": float(gray.std()),
+        "saturated": float(np.mean(gray >= SATURATED_LEVEL)),
+        "dark": float(np.mean(gray <= DARK_LEVEL)),
+        "sharpness": float(cv2.Laplacian(gray, cv2.CV_32F).var()),
+    }
+
+
+def fit_limits(measurements: list[dict[str, float]]) -> QualityLimits:
+    """Limits from good training images: their range widened by fixed margins."""
+    values = {k: np.array([m[k] for m in measurements]) for k in measurements[0]}
+    low, high = (np.percentile(values["brightness"], q) for q in (0.5, 99.5))
+    return QualityLimits(
+        brightness_min=float(max(0.0, low - BRIGHTNESS_MARGIN)),
+        brightness_max=float(min(1.0, high + BRIGHTNESS_MARGIN)),
+        saturated_max=float(min(1.0, np.percentile(values["saturated"], 99.5) + SATURATION_MARGIN)),
+        dark_max=float(min(1.0, np.percentile(values["dark"], 99.5) + SATURATION_MARGIN)),
+        sharpness_min=float(np.percentile(values["sharpness"], 0.5) * SHARPNESS_FACTOR),
+    )
+
+
+def problem(m: dict[str, float], limits: QualityLimits) -> str | None:
+    """The reason a frame cannot be judged, or None when it can."""
+    if m["contrast"] < BLANK_CONTRAST:
+        return f"blank frame (contrast {m['contrast']:.4f})"
+    if m["brightness"] > limits.brightness_max or m["saturated"] > limits.saturated_max:
+        return f"overexposed (mean {m['brightness']:.3f}, {m['saturated']:.0%} clipped)"
+    if m["brightness"] < limits.brightness_min or m["dark"] > limits.dark_max:
+        return f"underexposed (mean {m['brightness']:.3f}, {m['dark']:.0%} black)"
+    if m["sharpness"] < limits.sharpness_min:
+        return f"blurred (sharpness {m['sharpness']:.2e} < {limits.sharpness_min:.2e})"
+    return None
