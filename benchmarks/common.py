@@ -79,6 +79,8 @@ class DaemonRun:
     arrival_s: list[float] = field(default_factory=list)  # per verdict, in seq order
     acked_s: list[float | None] = field(default_factory=list)
     run_start_s: float = float("nan")
+    cpu_s: float = float("nan")  # CPU seconds of the whole process during the run, start-up excluded
+    thread_cpu_s: dict = field(default_factory=dict)
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (s since spawn, bytes)
     log_path: Path | None = None
 
@@ -100,6 +102,9 @@ class DaemonRun:
     def latencies_ms(self) -> list[float]:
         """Frame arrival -> PUBACK, per delivered verdict."""
         return [(done - start) * 1000.0 for start, done in zip(self.arrival_s, self.acked_s) if done is not None]
+
+    def cpu_ms_per_verdict(self) -> float:
+        return self.cpu_s / self.verdicts * 1000.0 if self.verdicts else float("nan")
 
     def peak_rss_mb(self) -> float:
         return max((rss for _, rss in self.rss_samples), default=0) / 1e6
@@ -162,6 +167,7 @@ def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: fl
     probe_path, log_path = workdir / f"probe-{stamp}.json", workdir / f"daemon-{stamp}.log"
     notify = NotifyListener(workdir / f"notify-{stamp}.sock")
     launcher = ["-m", "benchmarks.probe", str(probe_path)] if probe else ["-m", "edge.cli"]
+    if os.environ.get("BENCH_LAUNCHER"): launcher = [os.environ["BENCH_LAUNCHER"], str(probe_path)]
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("WATCHDOG_USEC", None)
     samples: list[tuple[float, int]] = []
@@ -189,6 +195,7 @@ def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: fl
     if probe:
         data = json.loads(probe_path.read_text())
         run.run_start_s, run.arrival_s, run.acked_s = data["run_start_s"], data["arrival_s"], data["acked_s"]
+        run.cpu_s, run.thread_cpu_s = data["cpu_s"], data["thread_cpu_s"]
     return run
 
 

@@ -20,7 +20,7 @@ THREADS = 1
 
 
 def run() -> dict:
-    rates, latencies, rss, ready = [], [], [], []
+    rates, latencies, rss, ready, cpu_ms = [], [], [], [], []
     with scratch_dir("mnist") as work, local_broker(work) as broker:
         frames = mnist_frames(work / "frames", FRAMES)
         log("case 2: mnist-1 throughput, %d frames, %d runs", FRAMES, REPEATS)
@@ -31,18 +31,21 @@ def run() -> dict:
             if run.delivered != FRAMES:
                 raise RuntimeError(f"only {run.delivered} of {FRAMES} verdicts acknowledged:\n{run.log_tail()}")
             rates.append(run.steady_fps(WARMUP_FRAMES))
+            cpu_ms.append(run.cpu_ms_per_verdict())
             latencies.extend(run.latencies_ms()[WARMUP_FRAMES:])
             rss.append(run.peak_rss_mb())
             if run.ready_s is not None:
                 ready.append(run.ready_s)
             fail_share = failed_fraction(run)
-            log("  run %d: %.0f verdicts/s delivered", repeat + 1, rates[-1])
+            log("  run %d: %.0f verdicts/s delivered, %.3f ms CPU per verdict %s", repeat + 1, rates[-1], cpu_ms[-1],
+                run.thread_cpu_s)
     rate = median(rates)
     return {
         "mnist1_verdicts_per_s": rounded(rate, 1),
         "mnist1": {
             "goal_per_s": GOAL_PER_S, "met": rate >= GOAL_PER_S, "frames": FRAMES, "warmup_frames": WARMUP_FRAMES,
-            "threads": THREADS, "runs_per_s": [rounded(r, 1) for r in rates], "failed_fraction": rounded(fail_share),
+            "threads": THREADS, "runs_per_s": [rounded(r, 1) for r in rates],
+            "cpu_ms_per_verdict": rounded(median(cpu_ms)), "failed_fraction": rounded(fail_share),
             "latency_ms_at_full_speed": {"p50": rounded(percentile(latencies, 50)),
                                          "p99": rounded(percentile(latencies, 99))},
             "peak_rss_mb": rounded(max(rss), 1), "ready_s_median": rounded(median(ready)) if ready else None,

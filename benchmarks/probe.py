@@ -29,6 +29,8 @@ class VerdictProbe:
         self.arrival = array("d", [math.nan]) * capacity
         self.acked = array("d", [math.nan]) * capacity
         self.run_start_s = math.nan
+        self.cpu_s = math.nan  # process CPU time (all threads) spent in Daemon.run, start-up excluded
+        self.thread_cpu_s: dict[str, float] = {}
         self._current_arrival_s = math.nan
         self._row_seq: dict[int, int] = {}  # outbox row id -> seq, for rows handed to the sender
 
@@ -43,7 +45,14 @@ class VerdictProbe:
 
         def run(daemon):
             probe.run_start_s = time.monotonic()
-            return original_run(daemon)
+            cpu_start_s, threads_start = time.process_time(), thread_cpu_seconds()
+            try:
+                return original_run(daemon)
+            finally:
+                probe.cpu_s = time.process_time() - cpu_start_s
+                threads_end = thread_cpu_seconds()
+                probe.thread_cpu_s = {name: round(spent - threads_start.get(name, 0.0), 3)
+                                      for name, spent in threads_end.items()}
 
         def inspect(daemon, frame, part_id):
             probe._current_arrival_s = frame.arrival_s
@@ -77,10 +86,30 @@ class VerdictProbe:
         seqs = [s for s in range(self.capacity) if not math.isnan(self.arrival[s])]
         return {
             "run_start_s": self.run_start_s,
+            "cpu_s": self.cpu_s,
+            "thread_cpu_s": self.thread_cpu_s,
             "seq": seqs,
             "arrival_s": [self.arrival[s] for s in seqs],
             "acked_s": [None if math.isnan(self.acked[s]) else self.acked[s] for s in seqs],
         }
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) per thread of this process, by Python thread name where there is one."""
+    import threading
+
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    ticks = os.sysconf("SC_CLK_TCK")
+    spent: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(tid), "native")  # threads of the runtime or OpenCV
+        spent[name] = spent.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return spent
 
 
 def main() -> int:

@@ -48,7 +48,7 @@ PREFETCH_SAMPLE_FILES = 8
 # Extra time close() grants a grabber blocked in a driver call beyond its own timeout.
 CLOSE_JOIN_MARGIN_S = 1.0
 V4L2_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
-_USERINFO_PATTERN = re.compile(r"(//[^/:@]*):[^/@]*@")
+_USERINFO_PATTERN = re.compile(r"(//[^/:@]*):[^/]*@")  # greedy to the last '@': passwords may contain '@'
 
 StateCallback = Callable[[str, str], None]
 

@@ -98,12 +98,16 @@ def _add_train(sub) -> None:
     p.add_argument("--ignore-polygons", type=_polygons, default=[], metavar="JSON",
                    help='polygons left out of scoring, in frame pixels: a JSON list like [[[0,0],[40,0],[40,30]]] or a .json file')
     p.add_argument("--loss", choices=("mse", "l1", "ssim"), default="mse", help="training loss (default mse, the study's)")
-    p.add_argument("--residual", choices=("l1", "l2", "ssim"), default="l1", help="residual map (default l1, the study's)")
-    p.add_argument("--reducer", choices=("sum", "mean", "max", "topk"), default="sum", help="image score (default sum, the study's)")
+    p.add_argument("--residual", choices=("l1", "l2", "ssim", "msgms"),
+                   help="autoencoders' residual map (default l1, the study's); msgms: multi-scale gradient-magnitude similarity")
+    p.add_argument("--reducer", choices=("sum", "mean", "max", "topk"),
+                   help="image score from the map (default: sum, the study's, for autoencoders; max for the segmenter)")
     p.add_argument("--smoothing", type=float, default=0.0, metavar="SIGMA", help="Gaussian blur of the residual map, pixels (default 0)")
     p.add_argument("--topk", type=float, default=0.01, metavar="FRACTION", help="share of pixels for --reducer topk (default 0.01)")
     p.add_argument("--width", type=int, help="hidden units (dense) or base filters (conv)")
     p.add_argument("--latent", type=int, help="latent size")
+    p.add_argument("--crop", type=int, help="segmenter: train on random square crops of this size, then run on the whole "
+                                            "frame (default: whole frames)")
     p.add_argument("--steps", type=int, help="training steps (default 3000)")
     p.add_argument("--batch-size", type=int, help="images per step (default 128 dense, 16 conv)")
     p.add_argument("--learning-rate", type=float, help="Adam learning rate, cosine-decayed")

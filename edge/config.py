@@ -308,7 +308,10 @@ class TlsConfig(BaseModel):
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
     def _resolve_files(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return _resolve(value, info)
+        path = _resolve(value, info)
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")  # found here, not as a crash at connect time
+        return path
 
     @model_validator(mode="after")
     def _check_pair(self) -> TlsConfig:
@@ -730,6 +733,10 @@ def _format_error(error: dict, reader: _Reader) -> tuple[int, str] | None:
         loc = loc[:-1]
         count = len(error["input"]) if isinstance(error["input"], (list, tuple)) else "?"
         line, message = reader.line_for(loc), f"expected 4 numbers [x, y, w, h], got {count}"
+    elif loc == ("mqtt", "password_env"):
+        # Whoever fills this in wrong has often typed the password itself: never echo it.
+        line = reader.line_for(loc)
+        message = "must be the NAME of an environment variable (letters, digits, '_'), not the password itself"
     else:
         line, message = reader.line_for(loc), _describe(error)
     prefix = f"{_path_str(loc)}: " if loc else ""

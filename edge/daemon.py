@@ -213,7 +213,10 @@ class Daemon:
         if self.cfg.mqtt.enabled:
             self.link = MqttLink(broker_settings(self.cfg), self.base_topic, self._on_command, self._on_connection)
             self.sender = OutboxSender(self.link, self.outbox, window=self.cfg.mqtt.max_inflight)
-            self.link.start()
+            try:
+                self.link.start()  # a bad certificate or key file fails here, before any connection
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"mqtt.tls: {one_line(str(exc))}") from None
             self.sender.start()
         pending = self.outbox.depth()
         logger.info("ready: model %s (threshold %.6g), source %s, %d message(s) pending from earlier",

@@ -87,19 +87,21 @@ FOCAL_WEIGHT = 10.0
 DEFECT_SHARE = 0.7  # share of training images that get a synthetic defect; the rest teach "good"
 
 
-def defect_batches(x_train: np.ndarray, batch_size: int, augment: list[str], seed: int):
-    """Endless (images, masks) batches: good images, most with one synthetic defect painted on."""
+def defect_batches(x_train: np.ndarray, batch_size: int, crop: int, augment: list[str], seed: int):
+    """Endless (images, masks) batches of random crops of good images, most with a synthetic defect painted on."""
     from trainer.synthetic import DefectSynthesizer
 
     rng = np.random.default_rng(seed)
-    synthesizer = DefectSynthesizer(x_train.shape[1:], x_train, seed=seed)
-    flip = "flip" in augment
     height, width, channels = x_train.shape[1:]
+    crop_h, crop_w = min(crop, height), min(crop, width)
+    synthesizer = DefectSynthesizer((crop_h, crop_w, channels), x_train[:, :crop_h, :crop_w], seed=seed)
+    flip = "flip" in augment
     while True:
-        images = np.empty((batch_size, height, width, channels), np.float32)
-        masks = np.zeros((batch_size, height, width, 1), np.float32)
+        images = np.empty((batch_size, crop_h, crop_w, channels), np.float32)
+        masks = np.zeros((batch_size, crop_h, crop_w, 1), np.float32)
         for i in range(batch_size):
-            image = x_train[rng.integers(len(x_train))]
+            top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+            image = x_train[rng.integers(len(x_train)), top:top + crop_h, left:left + crop_w]
             if flip and rng.uniform() < 0.5:
                 image = image[:, ::-1]
             if rng.uniform() < DEFECT_SHARE:
@@ -114,14 +116,20 @@ def fit_segmenter(options, x_train: np.ndarray) -> keras.Model:
 
     keras.utils.set_random_seed(options.seed)
     shape = x_train.shape[1:]
-    model = unet_segmenter(shape, width=options.width)
+    crop = min(options.crop or max(shape[:2]), *shape[:2])
+    # Fully convolutional: trained on crops (cheaper steps), it then runs on the whole frame.
+    model = unet_segmenter((None, None, shape[2]), width=options.width)
     schedule = keras.optimizers.schedules.CosineDecay(options.learning_rate, options.steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=segmentation_loss)
-    signature = (tf.TensorSpec((options.batch_size, *shape), tf.float32),
-                 tf.TensorSpec((options.batch_size, *shape[:2], 1), tf.float32))
+    signature = (tf.TensorSpec((options.batch_size, crop, crop, shape[2]), tf.float32),
+                 tf.TensorSpec((options.batch_size, crop, crop, 1), tf.float32))
     data = tf.data.Dataset.from_generator(
-        lambda: defect_batches(x_train, options.batch_size, options.augment, options.seed), output_signature=signature
+        lambda: defect_batches(x_train, options.batch_size, crop, options.augment, options.seed),
+        output_signature=signature,
     ).prefetch(4)
-    logger.info("%s: %d parameters, %d steps of %d images", model.name, model.count_params(), options.steps, options.batch_size)
+    logger.info("%s: %d parameters, %d steps of %d crops of %d px", model.name, model.count_params(), options.steps,
+                options.batch_size, crop)
     model.fit(data, epochs=1, steps_per_epoch=options.steps, verbose=0, callbacks=[StepProgress(options.steps)])
-    return model
+    whole_frame = unet_segmenter(shape, width=options.width)  # fixed input shape for the TFLite export
+    whole_frame.set_weights(model.get_weights())
+    return whole_frame

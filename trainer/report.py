@@ -71,17 +71,18 @@ def grid(path: Path, inspector: Inspector, scored, threshold: float) -> None:
     picks = _examples(scored, 0) + _examples(scored, 1)
     fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.1 * len(picks)), squeeze=False)
     color = inspector.spec.color
+    is_map = inspector.bundle.scoring.residual == "map"  # a segmenter outputs its anomaly map, not an image
     for row, i in enumerate(picks):
         sample = scored.samples[i]
         result = inspector.inspect(sample.image(color), keep_images=True)
         cmap = "gray" if color == "gray" else None
         show = lambda a: a[..., 0] if a.shape[-1] == 1 else a
         axes[row, 0].imshow(show(result.model_input), cmap=cmap, vmin=0, vmax=1)
-        axes[row, 1].imshow(show(np.clip(result.reconstruction, 0, 1)), cmap=cmap, vmin=0, vmax=1)
+        axes[row, 1].imshow(show(np.clip(result.reconstruction, 0, 1)), cmap="gray" if is_map else cmap, vmin=0, vmax=1)
         axes[row, 2].imshow(heat_colors(result.heat, inspector.calibration.pixel_threshold)[..., ::-1])
         tag = "FAIL" if result.score >= threshold else "pass"
         axes[row, 0].set_title(f"{sample.defect}: {result.score:.4g} {tag}", fontsize=8)
-        axes[row, 1].set_title("reconstruction", fontsize=8)
+        axes[row, 1].set_title("model output: defect map" if is_map else "reconstruction", fontsize=8)
         axes[row, 2].set_title("residual (threshold = mid-scale)", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")

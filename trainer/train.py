@@ -27,9 +27,9 @@ DENSE_MAX_SIDE = 32  # MNIST-sized images get the study's dense model
 CONV_DEFAULT_SIDE = 128
 PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image residual pixels: what counts as an anomalous pixel
 MODEL_DEFAULTS = {
-    "dense": {"width": 392, "latent": 64, "batch_size": 128, "steps": 3000, "learning_rate": 1e-3},
-    "conv": {"width": 32, "latent": 100, "batch_size": 16, "steps": 3000, "learning_rate": 5e-4},
-    "segmenter": {"width": 8, "latent": 0, "batch_size": 8, "steps": 3000, "learning_rate": 2e-3},
+    "dense": {"width": 392, "latent": 64, "batch_size": 128, "steps": 3000, "learning_rate": 1e-3, "crop": 0},
+    "conv": {"width": 32, "latent": 100, "batch_size": 16, "steps": 3000, "learning_rate": 5e-4, "crop": 0},
+    "segmenter": {"width": 8, "latent": 0, "batch_size": 8, "steps": 3000, "learning_rate": 2e-3, "crop": 0},
 }
 
 
@@ -43,12 +43,13 @@ class TrainOptions:
     color: str | None = None  # None: from the data
     roi: tuple[int, int, int, int] | None = None
     loss: str = "mse"
-    residual: str = "l1"
-    reducer: str = "sum"
+    residual: str | None = None  # None: l1 for autoencoders (the study's), the model's map for the segmenter
+    reducer: str | None = None  # None: sum for autoencoders (the study's), max for the segmenter
     smoothing_sigma: float = 0.0
     topk_fraction: float = 0.01
     width: int | None = None
     latent: int | None = None
+    crop: int | None = None  # segmenter: train on random square crops of this size, infer on the whole frame
     steps: int | None = None
     batch_size: int | None = None
     learning_rate: float | None = None
@@ -68,10 +69,13 @@ class TrainOptions:
         out.size = self.size or default_size(dataset)
         if out.model == "auto":
             out.model = "dense" if max(out.size) <= DENSE_MAX_SIDE and out.color == "gray" else "conv"
-        if out.model == "segmenter":
-            out.residual = "map"
+        segmenter = out.model == "segmenter"
+        if segmenter and out.residual not in (None, "map"):
+            raise ValueError("the segmenter outputs its anomaly map: --residual does not apply to it")
+        out.residual = "map" if segmenter else (out.residual or "l1")
+        out.reducer = out.reducer or ("max" if segmenter else "sum")
         for key, value in MODEL_DEFAULTS[out.model].items():
-            if getattr(out, key) is None:
+            if getattr(out, key, None) is None:
                 setattr(out, key, value)
         if out.threshold_method == "auto":
             # The study's protocol when anomaly classes were named; good parts only otherwise.
