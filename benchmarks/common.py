@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -161,13 +162,13 @@ def sample_rss(process: subprocess.Popen, started_s: float, samples: list, inter
 
 
 def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: float = DAEMON_TIMEOUT_S,
-               rss_interval_s: float = RSS_SAMPLE_INTERVAL_S, extra_env: dict | None = None) -> DaemonRun:
-    """Run `lineguard run --config CONFIG` to its end (a finite replay) and measure it."""
+               rss_interval_s: float = RSS_SAMPLE_INTERVAL_S, stop_after_s: float | None = None,
+               extra_env: dict | None = None) -> DaemonRun:
+    """Run `lineguard run --config CONFIG` to its end (a finite replay, or SIGTERM after stop_after_s)."""
     stamp = time.monotonic_ns()
     probe_path, log_path = workdir / f"probe-{stamp}.json", workdir / f"daemon-{stamp}.log"
     notify = NotifyListener(workdir / f"notify-{stamp}.sock")
     launcher = ["-m", "benchmarks.probe", str(probe_path)] if probe else ["-m", "edge.cli"]
-    if os.environ.get("BENCH_LAUNCHER"): launcher = [os.environ["BENCH_LAUNCHER"], str(probe_path)]
     env = {**os.environ, "NOTIFY_SOCKET": str(notify.path), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("WATCHDOG_USEC", None)
     samples: list[tuple[float, int]] = []
@@ -180,6 +181,8 @@ def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: fl
                                        daemon=True)
             sampler.start()
             try:
+                if stop_after_s is not None:
+                    stop_later(process, stop_after_s)
                 returncode = process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 process.kill()
@@ -197,6 +200,14 @@ def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: fl
         run.run_start_s, run.arrival_s, run.acked_s = data["run_start_s"], data["arrival_s"], data["acked_s"]
         run.cpu_s, run.thread_cpu_s = data["cpu_s"], data["thread_cpu_s"]
     return run
+
+
+def stop_later(process: subprocess.Popen, after_s: float) -> None:
+    """SIGTERM the process after after_s, as systemd stops the service."""
+    try:
+        process.wait(after_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
 
 
 def run_json(module: str, *args: str, timeout_s: float = 300.0, env: dict | None = None) -> dict:

@@ -313,11 +313,13 @@ class TlsConfig(BaseModel):
             raise ValueError(f"no such file: {path}")  # found here, not as a crash at connect time
         return path
 
-    @model_validator(mode="after")
-    def _check_pair(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
+    @model_validator(mode="before")
+    @classmethod
+    def _check_pair(cls, data: Any) -> Any:
+        # Before the fields: a lone cert_file is one mistake, not also a missing-file error.
+        if isinstance(data, dict) and (data.get("cert_file") is None) != (data.get("key_file") is None):
             raise ValueError("cert_file and key_file must be given together")
-        return self
+        return data
 
 
 class MqttConfig(BaseModel):

@@ -301,14 +301,16 @@ def test_cross_field_rules_accept_valid_combinations():
 
 def test_relative_paths_follow_the_config_file(tmp_path: Path):
     site = tmp_path / "site"
-    site.mkdir()
+    (site / "tls").mkdir(parents=True)
+    for name in ("c.pem", "k.pem"):
+        (site / "tls" / name).write_text("PEM")
     (site / "config.yaml").write_text(
         "model: bundles/m2\n"
         "source: {kind: video, path: clips/run.mp4}\n"
         "inference: {ignore_mask: masks/m.png}\n"
         "mqtt:\n"
         "  password_file: secret.txt\n"
-        "  tls: {enabled: true, ca_file: /etc/ssl/ca.pem, cert_file: tls/c.pem, key_file: tls/k.pem}\n"
+        "  tls: {enabled: true, ca_file: tls/c.pem, cert_file: tls/c.pem, key_file: tls/k.pem}\n"
         "storage: {dir: var}\n"
     )
     config = load_config(site / "config.yaml")
@@ -316,7 +318,7 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path):
     assert config.source.path == site / "clips" / "run.mp4"
     assert config.inference.ignore_mask == site / "masks" / "m.png"
     assert config.mqtt.password_file == site / "secret.txt"
-    assert config.mqtt.tls.ca_file == Path("/etc/ssl/ca.pem")
+    assert config.mqtt.tls.ca_file == site / "tls" / "c.pem"
     assert config.mqtt.tls.cert_file == site / "tls" / "c.pem"
     assert config.mqtt.tls.key_file == site / "tls" / "k.pem"
     assert config.storage.dir == site / "var"
