@@ -12,6 +12,7 @@ topic name the changed settings that wait for one. A threshold set by command la
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ LATENCY_WINDOW = 2048
 OVERLAY_MIN_SIDE_PX = 256
 CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
 OUTBOX_FILE = "outbox.sqlite3"
+EVIDENCE_QUEUE_FRAMES = 16  # failed frames whose evidence files may wait for the writer thread
 # What a reload changes while inspecting: whole sections, and single keys of the others.
 LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger")
 LIVE_KEYS = {"mqtt": ("heatmap", "stats_interval_s"), "storage": ("evidence", "evidence_quota_mb", "drain_timeout_s")}
@@ -152,6 +154,33 @@ def broker_settings(cfg: Config) -> BrokerSettings:
         reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, tls_enabled=m.tls.enabled,
         tls_ca_file=m.tls.ca_file, tls_cert_file=m.tls.cert_file, tls_key_file=m.tls.key_file,
     )
+
+
+class EvidenceWriter:
+    """Saves evidence files on a thread of its own, in order, so disk writes overlap the next inspection.
+
+    A full queue makes the caller wait, so evidence is never dropped; files still queued at exit are written
+    before the process ends.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=EVIDENCE_QUEUE_FRAMES)
+        self._thread = threading.Thread(target=self._run, name="evidence-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self._queue.join)
+
+    def submit(self, store: EvidenceStore, stem: str, images: dict[str, np.ndarray]) -> None:
+        self._queue.put((store, stem, images))
+
+    def _run(self) -> None:
+        while True:
+            store, stem, images = self._queue.get()
+            try:
+                store.save(stem, images)
+            except Exception:  # save() handles disk errors itself; anything else must not stop the writer
+                logger.exception("evidence %s not saved", stem)
+            finally:
+                self._queue.task_done()
 
 
 class AlertDebounce:
@@ -468,7 +497,10 @@ class Daemon:
             if ok:
                 self.link.publish("heatmap", jpeg.tobytes(), qos=0)
         if save:
-            self.evidence.save(f"{seq:09d}-{Path(frame.name).stem}", {"": frame.image, "-heat": overlay})
+            if getattr(self, "evidence_writer", None) is None:
+                self.evidence_writer = EvidenceWriter()
+            self.evidence_writer.submit(self.evidence, f"{seq:09d}-{Path(frame.name).stem}",
+                                        {"": frame.image, "-heat": overlay})
 
     def _overlay(self, image: np.ndarray, result: Inspection) -> np.ndarray:
         """Frame and heatmap blended, colours anchored to the pixel threshold."""
