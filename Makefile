@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench bench-quick clean
+.PHONY: demo test test-fast bench bench-quick soak clean
 
 # The device's footprint: LiteRT, OpenCV, paho-mqtt. No TensorFlow.
 $(VENV)/.edge-installed: pyproject.toml
@@ -38,6 +38,10 @@ bench: $(VENV)/.test-installed
 ## bench-quick: pipeline efficiency only, at most a minute
 bench-quick: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.run --quick
+
+## soak: the daemon for 11 minutes at 30 fps; RSS over time and latency; writes benchmarks/results/soak.json
+soak: $(VENV)/.test-installed
+	$(BIN)/python -m benchmarks.soak
 
 clean:
 	rm -rf state .pytest_cache

@@ -32,12 +32,19 @@ def main() -> int:
     interpreter.set_tensor(detail["index"], tensor)
     for _ in range(warmup):
         interpreter.invoke()
-    started = time.perf_counter()
+    clock = time.perf_counter
+    stamps = [clock()]
+    cpu_started = time.process_time()
     for _ in range(frames - warmup):
         interpreter.invoke()
-    elapsed = time.perf_counter() - started
+        stamps.append(clock())
+    cpu_s = time.process_time() - cpu_started
+    elapsed = stamps[-1] - stamps[0]
+    intervals = sorted(b - a for a, b in zip(stamps, stamps[1:]))
     print(json.dumps({"runtime": runtime, "threads": threads, "invokes": frames - warmup,
-                      "fps": (frames - warmup) / elapsed, "ms_per_invoke": elapsed / (frames - warmup) * 1000}))
+                      "fps": (frames - warmup) / elapsed, "ms_per_invoke": elapsed / (frames - warmup) * 1000,
+                      "fps_median_interval": 1.0 / intervals[len(intervals) // 2],
+                      "cpu_ms_per_invoke": cpu_s / (frames - warmup) * 1000}))
     return 0
 
 

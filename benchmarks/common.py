@@ -78,6 +78,7 @@ class DaemonRun:
     returncode: int
     ready_s: float | None  # process spawn -> READY=1 on NOTIFY_SOCKET
     arrival_s: list[float] = field(default_factory=list)  # per verdict, in seq order
+    stored_s: list[float] = field(default_factory=list)
     acked_s: list[float | None] = field(default_factory=list)
     run_start_s: float = float("nan")
     cpu_s: float = float("nan")  # CPU seconds of the whole process during the run, start-up excluded
@@ -103,6 +104,13 @@ class DaemonRun:
     def latencies_ms(self) -> list[float]:
         """Frame arrival -> PUBACK, per delivered verdict."""
         return [(done - start) * 1000.0 for start, done in zip(self.arrival_s, self.acked_s) if done is not None]
+
+    def median_interval_fps(self, warmup: int) -> float:
+        """1 / the median time between frames handed to the inspector: the main loop's pace without the
+        bursts of other work on the machine, which a median ignores."""
+        arrivals = self.arrival_s[warmup:]
+        intervals = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
+        return 1.0 / intervals[len(intervals) // 2] if intervals else float("nan")
 
     def cpu_ms_per_verdict(self) -> float:
         return self.cpu_s / self.verdicts * 1000.0 if self.verdicts else float("nan")
@@ -161,6 +169,11 @@ def sample_rss(process: subprocess.Popen, started_s: float, samples: list, inter
         time.sleep(interval_s)
 
 
+# Measured processes start in a session of their own: with the kernel's autogroup scheduling, as under
+# systemd's per-unit cgroups, each then gets its own share of the CPUs, and the broker's and this runner's
+# work is not charged to the daemon.
+
+
 def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: float = DAEMON_TIMEOUT_S,
                rss_interval_s: float = RSS_SAMPLE_INTERVAL_S, stop_after_s: float | None = None,
                extra_env: dict | None = None) -> DaemonRun:
@@ -176,7 +189,7 @@ def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: fl
         with open(log_path, "wb") as log_file:
             started_s = time.monotonic()
             process = subprocess.Popen([PYTHON, *launcher, "run", "--config", str(config)], cwd=ROOT,
-                                       stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                                       stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             sampler = threading.Thread(target=sample_rss, args=(process, started_s, samples, rss_interval_s),
                                        daemon=True)
             sampler.start()
@@ -198,7 +211,7 @@ def run_daemon(config: Path, workdir: Path, *, probe: bool = True, timeout_s: fl
     if probe:
         data = json.loads(probe_path.read_text())
         run.run_start_s, run.arrival_s, run.acked_s = data["run_start_s"], data["arrival_s"], data["acked_s"]
-        run.cpu_s, run.thread_cpu_s = data["cpu_s"], data["thread_cpu_s"]
+        run.cpu_s, run.thread_cpu_s, run.stored_s = data["cpu_s"], data["thread_cpu_s"], data["stored_s"]
     return run
 
 
@@ -213,7 +226,7 @@ def stop_later(process: subprocess.Popen, after_s: float) -> None:
 def run_json(module: str, *args: str, timeout_s: float = 300.0, env: dict | None = None) -> dict:
     """Run `python -m MODULE ARGS` and parse the JSON it prints last on stdout."""
     out = subprocess.run([PYTHON, "-m", module, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=timeout_s, env={**os.environ, **(env or {})})
+                         timeout=timeout_s, env={**os.environ, **(env or {})}, start_new_session=True)
     if out.returncode != 0:
         raise RuntimeError(f"{module} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -19,8 +19,8 @@ from benchmarks.workloads import conv_bundle, fail_threshold, part_frames
 
 SIZE_PX = 256
 GOAL = 0.90
-FRAMES = {"full": 300, "quick": 200}
-REPEATS = {"full": 3, "quick": 3}
+FRAMES = {"full": 200, "quick": 150}
+REPEATS = {"full": 5, "quick": 5}
 THREADS = {"full": (1, 2), "quick": (1,)}
 WARMUP_FRAMES = 10  # excluded from both rates: first invokes pack weights, first publishes open the session
 FINISHED_PATTERN = re.compile(r"replay finished: (\d+) frames, (\d+) pass, (\d+) fail")
@@ -34,6 +34,10 @@ class Comparison:
     threads: int
     daemon_fps: list[float] = field(default_factory=list)
     bare_fps: list[float] = field(default_factory=list)
+    daemon_median_fps: list[float] = field(default_factory=list)
+    bare_median_fps: list[float] = field(default_factory=list)
+    daemon_cpu_ms: list[float] = field(default_factory=list)
+    bare_cpu_ms: list[float] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     ready_s: list[float] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
@@ -52,6 +56,9 @@ class Comparison:
             "bare_invoke_fps_median": rounded(median(self.bare_fps), 2),
             "daemon_fps": [rounded(v, 2) for v in self.daemon_fps],
             "bare_invoke_fps": [rounded(v, 2) for v in self.bare_fps],
+            "efficiency_median_interval": rounded(median(self.daemon_median_fps) / median(self.bare_median_fps)),
+            "cpu_ms_per_frame": {"daemon": rounded(median(self.daemon_cpu_ms)),
+                                 "bare_invoke": rounded(median(self.bare_cpu_ms))},
             "latency_ms_at_full_speed": {"p50": rounded(percentile(self.latencies_ms, 50)),
                                          "p99": rounded(percentile(self.latencies_ms, 99))},
             "failed_fraction": rounded(self.failed_fraction),
@@ -79,6 +86,8 @@ def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: i
             if run.delivered != count:
                 raise RuntimeError(f"only {run.delivered} of {count} verdicts acknowledged:\n{run.log_tail()}")
             result.daemon_fps.append(run.steady_fps(WARMUP_FRAMES))
+            result.daemon_median_fps.append(run.median_interval_fps(WARMUP_FRAMES))
+            result.daemon_cpu_ms.append(run.cpu_ms_per_verdict())
             result.latencies_ms.extend(run.latencies_ms()[WARMUP_FRAMES:])
             result.peak_rss_mb.append(run.peak_rss_mb())
             if run.ready_s is not None:
@@ -89,6 +98,8 @@ def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: i
             reference = run_json("benchmarks.bare_invoke", bundle / "model.tflite", threads, count, WARMUP_FRAMES,
                                  sample_image)
             result.bare_fps.append(reference["fps"])
+            result.bare_median_fps.append(reference["fps_median_interval"])
+            result.bare_cpu_ms.append(reference["cpu_ms_per_invoke"])
 
         for step in ((daemon, bare) if repeat % 2 == 0 else (bare, daemon)):
             step()

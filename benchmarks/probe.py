@@ -27,6 +27,7 @@ class VerdictProbe:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.arrival = array("d", [math.nan]) * capacity
+        self.stored = array("d", [math.nan]) * capacity  # outbox.put returned: durable, ready to publish
         self.acked = array("d", [math.nan]) * capacity
         self.run_start_s = math.nan
         self.cpu_s = math.nan  # process CPU time (all threads) spent in Daemon.run, start-up excluded
@@ -62,6 +63,7 @@ class VerdictProbe:
             original_put(outbox, seq, messages)
             if 0 <= seq < probe.capacity:
                 probe.arrival[seq] = probe._current_arrival_s
+                probe.stored[seq] = time.monotonic()
 
         def pending(outbox, after_id=0, limit=500):
             rows = original_pending(outbox, after_id, limit)
@@ -90,6 +92,7 @@ class VerdictProbe:
             "thread_cpu_s": self.thread_cpu_s,
             "seq": seqs,
             "arrival_s": [self.arrival[s] for s in seqs],
+            "stored_s": [self.stored[s] for s in seqs],
             "acked_s": [None if math.isnan(self.acked[s]) else self.acked[s] for s in seqs],
         }
 

@@ -89,7 +89,7 @@ def _add_train(sub) -> None:
     p.add_argument("--model", choices=("auto", "dense", "conv", "segmenter"), default="auto",
                    help="dense: the study's autoencoder; conv: the SSIM-autoencoder layout of Bergmann et al.; "
                         "segmenter: a U-Net trained on synthetic defects pasted onto the good images, whose output "
-                        "is the anomaly map. auto: dense for gray images up to 32x32, else conv")
+                        "is the anomaly map. auto: dense for gray images up to 32x32, else segmenter")
     p.add_argument("--size", type=_size, help="model input size, SIZE or HxW (default: native up to 32 px, else 128)")
     p.add_argument("--color", choices=("gray", "rgb"), help="colour mode (default: detected from the images)")
     p.add_argument("--roi", type=_roi, help="crop X,Y,W,H applied to every image before resizing")

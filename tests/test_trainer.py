@@ -84,8 +84,8 @@ def test_score_cli_matches_evaluate_exactly(mnist_bundle, tmp_path):
 def test_conv_autoencoder_on_mvtec_layout_with_masks(tmp_path):
     data = make_mvtec(tmp_path / "parts", color=True)
     out = tmp_path / "models" / "parts"
-    result = run_cli("train", "--data", data, "--out", out, "--steps", "40", "--size", "32", "--residual", "l2",
-                     "--smoothing", "1", "--reducer", "max")
+    result = run_cli("train", "--data", data, "--out", out, "--model", "conv", "--steps", "40", "--size", "32",
+                     "--residual", "l2", "--smoothing", "1", "--reducer", "max")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["architecture"]["kind"] == "conv"
@@ -94,6 +94,19 @@ def test_conv_autoencoder_on_mvtec_layout_with_masks(tmp_path):
     result = json.loads((out / "report" / "metrics.json").read_text())
     assert result["pixel_auroc"] is not None and result["pro"] is not None
     assert 0 <= result["false_reject_rate_ci95"][0] <= result["false_reject_rate_ci95"][1] <= 1
+
+
+def test_default_for_larger_images_is_the_segmenter(tmp_path):
+    data = make_mvtec(tmp_path / "parts", n_train=12, n_good=4, n_bad=4)
+    out = tmp_path / "models" / "parts"
+    result = run_cli("train", "--data", data, "--out", out, "--steps", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["architecture"]["kind"] == "segmenter"
+    assert manifest["input"]["shape"] == [1, 128, 128, 1]  # 64-px parts: above the dense model's 32 px
+    assert manifest["scoring"]["residual"] == "map" and manifest["scoring"]["reducer"] == "max"
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["pixel_auroc"] is not None
 
 
 def _assert_refused(result, *needles, out=None):

@@ -68,7 +68,9 @@ class TrainOptions:
         out.color = self.color or dataset.color
         out.size = self.size or default_size(dataset)
         if out.model == "auto":
-            out.model = "dense" if max(out.size) <= DENSE_MAX_SIDE and out.color == "gray" else "conv"
+            # Measured on magnetic tile (README): the segmenter beats the plain conv autoencoder on image and
+            # pixel AUROC, trains faster and runs smaller. MNIST-sized digits keep the study's dense model.
+            out.model = "dense" if max(out.size) <= DENSE_MAX_SIDE and out.color == "gray" else "segmenter"
         segmenter = out.model == "segmenter"
         if segmenter and out.residual not in (None, "map"):
             raise ValueError("the segmenter outputs its anomaly map: --residual does not apply to it")
@@ -168,7 +170,8 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
         bundle = Bundle(
             path=staged, name=opts.name or out_dir.name, preprocess=spec, scoring=scoring,
             calibration=Calibration(threshold=1.0), model_sha256="",
-            architecture={"kind": opts.model, "width": opts.width, "latent": opts.latent, "loss": opts.loss,
+            architecture={"kind": opts.model, "width": opts.width, "latent": opts.latent,
+                          "loss": "focal+dice on synthetic defects" if opts.model == "segmenter" else opts.loss,
                           "parameters": int(model.count_params())},
         )
         bundle.quality = fit_limits([measure(x) for x in x_train])
