@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import os
 import queue
 import signal
 import threading

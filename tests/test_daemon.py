@@ -7,7 +7,6 @@ import socket
 import subprocess
 import time
 
-import pytest
 
 from tests.daemon_harness import (
     BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config,

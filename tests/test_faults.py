@@ -5,7 +5,6 @@ full storage.dir, and a hung inference seen through the systemd watchdog.
 """
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import resource
@@ -19,9 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
-import cv2
 import numpy as np
 import pytest
 
@@ -31,6 +28,7 @@ from tests.daemon_harness import (
     BASE, NO_TENSORFLOW_WRAPPER, DaemonProcess, results, sample_folder, unique_in_order, write_config,
 )
 from tests.helpers import MNIST_BUNDLE, ROOT, run_cli
+from tests.mjpeg import MjpegServer
 
 WAIT_S = 30.0
 POLL_S = 0.05
@@ -228,78 +226,9 @@ def test_30_s_broker_outage_with_a_sigkill_in_it_delivers_every_verdict_in_order
 # ---------------------------------------------------------------- a live stream that ends or stalls
 
 
-def solid_jpeg(level: int) -> bytes:
-    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), level % 256, np.uint8))
-    assert ok
-    return jpeg.tobytes()
-
-
-class _MjpegHandler(http.server.BaseHTTPRequestHandler):
-    server: _MjpegHttpServer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-        self.end_headers()
-        self.server.stream_frames(self.wfile)
-
-
-class _MjpegHttpServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, port: int, paused: threading.Event) -> None:
-        super().__init__(("127.0.0.1", port), _MjpegHandler)
-        self.closing = threading.Event()
-        self.paused = paused
-
-    def stream_frames(self, out: BinaryIO) -> None:
-        counter = 0
-        try:
-            while not self.closing.is_set():
-                if self.paused.is_set():  # the connection stays open, no bytes flow
-                    self.closing.wait(POLL_S)
-                    continue
-                data = solid_jpeg(counter)
-                out.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
-                out.write(data + b"\r\n")
-                out.flush()
-                counter += 1
-                self.closing.wait(1.0 / STREAM_FPS)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-
-class MjpegServer:
-    """An IP-camera stand-in (as in test_capture): multipart JPEG over HTTP; stops, restarts on its port, stalls."""
-
-    def __init__(self) -> None:
-        self._server: _MjpegHttpServer | None = None
-        self.port = 0
-        self.paused = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/stream.mjpg"
-
-    def start(self) -> None:
-        self._server = _MjpegHttpServer(self.port, self.paused)
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, args=(POLL_S,), name="mjpeg", daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.closing.set()
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
 @pytest.fixture
 def camera() -> Iterator[MjpegServer]:
-    server = MjpegServer()
+    server = MjpegServer(fps=STREAM_FPS)
     server.start()
     yield server
     server.stop()

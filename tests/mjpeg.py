@@ -1,0 +1,91 @@
+"""An IP-camera stand-in for tests: multipart JPEG over HTTP on 127.0.0.1 that can stop, restart on its
+port, or stall with the connection open."""
+from __future__ import annotations
+
+import http.server
+import threading
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+
+POLL_INTERVAL_S = 0.02
+WAIT_LIMIT_S = 5.0
+FRAME_HEIGHT = 48
+FRAME_WIDTH = 64
+
+
+def solid_image(level: int) -> np.ndarray:
+    return np.full((FRAME_HEIGHT, FRAME_WIDTH, 3), level % 256, np.uint8)
+
+
+class _MjpegHandler(http.server.BaseHTTPRequestHandler):
+    server: _MjpegHttpServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        self.server.stream_frames(self.wfile)
+
+
+class _MjpegHttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, fps: float, paused: threading.Event) -> None:
+        super().__init__(("127.0.0.1", port), _MjpegHandler)
+        self.closing = threading.Event()
+        self.paused = paused
+        self.period_s = 1.0 / fps
+
+    def stream_frames(self, out: BinaryIO) -> None:
+        counter = 0
+        try:
+            while not self.closing.is_set():
+                if self.paused.is_set():
+                    self.closing.wait(POLL_INTERVAL_S)
+                    continue
+                _, jpeg = cv2.imencode(".jpg", solid_image(counter))
+                data = jpeg.tobytes()
+                out.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
+                out.write(data + b"\r\n")
+                out.flush()
+                counter += 1
+                self.closing.wait(self.period_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class MjpegServer:
+    """An IP-camera stand-in: multipart JPEG over HTTP; can stop, restart on the same port, or stall."""
+
+    def __init__(self, fps: float = 50.0) -> None:
+        self._fps = fps
+        self._server: _MjpegHttpServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+        self.paused = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/stream.mjpg"
+
+    def start(self) -> None:
+        self._server = _MjpegHttpServer(self.port, self._fps, self.paused)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="mjpeg-server", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(WAIT_LIMIT_S)
+        self._server = None
