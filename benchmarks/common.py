@@ -115,6 +115,12 @@ class DaemonRun:
     def cpu_ms_per_verdict(self) -> float:
         return self.cpu_s / self.verdicts * 1000.0 if self.verdicts else float("nan")
 
+    def stage_latencies_ms(self) -> tuple[list[float], list[float]]:
+        """(arrival -> stored in the outbox, stored -> PUBACK) per delivered verdict: inspection and delivery."""
+        stages = [((stored - start) * 1000.0, (done - stored) * 1000.0)
+                  for start, stored, done in zip(self.arrival_s, self.stored_s, self.acked_s) if done is not None]
+        return [s[0] for s in stages], [s[1] for s in stages]
+
     def peak_rss_mb(self) -> float:
         return max((rss for _, rss in self.rss_samples), default=0) / 1e6
 

@@ -42,9 +42,13 @@ def paced_runs(work: Path, port: int) -> dict:
                               storage=work / f"state-paced-{model}", fps=fps, threads=1, threshold=threshold)
         run = run_daemon(config, work)
         latencies = run.latencies_ms()[10:]
+        inspection, delivery = (stage[10:] for stage in run.stage_latencies_ms())
         steady_rss = [rss for t, rss in run.rss_samples if run.ready_s is not None and t > run.ready_s]
         results[label] = {
             "latency_ms": {"p50": rounded(percentile(latencies, 50)), "p99": rounded(percentile(latencies, 99))},
+            "arrival_to_outbox_ms": {"p50": rounded(percentile(inspection, 50)),
+                                     "p99": rounded(percentile(inspection, 99))},
+            "outbox_to_puback_ms": {"p50": rounded(percentile(delivery, 50)), "p99": rounded(percentile(delivery, 99))},
             "delivered": run.delivered, "frames": count, "ready_s": rounded(run.ready_s),
             "rss_mb_median": rounded(median(steady_rss) / 1e6, 1) if steady_rss else None,
             "rss_mb_peak": rounded(run.peak_rss_mb(), 1),

@@ -11,6 +11,7 @@ The variants run in blocks, interleaved, in one process; each figure is the medi
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import statistics
@@ -24,6 +25,7 @@ ROUNDS = 5
 CALLS_PER_BLOCK = {"keras_eager": 100, "keras_predict": 10, "ours_inspect": 1000,
                    "ours_inspect_no_quality_gate": 1000, "bare_invoke": 2000}
 FRAMES = 50
+PAUSE_BETWEEN_BLOCKS_S = 0.05  # lets TensorFlow's worker threads stop spinning before the next block
 
 
 def study_model():
@@ -81,9 +83,14 @@ def child() -> dict:
     for call, inputs in variants.values():  # warm-up: graph tracing, weight packing
         for item in inputs[:5]:
             call(item)
+    # TensorFlow's import leaves millions of objects; freezing them keeps the cyclic collector from rescanning
+    # them during every variant's timing, as it never has to in the daemon, which does not import TensorFlow.
+    gc.collect()
+    gc.freeze()
     blocks: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(ROUNDS):
         for name, (call, inputs) in variants.items():
+            time.sleep(PAUSE_BETWEEN_BLOCKS_S)
             blocks[name].append(block_timer(call, inputs, CALLS_PER_BLOCK[name]))
     ms = {name: statistics.median(values) for name, values in blocks.items()}
     return {

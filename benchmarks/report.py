@@ -75,6 +75,11 @@ def footprint_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append((f"4. Latency arrival -> PUBACK, {label}, p50 / p99",
                      f"{_fmt(_get(figures, 'latency_ms', 'p50'))} / {_fmt(_get(figures, 'latency_ms', 'p99'))} ms",
                      "", "", command))
+        rows.append((f"   of which arrival -> outbox / outbox -> PUBACK, p50; p99",
+                     f"{_fmt(_get(figures, 'arrival_to_outbox_ms', 'p50'))} / "
+                     f"{_fmt(_get(figures, 'outbox_to_puback_ms', 'p50'))}; "
+                     f"{_fmt(_get(figures, 'arrival_to_outbox_ms', 'p99'))} / "
+                     f"{_fmt(_get(figures, 'outbox_to_puback_ms', 'p99'))} ms", "", "", command))
         rows.append((f"   daemon RSS, {label}, median / peak",
                      f"{_fmt(figures.get('rss_mb_median'))} / {_fmt(figures.get('rss_mb_peak'))} MB", "", "", command))
     p1 = _get(r, "pipeline_256", "by_threads", "1") or {}

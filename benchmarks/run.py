@@ -3,6 +3,7 @@
     python -m benchmarks.run --all      # every case, at most 10 minutes on 2 cores (make bench)
     python -m benchmarks.run --quick    # case 1 only, at most 60 s (make bench-quick)
     python -m benchmarks.run --case 3   # one case
+    python -m benchmarks.run --report   # rewrite latest.md from latest.json and soak.json, measuring nothing
 
 Results are merged into latest.json key by key, so a quick run refreshes pipeline_efficiency_256 and keeps the
 other figures of the last full run; each case records when it was measured.
@@ -62,12 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--all", action="store_true", help="every case (make bench)")
     group.add_argument("--quick", action="store_true", help="case 1 only, fewer pairs (make bench-quick)")
     group.add_argument("--case", choices=CASES, action="append", help="one case; may be repeated")
+    group.add_argument("--report", action="store_true", help="only rewrite latest.md")
     args = parser.parse_args(argv)
+    results = load_latest()
+    if args.report:
+        save(results)
+        print(markdown(results))
+        return 0
     cases = ["1"] if args.quick else list(CASES) if args.all else args.case
     mode = "quick" if args.quick else "full"
-    results = load_latest()
     started = time.monotonic()
-    results["machine"] = machine()
+    measuring = bool(set(cases) - {"5"})  # case 5 only computes from earlier figures
+    if measuring:
+        results["machine"] = machine()
     for case in cases:
         case_started = time.monotonic()
         figures = run_case(case, mode, results)
@@ -78,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         save(results)
         log("case %s done in %.0f s", case, time.monotonic() - case_started)
-    results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    if measuring:
+        results["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     save(results)
     log("all done in %.0f s: %s", time.monotonic() - started, LATEST_JSON)
     print(markdown(results))
