@@ -94,6 +94,14 @@ _NEEDS_PATH = ("folder", "video")
 _NEEDS_URL = ("stream", "gstreamer")
 
 
+def _not_below(value: float, info: ValidationInfo, section: str, other: str) -> float:
+    """A bound that depends on another key of the same section (validated before this one)."""
+    low = info.data.get(other)
+    if low is not None and value < low:
+        raise ValueError(f"must be >= {section}.{other} ({low}), got {value}")
+    return value
+
+
 class SourceConfig(BaseModel):
     """Where frames come from."""
 
@@ -180,10 +188,7 @@ class SourceConfig(BaseModel):
     @field_validator("reconnect_max_s")
     @classmethod
     def _check_reconnect(cls, value: float, info: ValidationInfo) -> float:
-        initial = info.data.get("reconnect_initial_s")
-        if initial is not None and value < initial:
-            raise ValueError(f"must be >= source.reconnect_initial_s ({initial}), got {value}")
-        return value
+        return _not_below(value, info, "source", "reconnect_initial_s")
 
 
 class TriggerConfig(BaseModel):
@@ -277,10 +282,7 @@ class AlertsConfig(BaseModel):
     @field_validator("debounce_m")
     @classmethod
     def _check_window(cls, value: int, info: ValidationInfo) -> int:
-        n = info.data.get("debounce_n")
-        if n is not None and value < n:
-            raise ValueError(f"must be >= alerts.debounce_n ({n}), got {value}")
-        return value
+        return _not_below(value, info, "alerts", "debounce_n")
 
 
 class TlsConfig(BaseModel):
@@ -396,10 +398,7 @@ class MqttConfig(BaseModel):
     @field_validator("reconnect_max_s")
     @classmethod
     def _check_reconnect(cls, value: float, info: ValidationInfo) -> float:
-        low = info.data.get("reconnect_min_s")
-        if low is not None and value < low:
-            raise ValueError(f"must be >= mqtt.reconnect_min_s ({low}), got {value}")
-        return value
+        return _not_below(value, info, "mqtt", "reconnect_min_s")
 
 
 class StorageConfig(BaseModel):
