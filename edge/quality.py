@@ -47,8 +47,8 @@ def measure(x: np.ndarray) -> dict[str, float]:
     OpenCV reductions rather than numpy ones: this runs on every frame, and on small frames numpy's per-call
     overhead would cost more than the model.
     """
-    gray = x[..., 0] if x.shape[-1] == 1 else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
-    gray = np.ascontiguousarray(gray, dtype=np.float32)
+    gray = x.reshape(x.shape[:2]) if x.shape[-1] == 1 else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
+    gray = np.ascontiguousarray(gray, dtype=np.float32)  # a no-op for the usual contiguous float32 input
     mean, std = cv2.meanStdDev(gray)
     _, laplacian_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
     return {

@@ -57,6 +57,8 @@ class Reconstructor:
         self.output_dtype = np.dtype(output_detail["dtype"])
         self.input_scale, self.input_zero = input_detail["quantization"]
         self.output_scale, self.output_zero = output_detail["quantization"]
+        self._output_scale_f32 = np.float32(self.output_scale)
+        self._image_shape = self.output_shape[1:]
         # uint8 pixels feed a uint8 model directly when its input quantization is exactly 1/255, 0.
         self.takes_raw_uint8 = (
             self.input_dtype == np.uint8 and self.input_zero == 0 and abs(self.input_scale * 255 - 1) < 1e-6
@@ -76,10 +78,12 @@ class Reconstructor:
     def _dequantize(self, y: np.ndarray) -> np.ndarray:
         if self.output_dtype == np.float32:
             return y
-        # In place on one fresh float32 array: the same two float32 operations as (y - zero) * scale.
+        # In place on one fresh float32 array: the same float32 operations as (y - zero) * scale
+        # (subtracting a zero point of 0 changes nothing, so it is skipped).
         out = y.astype(np.float32)
-        np.subtract(out, np.float32(self.output_zero), out=out)
-        np.multiply(out, np.float32(self.output_scale), out=out)
+        if self.output_zero:
+            np.subtract(out, np.float32(self.output_zero), out=out)
+        np.multiply(out, self._output_scale_f32, out=out)
         return out
 
     def reconstruct(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
@@ -94,4 +98,4 @@ class Reconstructor:
         self.interpreter.set_tensor(self.input_index, tensor.reshape(self.input_shape))
         self.interpreter.invoke()
         output = self.interpreter.get_tensor(self.output_index)
-        return self._dequantize(output).reshape(self.output_shape[1:])
+        return self._dequantize(output).reshape(self._image_shape)

@@ -401,7 +401,8 @@ def test_evidence_folder_turned_into_a_file_stops_evidence_not_verdicts(tmp_path
         broken_at = len(unique_in_order(results(collector)))
         stats = lambda: latest(collector, "stats").get("evidence", {})
         assert collector.wait_for(lambda _: stats().get("errors", 0) >= 3, WAIT_S), daemon.log()[-3000:]
-        assert "Not a directory" in stats()["last_error"]
+        # Which error comes first depends on where the writer was when the folder went away.
+        assert any(e in stats()["last_error"] for e in ("Not a directory", "No such file or directory"))
         wait_for_results(collector, daemon.log, broken_at + 10)
         assert latest(collector, "stats")["outbox"]["errors"] == 0
         assert daemon.process.poll() is None
