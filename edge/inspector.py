@@ -15,7 +15,7 @@ import numpy as np
 from edge import scoring
 from edge.bundle import Bundle, BundleError, check_model_shapes, load_bundle
 from edge.preprocess import ImageError, PreprocessSpec, crop, read_image, scale, to_pixels
-from edge.quality import measure, problem
+from edge.quality import problem
 from edge.runtime import Reconstructor
 
 Polygon = list[tuple[float, float]]
@@ -120,7 +120,7 @@ class Inspector:
         score = scoring.image_score(heat, self.bundle.scoring, ignore)
         regions = []
         decision = scoring.verdict(score, self.threshold)
-        reason = problem(measure(x), self.quality) if self.quality is not None else None
+        reason = problem(x, self.quality) if self.quality is not None else None
         if reason is not None:
             decision = "unscorable"
         elif decision == "fail":

@@ -41,22 +41,26 @@ def _share_above(gray: np.ndarray, level: float) -> float:
     return cv2.countNonZero(above) / gray.size
 
 
-def measure(x: np.ndarray) -> dict[str, float]:
-    """Brightness, contrast, clipped shares and sharpness (variance of the Laplacian) of a model input.
-
-    OpenCV reductions rather than numpy ones: this runs on every frame, and on small frames numpy's per-call
-    overhead would cost more than the model.
-    """
+def _gray(x: np.ndarray) -> np.ndarray:
     gray = x.reshape(x.shape[:2]) if x.shape[-1] == 1 else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)
-    gray = np.ascontiguousarray(gray, dtype=np.float32)  # a no-op for the usual contiguous float32 input
-    mean, std = cv2.meanStdDev(gray)
+    return np.ascontiguousarray(gray, dtype=np.float32)  # a no-op for the usual contiguous float32 input
+
+
+def _sharpness(gray: np.ndarray) -> float:
     _, laplacian_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
+    return float(laplacian_std[0, 0]) ** 2
+
+
+def measure(x: np.ndarray) -> dict[str, float]:
+    """Brightness, contrast, clipped shares and sharpness (variance of the Laplacian) of a model input."""
+    gray = _gray(x)
+    mean, std = cv2.meanStdDev(gray)
     return {
         "brightness": float(mean[0, 0]),
         "contrast": float(std[0, 0]),
         "saturated": _share_above(gray, SATURATED_LEVEL - 1e-6),
         "dark": 1.0 - _share_above(gray, DARK_LEVEL),
-        "sharpness": float(laplacian_std[0, 0]) ** 2,
+        "sharpness": _sharpness(gray),
     }
 
 
@@ -73,14 +77,29 @@ def fit_limits(measurements: list[dict[str, float]]) -> QualityLimits:
     )
 
 
-def problem(m: dict[str, float], limits: QualityLimits) -> str | None:
-    """The reason a frame cannot be judged, or None when it can."""
-    if m["contrast"] < BLANK_CONTRAST:
-        return f"blank frame (contrast {m['contrast']:.4f})"
-    if m["brightness"] > limits.brightness_max or m["saturated"] > limits.saturated_max:
-        return f"overexposed (mean {m['brightness']:.3f}, {m['saturated']:.0%} clipped)"
-    if m["brightness"] < limits.brightness_min or m["dark"] > limits.dark_max:
-        return f"underexposed (mean {m['brightness']:.3f}, {m['dark']:.0%} black)"
-    if m["sharpness"] < limits.sharpness_min:
-        return f"blurred (sharpness {m['sharpness']:.2e} < {limits.sharpness_min:.2e})"
+def problem(x: np.ndarray, limits: QualityLimits) -> str | None:
+    """The reason a frame cannot be judged, or None when it can.
+
+    This runs on every frame, so the clipped shares are computed only when they could break a limit: a share
+    of pixels at or above SATURATED_LEVEL cannot exceed mean / SATURATED_LEVEL, and likewise for dark ones.
+    The verdict is the same as checking every figure of measure().
+    """
+    gray = _gray(x)
+    mean_, std_ = cv2.meanStdDev(gray)
+    mean, contrast = float(mean_[0, 0]), float(std_[0, 0])
+    if contrast < BLANK_CONTRAST:
+        return f"blank frame (contrast {contrast:.4f})"
+    saturated_bound = mean / (SATURATED_LEVEL - 1e-6)
+    if mean > limits.brightness_max or saturated_bound > limits.saturated_max:
+        saturated = _share_above(gray, SATURATED_LEVEL - 1e-6)
+        if mean > limits.brightness_max or saturated > limits.saturated_max:
+            return f"overexposed (mean {mean:.3f}, {saturated:.0%} clipped)"
+    dark_bound = (1.0 - mean) / (1.0 - DARK_LEVEL)
+    if mean < limits.brightness_min or dark_bound > limits.dark_max:
+        dark = 1.0 - _share_above(gray, DARK_LEVEL)
+        if mean < limits.brightness_min or dark > limits.dark_max:
+            return f"underexposed (mean {mean:.3f}, {dark:.0%} black)"
+    sharpness = _sharpness(gray)
+    if sharpness < limits.sharpness_min:
+        return f"blurred (sharpness {sharpness:.2e} < {limits.sharpness_min:.2e})"
     return None

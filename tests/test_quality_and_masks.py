@@ -92,3 +92,39 @@ def test_daemon_config_ignore_polygons_and_unscorable_count(tmp_path, broker, ma
     assert all(r["verdict"] == "pass" for r in got if r is not blank)
     stats = [json.loads(p) for p in collector.payloads(f"{BASE}/stats")]
     assert stats[-1]["unscorable"] == 1
+
+
+def full_rule(m, limits) -> str | None:
+    """The gate's rule on every figure of measure(): what the lazy per-frame check must agree with."""
+    if m["contrast"] < 0.01:
+        return "blank"
+    if m["brightness"] > limits.brightness_max or m["saturated"] > limits.saturated_max:
+        return "overexposed"
+    if m["brightness"] < limits.brightness_min or m["dark"] > limits.dark_max:
+        return "underexposed"
+    if m["sharpness"] < limits.sharpness_min:
+        return "blurred"
+    return None
+
+
+def test_lazy_quality_check_agrees_with_the_full_rule():
+    from edge.quality import QualityLimits, measure, problem
+
+    rng = np.random.default_rng(7)
+    for _ in range(3000):
+        size = int(rng.integers(8, 40))
+        kind = rng.integers(4)
+        if kind == 0:
+            x = rng.uniform(size=(size, size, 1))
+        elif kind == 1:
+            x = np.clip(rng.normal(rng.uniform(), rng.uniform(0, 0.5), (size, size, 1)), 0, 1)
+        elif kind == 2:
+            x = (rng.uniform(size=(size, size, 1)) < rng.uniform()).astype(float)  # only 0s and 1s
+        else:
+            x = np.full((size, size, 1), rng.uniform()) + rng.normal(0, 0.005, (size, size, 1))
+        x = np.clip(x, 0, 1).astype(np.float32)
+        lo, hi = sorted(rng.uniform(size=2))
+        limits = QualityLimits(lo, hi, float(rng.uniform()), float(rng.uniform()), float(rng.uniform(0, 2)))
+        expected = full_rule(measure(x), limits)
+        got = problem(x, limits)
+        assert (got is None) == (expected is None) and (got is None or got.startswith(expected)), (expected, got)
