@@ -15,7 +15,6 @@ from trainer.data import DataError, Dataset, Sample
 
 logger = logging.getLogger(__name__)
 
-GRID_EXAMPLES_PER_CLASS = 4
 
 
 @dataclass
