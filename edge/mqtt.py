@@ -520,9 +520,10 @@ class OutboxSender:
             else:
                 logger.warning("broker refused outbox message %d; it is re-sent after reconnecting", row_id)
         if self._acked_unsaved:
-            removed = self._outbox.ack(self._acked_unsaved)
-            self._acked_unsaved = []
+            # Under the lock, so a waiter never sees an empty outbox with an old count.
             with self._progress:
+                removed = self._outbox.ack(self._acked_unsaved)
+                self._acked_unsaved = []
                 self._delivered += removed
                 self._progress.notify_all()
 
@@ -551,9 +552,9 @@ class OutboxSender:
 
     def _discard(self, row_id: int, seq: int, error: ValueError) -> None:
         logger.error("outbox message %d (seq %d) can never be published (%s); discarding it", row_id, seq, error)
-        self._outbox.ack([row_id])
-        self.discarded += 1
         with self._progress:
+            self._outbox.ack([row_id])
+            self.discarded += 1
             self._progress.notify_all()
 
 
