@@ -51,6 +51,7 @@ LATENCY_WINDOW = 2048
 OVERLAY_MIN_SIDE_PX = 256
 CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
 OUTBOX_FILE = "outbox.sqlite3"
+FIRST_CONNECT_WAIT_S = 3.0  # bounded, so a broker that swallows packets cannot hold up inspection
 EVIDENCE_QUEUE_FRAMES = 16  # failed frames whose evidence files may wait for the writer thread
 # What a reload changes while inspecting: whole sections, and single keys of the others.
 LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger")
@@ -246,6 +247,9 @@ class Daemon:
             except (OSError, ValueError) as exc:
                 raise StartupError(f"mqtt.tls: {one_line(str(exc))}") from None
             self.sender.start()
+            # A broker that answers at once gets the first frames' heatmaps and status too
+            # (those are not queued); an absent one delays start-up by one failed attempt.
+            self.link.wait_first_attempt(FIRST_CONNECT_WAIT_S)
         pending = self.outbox.depth()
         logger.info("ready: model %s (threshold %.6g), source %s, %d message(s) pending from earlier",
                     self.inspector.bundle.name, self.inspector.threshold, self.cfg.source.kind, pending)

@@ -110,6 +110,7 @@ class MqttLink:
         self._session: int | None = None
         self._sessions_started = 0
         self._connected_event = threading.Event()
+        self._first_attempt_done = threading.Event()  # connected, refused or unreachable
         self._client: mqtt.Client | None = None
         self._stopping = False
         self._unreachable_reported = False
@@ -170,6 +171,11 @@ class MqttLink:
     def wait_connected(self, timeout_s: float) -> bool:
         """Block until connected or ``timeout_s`` elapsed; return whether connected."""
         return self._connected_event.wait(timeout_s)
+
+    def wait_first_attempt(self, timeout_s: float) -> bool:
+        """Block until the first connection attempt succeeded or failed, at most ``timeout_s``; return whether connected."""
+        self._first_attempt_done.wait(timeout_s)
+        return self.connected
 
     # -- publishing -----------------------------------------------------------
 
@@ -270,18 +276,22 @@ class MqttLink:
                 self.settings.host, self.settings.port, reason_code,
             )
             self._mark_disconnected(f"refused: {reason_code}", always_notify=True)
+            self._first_attempt_done.set()
             return
         # Whatever paho still holds from the previous connection is re-sent by
         # OutboxSender from the outbox, in order; a replay by paho as well would
         # interleave two streams.
         client.drop_out_messages()
-        client.publish(self.status_topic, STATUS_ONLINE, qos=STATUS_QOS, retain=True)
+        # Subscribe first: the broker handles a client's packets in order, so a
+        # dashboard that sees "online" can send a command and it is not missed.
         client.subscribe(f"{self.base_topic}/{COMMAND_SUBTOPIC}/#", qos=COMMAND_QOS)
+        client.publish(self.status_topic, STATUS_ONLINE, qos=STATUS_QOS, retain=True)
         with self._lock:
             self._sessions_started += 1
             self._session = self._sessions_started
         self._unreachable_reported = False
         self._connected_event.set()
+        self._first_attempt_done.set()
         logger.info("connected to broker %s:%d", self.settings.host, self.settings.port)
         self._notify_connection(True, str(reason_code))
 
@@ -293,6 +303,7 @@ class MqttLink:
             self.settings.host, self.settings.port, self.settings.reconnect_max_s,
         )
         self._unreachable_reported = True
+        self._first_attempt_done.set()
 
     def _on_log(self, client: mqtt.Client, userdata: object, level: int, message: str) -> None:
         # paho reports expected outage noise as errors; only swallowed callback exceptions matter.

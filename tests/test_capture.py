@@ -180,21 +180,21 @@ def test_folder_grayscale_reads_single_channel(image_folder: Path):
 
 
 def test_folder_paces_on_a_monotonic_schedule(image_folder: Path):
-    fps = 20.0
+    fps = 5.0
     source = open_source(SourceSettings(kind="folder", path=image_folder, fps=fps, loop=True))
     first = source.read(timeout_s=1.0)
-    # The next slot is 50 ms away: a shorter wait gets nothing, and that is not an error.
+    # The next slot is 200 ms away: a shorter wait gets nothing, and that is not an error.
     assert source.read(timeout_s=0.001) is None
     frames = [source.read(timeout_s=1.0) for _ in range(5)]
 
     elapsed_s = frames[-1].arrival_s - first.arrival_s
-    assert 5 / fps - 0.005 <= elapsed_s <= 5 / fps + 0.15
+    assert 5 / fps - 0.005 <= elapsed_s <= 5 / fps + 0.5
     assert [f.index for f in frames] == [1, 2, 3, 4, 5]
 
 
 def test_folder_pacing_absorbs_work_time_instead_of_adding_it(image_folder: Path):
-    fps = 20.0
-    work_s = 0.04
+    fps = 5.0
+    work_s = 0.15
     source = open_source(SourceSettings(kind="folder", path=image_folder, fps=fps, loop=True))
     work = threading.Event()
     arrivals_s = []
@@ -387,7 +387,7 @@ def test_stream_close_stops_the_grabber_promptly(mjpeg_server: MjpegServer, open
 
     started_s = time.monotonic()
     source.close()
-    assert time.monotonic() - started_s < 0.5
+    assert time.monotonic() - started_s < 2.0
     assert not source.grabber_alive
     assert source.read(timeout_s=0.1) is None
 
@@ -401,7 +401,7 @@ def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer, open_sourc
 
     started_s = time.monotonic()
     source.close()
-    assert time.monotonic() - started_s < 0.5
+    assert time.monotonic() - started_s < 2.0  # against a 30 s backoff
     assert not source.grabber_alive
 
 
@@ -414,7 +414,7 @@ def test_close_during_a_stalled_read_is_bounded_by_read_timeout(mjpeg_server: Mj
 
     started_s = time.monotonic()
     source.close()
-    assert time.monotonic() - started_s < read_timeout_s + 0.5
+    assert time.monotonic() - started_s < read_timeout_s + 1.5
     assert not source.grabber_alive
 
 
@@ -434,18 +434,18 @@ def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path):
             all_opened.set()
         return cv2.VideoCapture(str(video_file)) if step == "play" else cv2.VideoCapture()
 
-    settings = SourceSettings(kind="stream", url="scripted", reconnect_initial_s=0.1, reconnect_max_s=0.3)
+    settings = SourceSettings(kind="stream", url="scripted", reconnect_initial_s=0.4, reconnect_max_s=1.2)
     source = LiveSource(settings, scripted_opener)
     try:
-        assert all_opened.wait(WAIT_LIMIT_S)
+        assert all_opened.wait(4 * WAIT_LIMIT_S)  # the gaps add up to 4.8 s
     finally:
         source.close()
 
     gaps_s = np.diff(open_times_s[: len(script)])
-    # fail->fail: 0.1, 0.2, 0.3 (capped), 0.3; play: frames came, so back to 0.1, then 0.2.
-    expected_s = [0.1, 0.2, 0.3, 0.3, 0.1, 0.2]
+    # fail->fail: 0.4, 0.8, 1.2 (capped), 1.2; play: frames came, so back to 0.4, then 0.8.
+    expected_s = [0.4, 0.8, 1.2, 1.2, 0.4, 0.8]
     for gap_s, want_s in zip(gaps_s, expected_s):
-        assert want_s * 0.9 <= gap_s <= want_s + 0.15
+        assert want_s * 0.9 <= gap_s <= want_s + 0.35
     assert source.stats()["reconnects"] >= len(script) - 1
 
 

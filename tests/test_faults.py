@@ -37,7 +37,7 @@ BROKER_OUTAGE_S = 30.0  # the issue's figure
 KILL_INTO_OUTAGE_S = 10.0
 FRAMES_AFTER_RESTART = 60
 WATCHDOG_USEC = 1_000_000
-IDLE_WATCHDOG_USEC = 2_000_000  # the idle loop ticks every 0.5 s: pings come at most 1.5 s apart
+IDLE_WATCHDOG_USEC = 4_000_000  # pings every 2 s plus the idle loop's 0.5 s tick: margin for a loaded machine
 FRAMES_BEFORE_HANG = 15
 HUNG_FOR_S = 3.0  # three watchdog timeouts
 STREAM_FPS = 10.0
@@ -450,9 +450,10 @@ def test_full_disk_sends_verdicts_without_the_outbox_and_recovers(tmp_path, brok
     assert daemon.wait_for_log("outbox cannot be written", WAIT_S), daemon.log()[-3000:]
     threading.Event().wait(FULL_DISK_S)
     got_while_full = wait_for_results(collector, daemon.log, full_at + 10)
-    assert collector.wait_for(lambda _: outbox_stats().get("published_directly", 0) >= 5, WAIT_S)
+    assert collector.wait_for(lambda _: outbox_stats().get("published_directly", 0) >= 5
+                              and outbox_stats().get("errors", 0) >= 5, WAIT_S), outbox_stats()
     stats = latest(collector, "stats")
-    assert stats["outbox"]["errors"] >= 5 and stats["outbox"]["lost"] == 0 and stats["outbox"]["last_error"]
+    assert stats["outbox"]["lost"] == 0 and stats["outbox"]["last_error"]
     assert stats["evidence"]["errors"] >= 1 and "File too large" in stats["evidence"]["last_error"]
     assert daemon.process.poll() is None
 
@@ -501,7 +502,8 @@ def test_hung_inference_stops_the_watchdog_pings_while_the_process_lives(tmp_pat
 
     assert daemon.process.poll() is None
     assert len(notify.pings()) >= 2, notify.messages  # while it worked
-    late_pings = [t - hung_s for t in notify.pings(since_s=hung_s)]
+    # One ping interval of grace: the last ping before the hang may be stamped late by a busy listener.
+    late_pings = [t - hung_s for t in notify.pings(since_s=hung_s + WATCHDOG_USEC / 2e6)]
     assert late_pings == [], f"pings {late_pings} s after inference hung"
     assert time.monotonic() - max(notify.pings()) > 2.5 * WATCHDOG_USEC / 1e6
 

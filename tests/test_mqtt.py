@@ -190,9 +190,9 @@ def test_commands_only_from_own_cmd_topic_and_handler_errors_are_contained(
         if name == "explode":
             raise RuntimeError("handler bug")
 
-    def wait_for_command(name: str) -> bool:
+    def wait_for_command(name: str, timeout_s: float = COMMAND_WAIT_S) -> bool:
         with got_command:
-            return got_command.wait_for(lambda: any(n == name for n, _ in received), COMMAND_WAIT_S)
+            return got_command.wait_for(lambda: any(n == name for n, _ in received), timeout_s)
 
     publisher = make_collector(broker, ["unused/#"])
     # A retained command would be replayed on every reconnect: it must be ignored.
@@ -212,8 +212,9 @@ def test_commands_only_from_own_cmd_topic_and_handler_errors_are_contained(
     publisher.publish(f"{BASE_TOPIC}/cmdx/reboot", b"not under cmd/")
     publisher.publish(f"{BASE_TOPIC}/cmd/explode", b"boom")
     publisher.publish(f"{BASE_TOPIC}/cmd/set/threshold", b"0.7")
-    assert wait_for_command("set/threshold")
-    assert received == [("explode", b"boom"), ("set/threshold", b"0.7")]
+    assert wait_for_command("set/threshold", WAIT_S)
+    # A probe that was merely slow may still arrive after the clear.
+    assert [r for r in received if r[0] != "sync"] == [("explode", b"boom"), ("set/threshold", b"0.7")]
     assert link.connected
 
 
@@ -294,7 +295,7 @@ def test_sender_loses_nothing_when_the_broker_restarts_mid_stream(
     sender = OutboxSender(link, outbox, window=64)
     sender.start()
     try:
-        assert dashboard.wait_for(200, WAIT_S)
+        assert dashboard.wait_for(50, WAIT_S)
         persistent.stop()
         assert outbox.depth() > 0, "outage came too late to test anything"
         put_verdicts(outbox, during_outage)
