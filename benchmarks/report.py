@@ -75,7 +75,7 @@ def footprint_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append((f"4. Latency arrival -> PUBACK, {label}, p50 / p99",
                      f"{_fmt(_get(figures, 'latency_ms', 'p50'))} / {_fmt(_get(figures, 'latency_ms', 'p99'))} ms",
                      "", "", command))
-        rows.append((f"   of which arrival -> outbox / outbox -> PUBACK, p50; p99",
+        rows.append(("   of which arrival -> outbox / outbox -> PUBACK, p50; p99",
                      f"{_fmt(_get(figures, 'arrival_to_outbox_ms', 'p50'))} / "
                      f"{_fmt(_get(figures, 'outbox_to_puback_ms', 'p50'))}; "
                      f"{_fmt(_get(figures, 'arrival_to_outbox_ms', 'p99'))} / "

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,43 +57,61 @@ def write_config(tmp_path: Path, port: int | None, frames: Path, **sections) -> 
     return path
 
 
-class DaemonProcess:
-    """`lineguard run` in its own process, with its stderr captured to a file."""
+class LoggedProcess:
+    """A process whose output is copied through a pipe into a log file.
 
-    def __init__(self, config: Path, extra_env: dict | None = None, *args: str) -> None:
-        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
-        self._log = open(self.log_path, "wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-        command = [sys.executable, "-c", NO_TENSORFLOW_WRAPPER, "run", "--config", str(config), *args]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+    Through a pipe, the output is not subject to the process's own RLIMIT_FSIZE, so its log survives a
+    simulated full disk.
+    """
+
+    def __init__(self, code: str, args: list[str], log_path: Path, extra_env: dict | None = None) -> None:
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
+        )
+        self._copier = threading.Thread(target=self._copy_output, name="log-copier", daemon=True)
+        self._copier.start()
+
+    def _copy_output(self) -> None:
+        with open(self.log_path, "ab") as log:
+            for line in self.process.stdout:
+                log.write(line)
+                log.flush()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout_s: float = 30) -> bool:
+        """Wait until ``text`` is in the log; stop early if the process ended."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
+        while time.monotonic() < deadline and text not in self.log():
             if self.process.poll() is not None:
-                return text in self.log()
+                self._copier.join(5)
+                break
             time.sleep(0.05)
-        return False
-
-    def wait(self, timeout_s: float = 60) -> int:
-        try:
-            return self.process.wait(timeout_s)
-        finally:
-            self._log.close()
+        return text in self.log()
 
     def signal(self, sig: signal.Signals) -> None:
         self.process.send_signal(sig)
 
+    def wait(self, timeout_s: float = 60) -> int:
+        code = self.process.wait(timeout_s)
+        self._copier.join(5)
+        return code
+
     def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            self.process.wait(10)
-        self._log.close()
+        self.wait(10)
+
+
+class DaemonProcess(LoggedProcess):
+    """`lineguard run` in its own process, checked for never importing TensorFlow."""
+
+    def __init__(self, config: Path, extra_env: dict | None = None, *args: str) -> None:
+        super().__init__(NO_TENSORFLOW_WRAPPER, ["run", "--config", str(config), *args],
+                         config.parent / f"daemon-{time.monotonic_ns()}.log", extra_env)
 
 
 def results(collector, topic: str = f"{BASE}/result") -> list[dict]:

@@ -12,8 +12,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,9 +23,9 @@ import pytest
 from edge.bundle import MANIFEST_NAME, MODEL_NAME, sha256_of
 from edge.evidence import EvidenceStore
 from tests.daemon_harness import (
-    BASE, NO_TENSORFLOW_WRAPPER, DaemonProcess, results, sample_folder, unique_in_order, write_config,
+    BASE, DaemonProcess, LoggedProcess, results, sample_folder, unique_in_order, write_config,
 )
-from tests.helpers import MNIST_BUNDLE, ROOT, run_cli
+from tests.helpers import MNIST_BUNDLE, run_cli
 from tests.mjpeg import MjpegServer
 
 WAIT_S = 30.0
@@ -76,54 +74,6 @@ def assert_gap_free_and_in_order(got: list[dict]) -> None:
 
 def log_lines_with(log: str, text: str) -> list[str]:
     return [line for line in log.splitlines() if text in line]
-
-
-class LoggedProcess:
-    """A process whose output is copied through a pipe into a log file.
-
-    Through a pipe, the output is not subject to the process's own RLIMIT_FSIZE, so its log survives a
-    simulated full disk.
-    """
-
-    def __init__(self, code: str, args: list[str], log_path: Path, env: dict | None = None) -> None:
-        self.log_path = log_path
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-        self._copier = threading.Thread(target=self._copy_output, name="log-copier", daemon=True)
-        self._copier.start()
-
-    def _copy_output(self) -> None:
-        with open(self.log_path, "ab") as log:
-            for line in self.process.stdout:
-                log.write(line)
-                log.flush()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for_log(self, text: str, timeout_s: float = WAIT_S) -> bool:
-        wait_until(lambda: text in self.log() or self.process.poll() is not None, timeout_s)
-        return text in self.log()
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout_s: float = 60) -> int:
-        code = self.process.wait(timeout_s)
-        self._copier.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.wait(10)
-
-
-def daemon_process(config: Path, env: dict | None = None) -> LoggedProcess:
-    return LoggedProcess(NO_TENSORFLOW_WRAPPER, ["run", "--config", str(config)],
-                         config.parent / f"daemon-{time.monotonic_ns()}.log", env)
 
 
 @pytest.fixture
@@ -440,7 +390,7 @@ def test_full_disk_sends_verdicts_without_the_outbox_and_recovers(tmp_path, brok
     config = write_config(tmp_path, broker.port, frames, source={"fps": FPS, "loop": True}, mqtt=QUIET,
                           storage={"dir": str(tmp_path / "state"), "evidence": "always"})
     collector = make_collector(broker, [f"{BASE}/#"])
-    daemon = daemon_process(config)
+    daemon = DaemonProcess(config)
     processes.append(daemon)
     outbox_stats = lambda: latest(collector, "stats").get("outbox", {})
     wait_for_results(collector, daemon.log, 3)
