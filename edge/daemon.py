@@ -371,7 +371,9 @@ class Daemon:
         self.reload_requested.clear()
         self.notifier.reloading()
         try:
-            cfg, restart_required = apply_live_settings(self.cfg, load_config(self.config_path))
+            loaded = load_config(self.config_path)
+            cfg, restart_required = apply_live_settings(self.cfg, loaded)
+            restart_required += self._changed_credentials(loaded)
             inspector = build_inspector(cfg)
             self._check_source_fits(inspector)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the running model keeps inspecting
@@ -383,8 +385,14 @@ class Daemon:
             reason += f"; running values kept until a restart for: {', '.join(restart_required)}"
             logger.warning("reload: changed settings that need a restart: %s", ", ".join(restart_required))
         logger.info("reloaded: %s", reason)
-        self._reply("reload", True, reason, request_id)
         self._after_reload(f"inspecting with {inspector.bundle.name}")
+        self._reply("reload", True, reason, request_id)  # after the new state, so a reply means it is current
+
+    def _changed_credentials(self, loaded: Config) -> list[str]:
+        """A password changed in its file or credential, which the config's own keys do not show."""
+        if self.link is None or not loaded.mqtt.enabled:
+            return []
+        return ["mqtt.password"] if resolve_mqtt_password(loaded.mqtt) != self.link.settings.password else []
 
     def _check_source_fits(self, inspector: Inspector) -> None:
         if self.source_grayscale and inspector.spec.color != "gray":
@@ -399,8 +407,8 @@ class Daemon:
             reason = one_line(f"{type(exc).__name__}: {exc}")
             logger.exception("reload failed, keeping the running config and model")
         self.last_reload_error = reason
-        self._reply("reload", False, reason, request_id)
         self._after_reload("reload refused; running the previous config and model")
+        self._reply("reload", False, reason, request_id)
 
     def _switch_to(self, cfg: Config, inspector: Inspector, restart_required: list[str]) -> None:
         alerts_changed = cfg.alerts != self.cfg.alerts

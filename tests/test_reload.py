@@ -208,3 +208,29 @@ def test_reload_of_an_unchanged_config_needs_no_restart(tmp_path):
     running = loaded(BASE_CONFIG, tmp_path)
     effective, restart_required = apply_live_settings(running, loaded(BASE_CONFIG, tmp_path))
     assert restart_required == [] and effective == running
+
+
+def test_reload_says_a_changed_password_file_needs_a_restart(tmp_path, broker, make_collector):
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("first-secret\n")
+    frames = sample_folder(tmp_path)
+    login = {**QUIET, "username": "line-7", "password_file": str(secret)}
+    config = write_config(tmp_path, broker.port, frames, source={"fps": FPS, "loop": True}, mqtt=login)
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(config)
+    wait_for_results(collector, daemon, lambda got: len(got) >= 3)
+
+    secret.write_text("second-secret\n")  # same path, so only the file's content tells
+    daemon.signal(signal.SIGHUP)
+    reply = wait_for_reply(collector, daemon, command="reload", ok=True)
+    assert "restart" in reply["reason"] and "mqtt.password" in reply["reason"]
+    assert retained_state(make_collector, broker)["restart_required"] == ["mqtt.password"]
+
+    secret.write_text("first-secret")  # back to what the connection uses: nothing waits any more
+    collector.publish(f"{BASE}/cmd/reload", json.dumps({"request_id": "back"}))
+    assert "restart" not in wait_for_reply(collector, daemon, request_id="back")["reason"]
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    for password in ("first-secret", "second-secret"):
+        assert password not in daemon.log()
+        assert not [m.topic for m in collector.messages if password.encode() in m.payload]
