@@ -198,8 +198,50 @@ def staging_dir(final: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
 
 
+REPORT_MARKERS = ("metrics.json", "scores.csv", "index.html")
+
+
+class OutputDirError(ValueError):
+    """An --out folder that must not be replaced."""
+
+
+def check_output_dir(out: Path, kind: str, force: bool = False, keep: Path | None = None) -> None:
+    """Refuse to replace a folder that is not an earlier output of the same kind (a ``bundle`` or a ``report``).
+
+    Publishing replaces the whole folder, so without this a mistyped --out would delete unrelated files.
+    ``keep`` is a folder that must survive (the bundle being evaluated), whatever ``force`` says.
+    """
+    if keep is not None:
+        out_r, keep_r = out.resolve(), keep.resolve()
+        if out_r == keep_r or out_r in keep_r.parents:
+            raise OutputDirError(f"{out}: --out would replace the bundle {keep}; choose another folder")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputDirError(f"{out}: exists and is not a folder")
+    if force or not any(out.iterdir()) or _looks_like(out, kind):
+        return
+    raise OutputDirError(f"{out}: folder exists and is not a lineguard {kind}; its files would be deleted "
+                         "(choose another --out, or add --force to replace it)")
+
+
+def _looks_like(folder: Path, kind: str) -> bool:
+    if kind == "bundle":
+        return (folder / MANIFEST_NAME).is_file()
+    return not (folder / MANIFEST_NAME).exists() and all((folder / name).is_file() for name in REPORT_MARKERS)
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp and mkstemp create owner-only entries; a bundle is read by a service account, so apply the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def publish_dir(staged: Path, final: Path) -> None:
     """Replace `final` with `staged` by renames, so readers never see a half-written folder."""
+    _make_readable(staged)
     backup = None
     if final.exists():
         backup = final.with_name(f".{final.name}.old-{os.getpid()}")

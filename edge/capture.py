@@ -28,11 +28,12 @@ from typing import Callable, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from edge.preprocess import IMAGE_SUFFIXES, image_files
+
 logger = logging.getLogger(__name__)
 
 SOURCE_KINDS = ("folder", "video", "camera", "stream", "gstreamer")
 LIVE_KINDS = ("camera", "stream", "gstreamer")
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp"})
 
 STATE_RUNNING = "running"
 STATE_RECONNECTING = "reconnecting"
@@ -359,10 +360,7 @@ def _list_images(folder: Path | None) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CaptureError(f"image folder not found: {folder}")
-    files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.name,
-    )
+    files = image_files(folder)
     if not files:
         # Not an error: a restart on an emptied folder still delivers what the outbox holds.
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))

@@ -107,6 +107,21 @@ def build_inspector(cfg: Config) -> Inspector:
         raise StartupError(one_line(str(exc))) from None
 
 
+def preflight(cfg: Config) -> list[str]:
+    """What `run` would refuse at start-up, found without opening a camera or a broker connection."""
+    problems = []
+    try:
+        build_inspector(cfg)
+    except StartupError as exc:
+        problems.append(f"model: {exc}")
+    path = cfg.source.path
+    if cfg.source.kind == "folder" and not path.is_dir():
+        problems.append(f"source.path: image folder not found: {path}")
+    elif cfg.source.kind == "video" and not path.is_file():
+        problems.append(f"source.path: video file not found: {path}")
+    return problems
+
+
 def one_line(text: str) -> str:
     """Runtime and YAML messages can span lines; log lines, replies and STATUS= must not."""
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
@@ -316,13 +331,13 @@ class Daemon:
             if self.reload_requested.is_set():
                 self._reload(request_id=None)
             triggered = self.cfg.trigger.mode == "mqtt"  # a reload may change it
-            part_id, wait_s = None, IDLE_WAIT_S
+            trigger, wait_s = None, IDLE_WAIT_S
             command = self._next_command(block=triggered)
+            if command is not None and command.name != "trigger":
+                self._apply(command)
+                continue
             if command is not None:
-                part_id = self._apply(command)
-                if part_id is False:
-                    continue
-                wait_s = self.cfg.trigger.timeout_s
+                trigger, wait_s = command.args, self.cfg.trigger.timeout_s
             elif triggered:
                 self.notifier.ping()  # waiting for a trigger is healthy: the loop itself is alive
                 next_stats_s = self._maybe_stats(next_stats_s)
@@ -331,13 +346,16 @@ class Daemon:
             if frame is None:
                 if self.source.exhausted:
                     return self._finish_replay()
-                if part_id is not None:
-                    self._reply("trigger", False, "no frame from the source in time", None)
+                if trigger is not None:
+                    self._reply("trigger", False, "no frame from the source in time", trigger.request_id)
                 # The loop is alive; a camera that is away is the grabber's to reconnect, not systemd's to restart.
                 self.notifier.ping()
                 next_stats_s = self._maybe_stats(next_stats_s)
                 continue
-            self._inspect(frame, part_id if isinstance(part_id, str) else None)
+            seq = self._inspect(frame, trigger.part_id if trigger is not None else None)
+            if trigger is not None:
+                self._reply("trigger", seq is not None, f"inspected as seq {seq}" if seq is not None
+                            else f"frame {frame.name} could not be inspected", trigger.request_id)
             self.notifier.ping()
             next_stats_s = self._maybe_stats(next_stats_s)
             if self.max_frames and self.counters.frames >= self.max_frames:
@@ -350,11 +368,9 @@ class Daemon:
         except queue.Empty:
             return None
 
-    def _apply(self, command: Command) -> str | None | bool:
-        """Act on a validated command. Returns the part id for a trigger, None for one without, False otherwise."""
+    def _apply(self, command: Command) -> None:
+        """Act on a validated threshold or reload command (a trigger is the main loop's own)."""
         args = command.args
-        if command.name == "trigger":
-            return args.part_id or ""
         if command.name == "threshold":
             old = self.inspector.threshold
             self.inspector.set_threshold(args.threshold)
@@ -364,7 +380,6 @@ class Daemon:
             self._publish_state()
         elif command.name == "reload":
             self._reload(args.request_id)
-        return False
 
     def _reload(self, request_id: str | None) -> None:
         """Re-read config and model; keep the running ones unless both are valid. Runs between two frames."""
@@ -424,13 +439,14 @@ class Daemon:
         self._publish_stats()
         self._publish_state()
 
-    def _inspect(self, frame, part_id: str | None) -> None:
+    def _inspect(self, frame, part_id: str | None) -> int | None:
+        """Inspect, store and publish one frame; its verdict's seq, or None when it could not be inspected."""
         try:
             result = self.inspector.inspect(frame.image, bgr=frame.image.ndim == 3)
         except ImageError as exc:
             self.counters.errors += 1
             logger.error("frame %s not inspected: %s", frame.name, exc)
-            return
+            return None
         latency_ms = (time.monotonic() - frame.arrival_s) * 1000.0
         self.latencies_ms.append(latency_ms)
         failed = result.verdict == "fail"
@@ -446,9 +462,10 @@ class Daemon:
             self.counters.alerts += 1
             messages.append((f"{self.base_topic}/alert", payload, 1))
         self._store(seq, messages)
-        logger.info("%s %-4s score %.4g (norm %.3f) %s", frame.name, result.verdict.upper(), result.score,
-                    result.score_norm, f"part {part_id}" if part_id else "")
+        logger.info("%s %-4s score %.4g (norm %.3f)%s", frame.name, result.verdict.upper(), result.score,
+                    result.score_norm, f" part {part_id}" if part_id else "")
         self._evidence_and_heatmap(seq, frame, result, failed)
+        return seq
 
     def _reserve_seq(self) -> int:
         """The next verdict's seq. Outbox.put records it with the verdict, in one transaction, so a kill

@@ -61,12 +61,18 @@ class PreprocessSpec:
         )
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files in a folder (by suffix), in name order."""
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+                  key=lambda p: p.name)
+
+
 def read_image(path: str | Path, color: str) -> np.ndarray:
     """Read an image file as gray (HxW) or RGB (HxWx3), keeping its dtype (uint8 or uint16)."""
     flags = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
     data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
     if data is None:
-        raise ImageError(f"{path}: no such image file")
+        raise ImageError(f"{path}: {'a folder, not an image file' if Path(path).is_dir() else 'no such image file'}")
     image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise ImageError(f"{path}: not a readable image")

@@ -164,15 +164,19 @@ def test_malformed_commands_are_refused_and_daemon_keeps_running(tmp_path, broke
 def test_mqtt_trigger_echoes_the_part_id(tmp_path, broker, make_collector):
     frames = sample_folder(tmp_path, count=6)
     config = write_config(tmp_path, broker.port, frames, trigger={"mode": "mqtt"}, source={"fps": 0, "loop": True})
-    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/status"])
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/status", f"{BASE}/reply"])
     daemon = DaemonProcess(config)
     assert collector.wait_for(lambda m: any(x.payload == b"online" for x in m), 30), daemon.log()[-2000:]
     time.sleep(0.5)
     assert results(collector) == []  # nothing inspected without a trigger
     for part in ("P-001", "P-002"):
-        collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": part}))
-    assert collector.wait_for(lambda m: len(results(collector)) >= 2, 15), daemon.log()[-2000:]
+        collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": part, "request_id": f"r-{part}"}))
+    replies = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/reply")]
+    assert collector.wait_for(lambda m: len(replies()) >= 2 and len(results(collector)) >= 2, 15), daemon.log()[-2000:]
     assert [r["part_id"] for r in results(collector)] == ["P-001", "P-002"]
+    seqs = [r["seq"] for r in results(collector)]
+    assert [(r["request_id"], r["ok"], r["reason"]) for r in replies()] == [
+        (f"r-P-00{i + 1}", True, f"inspected as seq {seq}") for i, seq in enumerate(seqs)]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
 

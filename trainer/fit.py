@@ -8,11 +8,11 @@ import tensorflow as tf
 from tensorflow import keras
 from tqdm import tqdm
 
+from trainer import AUGMENTATIONS
 from trainer.models import build_model, loss_function
 
 logger = logging.getLogger(__name__)
 
-AUGMENTATIONS = ("flip", "shift", "brightness")
 SHIFT_MAX_FRACTION = 0.05
 BRIGHTNESS_MAX_DELTA = 0.05
 

@@ -1,0 +1,134 @@
+"""The command line protects what is already on disk and refuses bad options in one line, before any work."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.bundle import publish_dir, staging_dir
+from tests.helpers import LINEGUARD, MNIST_BUNDLE, MNIST_SMALL, ROOT, SAMPLES, run_cli
+
+EX_USAGE = 2
+EX_CANTCREAT = 73
+EX_CONFIG = 78
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_out_that_is_not_an_earlier_output_is_refused_and_kept(tmp_path, command):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("months of work")
+    model_args = ["--model", MNIST_BUNDLE] if command == "evaluate" else []
+    result = run_cli(command, *model_args, "--data", MNIST_SMALL, "--out", out)
+    assert result.returncode == EX_CANTCREAT, result.stderr[-2000:]
+    assert str(out) in last_line(result) and "--force" in last_line(result)
+    assert (out / "notes.txt").read_text() == "months of work"
+    assert "Traceback" not in result.stderr
+    assert "training" not in result.stderr  # refused before any work
+
+
+def test_evaluate_never_replaces_the_bundle_it_reads(tmp_path):
+    bundle = tmp_path / "models" / "mnist-1"
+    shutil.copytree(MNIST_BUNDLE, bundle)
+    before = sorted(p.name for p in bundle.iterdir())
+    for out in (bundle, bundle.parent):
+        result = run_cli("evaluate", "--model", bundle, "--data", MNIST_SMALL, "--out", out, "--force")
+        assert result.returncode == EX_CANTCREAT, result.stderr[-2000:]
+        assert "would replace the bundle" in last_line(result)
+    assert sorted(p.name for p in bundle.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_retraining_into_an_earlier_bundle_replaces_it(tmp_path):
+    out = tmp_path / "small-1"
+    for seed in ("1", "2"):
+        result = run_cli("train", "--data", MNIST_SMALL, "--out", out, "--steps", "5", "--seed", seed)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((out / "model.json").read_text())["name"] == "small-1"
+    # A bundle is read by the service account: the umask decides, not the temporary folder's 0700.
+    assert stat.S_IMODE(out.stat().st_mode) & 0o055 == 0o055 & ~current_umask()
+    assert stat.S_IMODE((out / "model.json").stat().st_mode) & 0o044 == 0o044 & ~current_umask()
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def test_published_folders_follow_the_umask(tmp_path):
+    staged = staging_dir(tmp_path / "bundle")
+    (staged / "report").mkdir()
+    (staged / "report" / "metrics.json").write_text("{}")
+    previous = os.umask(0o022)
+    try:
+        publish_dir(staged, tmp_path / "bundle")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "bundle" / "report" / "metrics.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--steps", "0", "argument --steps: 0 is outside [1, inf]"),
+    ("--target-frr", "2", "argument --target-frr: 2 is outside (0, 1)"),
+    ("--val-fraction", "1", "argument --val-fraction: 1 is outside (0, 1)"),
+    ("--augment", "flip,flipp", "argument --augment: unknown flipp; choose from flip, shift, brightness"),
+    ("--learning-rate", "-1", "argument --learning-rate: -1 is outside (0, inf]"),
+    ("--batch-size", "many", "argument --batch-size: expected a number, got 'many'"),
+])
+def test_bad_training_options_are_refused_before_loading_anything(tmp_path, option, value, expected):
+    out = tmp_path / "x"
+    result = run_cli("train", "--data", tmp_path / "not-read", "--out", out, option, value)
+    assert result.returncode == EX_USAGE
+    assert last_line(result).endswith(expected), last_line(result)
+    assert not out.exists()
+
+
+def test_score_takes_a_folder_and_reports_why_a_frame_is_unscorable(tmp_path):
+    frames = tmp_path / "frames"
+    shutil.copytree(SAMPLES, frames)
+    (frames / "notes.txt").write_text("not an image")
+    cv2.imwrite(str(frames / "zz-blank.png"), np.zeros((28, 28), np.uint8))  # a lens cap
+    result = run_cli("score", "--model", MNIST_BUNDLE, frames)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"].rsplit("/", 1)[-1] for line in lines] == sorted(p.name for p in frames.glob("*.png"))
+    assert lines[-1]["verdict"] == "unscorable" and lines[-1]["reason"].startswith("blank frame")
+    assert all("reason" not in line for line in lines[:-1])
+
+
+def test_score_into_a_closed_pipe_ends_quietly():
+    score = subprocess.Popen([*LINEGUARD, "score", "--model", str(MNIST_BUNDLE), *[str(SAMPLES)] * 50],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    score.stdout.readline()
+    score.stdout.close()  # as `| head -1` does
+    _, stderr = score.communicate(timeout=120)
+    assert score.returncode == 0
+    assert b"Traceback" not in stderr and b"BrokenPipe" not in stderr
+
+
+def test_check_config_finds_what_run_would_refuse(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {tmp_path / 'no-such-bundle'}\nsource:\n  kind: folder\n  path: frames\n")
+    result = run_cli("check-config", config)
+    assert result.returncode == EX_CONFIG
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"{config}: model: {tmp_path / 'no-such-bundle'}: no such bundle folder",
+                     f"{config}: source.path: image folder not found: {tmp_path / 'frames'}"]
+
+    (tmp_path / "frames").mkdir()
+    config.write_text(f"model: {MNIST_BUNDLE}\nsource:\n  kind: folder\n  path: frames\n")
+    result = run_cli("check-config", config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{config}: OK"
