@@ -505,7 +505,7 @@ class _Reader:
             warnings.simplefilter("ignore", YAMLFutureWarning)
             root = self._compose(text)
             if root is None or (isinstance(root, ScalarNode) and str(root.tag) == _NULL_TAG):
-                return {}  # an empty file means "all defaults"
+                return {}  # an empty file means "all defaults" (the default folder source still needs a path)
             if not isinstance(root, MappingNode):
                 what = "a list" if isinstance(root, SequenceNode) else f"the value {_show(root.value)}"
                 raise ConfigError(
