@@ -161,7 +161,7 @@ def _add_train(sub) -> None:
                    help="best-f1: the study's F1-optimal threshold on labelled test data; good-quantile: from held-out "
                         "good images for --target-frr; auto: best-f1 when --anomaly classes define the test set, else good-quantile")
     p.add_argument("--target-frr", type=FRACTION, default=0.01, help="false-reject rate for good-quantile (default 0.01)")
-    p.add_argument("--val-fraction", type=FRACTION, default=0.1, help="share of good training images held out for calibration (default 0.1)")
+    p.add_argument("--val-fraction", type=_number(float, 0.0, 1.0, high_open=True), default=0.1, help="share of good training images held out for calibration (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same bundle")
     p.add_argument("--threads", type=POSITIVE_INT, default=2, help="interpreter threads for calibration (default 2)")
 
@@ -207,10 +207,20 @@ def _add_device(sub) -> None:
                    description="Print the JSON Schema of config.yaml, for editors with YAML schema support.")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lineguard")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineguard", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (for run: unless log_level says otherwise)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_evaluate(sub)

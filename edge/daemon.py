@@ -285,12 +285,14 @@ class Daemon:
 
     def _on_source_state(self, state: str, detail: str) -> None:
         self.source_state, self.source_detail = state, detail
-        logger.warning("source %s %s", state, detail) if state != "running" else logger.info("source running")
+        # A finite replay's end is normal; a live source away is worth a warning in the journal.
+        log = logger.info if state in ("running", "ended") else logger.warning
+        log("source %s %s", state, detail)
         self.notifier.status(f"source {state} {detail}".strip())
         self._publish_state()
 
     def _on_connection(self, connected: bool, detail: str) -> None:
-        logger.info("broker %s %s", "connected" if connected else "disconnected", detail)
+        logger.debug("broker %s %s", "connected" if connected else "disconnected", detail)  # MqttLink logs it
         if connected:
             self._publish_state()  # changes while disconnected were dropped, and the retained one may be stale
 

@@ -125,9 +125,10 @@ class MqttLink:
         self._stopping = False
         settings = self.settings
         logger.info(
-            "connecting to broker %s:%d as %r (tls %s, user %r)",
+            "connecting to broker %s:%d as %r (tls %s, %s)",
             settings.host, settings.port, settings.client_id,
-            "on" if settings.tls_enabled else "off", settings.username,
+            "on" if settings.tls_enabled else "off",
+            f"user {settings.username!r}" if settings.username else "no user name",
         )
         # Set before the network thread starts: on_connect may fire at once and
         # publish_in_session needs the client.

@@ -28,8 +28,11 @@ def main() -> int:
     parser.add_argument("npz", type=Path)
     parser.add_argument("--model", type=Path, default=Path("models/mnist-1"))
     args = parser.parse_args()
-    with np.load(args.npz) as data:
-        images, labels = data["x_test"], data["y_test"]
+    try:
+        with np.load(args.npz) as data:
+            images, labels = data["x_test"], data["y_test"]
+    except (OSError, ValueError, KeyError) as exc:
+        parser.exit(65, f"{args.npz}: not a readable MNIST .npz with x_test and y_test ({exc})\n")
     keep = np.flatnonzero((labels == 1) | (labels == 9))
     with tempfile.TemporaryDirectory() as folder:
         paths = []

@@ -82,7 +82,7 @@ def test_published_folders_follow_the_umask(tmp_path):
 @pytest.mark.parametrize("option, value, expected", [
     ("--steps", "0", "argument --steps: 0 is outside [1, inf]"),
     ("--target-frr", "2", "argument --target-frr: 2 is outside (0, 1)"),
-    ("--val-fraction", "1", "argument --val-fraction: 1 is outside (0, 1)"),
+    ("--val-fraction", "1", "argument --val-fraction: 1 is outside [0, 1)"),
     ("--augment", "flip,flipp", "argument --augment: unknown flipp; choose from flip, shift, brightness"),
     ("--learning-rate", "-1", "argument --learning-rate: -1 is outside (0, inf]"),
     ("--batch-size", "many", "argument --batch-size: expected a number, got 'many'"),

@@ -287,13 +287,13 @@ def queued_commands(daemon: Daemon) -> list[Command]:
 
 def check_applied(daemon: Daemon, command: Command) -> None:
     """Run the main loop's side of a queued command and check what it reports."""
-    link, before = daemon.link, len(daemon.link.published)
-    outcome = daemon._apply(command)
-    args = command.args
     if command.name == "trigger":
-        assert outcome == (args.part_id or "")
-    elif command.name == "threshold":
-        assert outcome is False and daemon.inspector.threshold == args.threshold
+        return  # the main loop inspects a frame for it; tests/test_daemon.py covers that with a real process
+    link, before = daemon.link, len(daemon.link.published)
+    daemon._apply(command)
+    args = command.args
+    if command.name == "threshold":
+        assert daemon.inspector.threshold == args.threshold
         [reply] = link.since(before, "reply")
         assert reply["ok"] is True and reply["request_id"] == args.request_id
         assert_one_line_reason(reply["reason"])
@@ -302,7 +302,7 @@ def check_applied(daemon: Daemon, command: Command) -> None:
         [state] = link.since(before, "state")
         assert state["threshold"] == args.threshold
     else:
-        assert outcome is False and daemon.reloads[-1] == args.request_id
+        assert daemon.reloads[-1] == args.request_id
 
 
 @settings(max_examples=HANDLER_EXAMPLES, **FUZZ_SETTINGS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,8 @@ logger = logging.getLogger(__name__)
 COLOR_PROBE_IMAGES = 8
 IDX_IMAGE_MAGIC = 2051
 IDX_LABEL_MAGIC = 2049
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class DataError(ValueError):
@@ -142,11 +146,19 @@ def _class_samples(images: np.ndarray, labels: np.ndarray, digit: int, split: st
     return [Sample(f"{split}/{digit}/{i:05d}", label, defect, array=images[i]) for i in indices]
 
 
-def _mnist_dataset(arrays: dict[str, np.ndarray], source: str, normal: int, anomaly: list[int]) -> Dataset:
+def _check_classes(arrays: dict[str, np.ndarray], source: str, normal: int, anomaly: list[int]) -> None:
+    """Refuse missing classes now, not after training: best-f1 calibration needs the anomalies in the test set."""
+    present = sorted(set(arrays["y_train"].tolist()) | set(arrays["y_test"].tolist()))
     for digit in [normal, *anomaly]:
-        if not np.any(arrays["y_train"] == digit) and not np.any(arrays["y_test"] == digit):
-            present = sorted(set(arrays["y_train"].tolist()) | set(arrays["y_test"].tolist()))
+        if digit not in present:
             raise DataError(f"{source}: class {digit} not found (classes present: {present})")
+    for digit in anomaly:
+        if not np.any(arrays["y_test"] == digit):
+            raise DataError(f"{source}: no test images of anomaly class {digit} (x_test/y_test)")
+
+
+def _mnist_dataset(arrays: dict[str, np.ndarray], source: str, normal: int, anomaly: list[int]) -> Dataset:
+    _check_classes(arrays, source, normal, anomaly)
     train = _class_samples(arrays["x_train"], arrays["y_train"], normal, "train", 0)
     if not train:
         raise DataError(f"{source}: no training images of class {normal}")
@@ -158,19 +170,70 @@ def _mnist_dataset(arrays: dict[str, np.ndarray], source: str, normal: int, anom
     return Dataset(train, test, "gray", description, {tuple(size)}, anomaly_classes_named=True)
 
 
+def _unreadable_npz(path: Path, reason: str) -> DataError:
+    return DataError(f"{path}: not a readable .npz of images and labels ({reason})")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc)
+    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
+
+
+def _open_failure_reason(exc: Exception) -> str:
+    # numpy falls back to pickle for anything that is neither .npz nor .npy: that is not an archive at all
+    if "pickle" in str(exc) or isinstance(exc, zipfile.BadZipFile):
+        return "not a zip archive of named arrays"
+    return f"damaged archive: {_first_line(exc)}"
+
+
+def _array_failure_reason(exc: Exception) -> str:
+    # numpy's wording suggests allow_pickle, which must never be used on data files: name the cause only
+    if "pickle" in str(exc):
+        return "object arrays, which need pickle and are never loaded"
+    return _first_line(exc)
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        data = np.load(path)
+    except NPZ_READ_ERRORS as exc:
+        raise _unreadable_npz(path, _open_failure_reason(exc)) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise _unreadable_npz(path, "one bare array, not named arrays")
+    return data
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with _open_npz(path) as data:
+        missing = [k for k in NPZ_ARRAYS if k not in data.files]
+        if missing:
+            raise DataError(f"{path}: missing array {', '.join(missing)} (expected {', '.join(NPZ_ARRAYS)})")
+        arrays = {}
+        for key in NPZ_ARRAYS:
+            try:
+                arrays[key] = data[key]
+            except NPZ_READ_ERRORS as exc:
+                raise _unreadable_npz(path, f"{key}: {_array_failure_reason(exc)}") from None
+        return arrays
+
+
+def _check_npz_shapes(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Mismatched arrays would otherwise fail later with an index error far from the file."""
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if images.ndim != 3:
+            raise DataError(f"{path}: x_{split} must be N x H x W, got shape {images.shape}")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataError(f"{path}: y_{split} must hold one label per x_{split} image, "
+                            f"got shape {labels.shape} for {len(images)} images")
+
+
 def load_npz(path: Path, normal: int, anomaly: list[int]) -> Dataset:
     """Keras-format mnist.npz: x_train, y_train, x_test, y_test."""
-    try:
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except KeyError as exc:
-        raise DataError(f"{path}: missing array {exc} (expected x_train, y_train, x_test, y_test)") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file: {exc}") from None
-    if arrays["x_train"].ndim != 3:
-        raise DataError(f"{path}: x_train must be N x H x W, got shape {arrays['x_train'].shape}")
+    arrays = _read_npz(path)
+    _check_npz_shapes(path, arrays)
     return _mnist_dataset(arrays, str(path), normal, anomaly)
 
 

@@ -28,6 +28,32 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, di
     return float(candidates[best]), {"f1": float(f1[best]), "precision": float(precision[best]), "recall": float(recall[best])}
 
 
+def conformal_rank(n_good: int, target_frr: float) -> int:
+    """Which smallest good score (1-based) the conformal threshold sits on; above n_good it is out of reach."""
+    return math.ceil((n_good + 1) * (1 - target_frr))
+
+
+def min_good_for_target(target_frr: float) -> int:
+    """Fewest good scores with conformal_rank <= n, found with the same arithmetic the threshold uses."""
+    if not 0 < target_frr < 1:
+        raise ValueError(f"target false-reject rate must lie strictly between 0 and 1, got {target_frr}")
+    n = max(1, math.ceil(1 / target_frr) - 2)  # the exact answer is ceil(1/a) - 1; start below it for rounding
+    while conformal_rank(n, target_frr) > n:
+        n += 1
+    return n
+
+
+def good_quantile_reach(n_good: int, target_frr: float) -> dict[str, bool | int | str]:
+    """Whether n_good scores can hold the target rate, and a note for people when they cannot."""
+    needed = min_good_for_target(target_frr)
+    reach: dict[str, bool | int | str] = {"target_frr_reachable": n_good >= needed, "min_good_for_target": needed}
+    if n_good < needed:
+        reach["note"] = (f"only {n_good} good calibration images; --target-frr {target_frr:g} needs at least "
+                         f"{needed}: the threshold sits just above the highest good score, so the false-reject "
+                         "rate is not held to the target")
+    return reach
+
+
 def good_quantile_threshold(good_scores: np.ndarray, target_frr: float) -> float:
     """Threshold from good parts only: the order statistic that keeps the false-reject rate <= target.
 
@@ -36,7 +62,7 @@ def good_quantile_threshold(good_scores: np.ndarray, target_frr: float) -> float
     """
     s = np.sort(good_scores)
     n = len(s)
-    rank = math.ceil((n + 1) * (1 - target_frr))
+    rank = conformal_rank(n, target_frr)
     if rank > n:
         return float(s[-1] * (1 + 1e-6) + 1e-12)  # too few good images for this rate: reject none of them
     upper = s[rank - 1]
@@ -74,6 +100,15 @@ def study_f1(counts: dict[str, int]) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
+def catch_and_pass_rates(counts: dict[str, int]) -> dict[str, float | None]:
+    """Plain-word rates: the share of defect images that fail and of good images that pass (None without any)."""
+    defects, good = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
+    return {
+        "defect_catch_rate": counts["tp"] / defects if defects else None,
+        "good_pass_rate": counts["tn"] / good if good else None,
+    }
+
+
 def image_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | int | None]:
     """AUROC and AP (anomalous positive), and the study's F1 at the given threshold."""
     both = len(np.unique(labels)) == 2
@@ -87,6 +122,7 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> d
         "threshold": float(threshold),
         **study_f1(counts),
         **counts,
+        **catch_and_pass_rates(counts),
         "false_reject_rate": frr,
         "false_reject_rate_ci95": [low, high],
         "n_good": int(good.sum()),

@@ -97,38 +97,98 @@ def _fmt(value) -> str:
     return str(value)
 
 
-HEADLINE_KEYS = (
-    "image_auroc", "average_precision", "f1", "precision", "recall", "threshold",
-    "tp", "fp", "tn", "fn", "false_reject_rate", "false_reject_rate_ci95", "pixel_auroc", "pro",
+GOOD_POSITIVE = "positive class: good, as the study counted"
+# (metrics.json key, what it means in plain words); tp/fp/tn/fn go to the confusion matrix instead
+HEADLINE_FIGURES = (
+    ("image_auroc", "image AUROC (positive class: defect)"),
+    ("average_precision", "average precision (positive class: defect)"),
+    ("f1", f"F1 ({GOOD_POSITIVE})"),
+    ("precision", f"precision ({GOOD_POSITIVE})"),
+    ("recall", f"recall ({GOOD_POSITIVE})"),
+    ("defect_catch_rate", "defect catch rate: share of defect images that fail"),
+    ("good_pass_rate", "good pass rate: share of good images that pass"),
+    ("threshold", "threshold: an image fails when its score >= threshold"),
+    ("false_reject_rate", "false-reject rate: share of good images that fail"),
+    ("false_reject_rate_ci95", "false-reject rate, 95% interval"),
+    ("pixel_auroc", "pixel AUROC"),
+    ("pro", "PRO (per-region overlap)"),
+)
+BEST_F1_LABELS = {"threshold": "threshold", "f1": f"F1 ({GOOD_POSITIVE})",
+                  "precision": f"precision ({GOOD_POSITIVE})", "recall": f"recall ({GOOD_POSITIVE})"}
+# rows: true class; columns: verdict. Keys count the defect as the positive class.
+CONFUSION_ROWS = (
+    ("defect images", (("tp", "defects caught"), ("fn", "defects passed"))),
+    ("good images", (("fp", "good rejected"), ("tn", "good passed"))),
 )
 
 
-def _rows(result: dict) -> list[tuple[str, str]]:
-    rows = [(k, _fmt(result[k])) for k in HEADLINE_KEYS if result.get(k) is not None]
+def _rows(result: dict) -> list[tuple[str, str, str]]:
+    """(plain label, metrics.json key, value) for every figure the result has."""
+    rows = [(label, key, _fmt(result[key])) for key, label in HEADLINE_FIGURES if result.get(key) is not None]
     for key, value in (result.get("best_f1") or {}).items():
-        rows.append((f"best_f1.{key}", _fmt(value)))
+        rows.append((f"best-F1 point: {BEST_F1_LABELS.get(key, key)}", f"best_f1.{key}", _fmt(value)))
     for key, value in (result.get("parity") or {}).items():
-        rows.append((f"parity.{key}", _fmt(value)))
+        rows.append((f"int8 vs float: {key}", f"parity.{key}", _fmt(value)))
     return rows
+
+
+def _confusion_cells(result: dict) -> list[tuple[str, list[str]]]:
+    """The confusion matrix in words, e.g. "defects caught: 12 (tp)"; empty when the counts are missing."""
+    if any(result.get(key) is None for _, cells in CONFUSION_ROWS for key, _ in cells):
+        return []
+    return [(name, [f"{label}: {result[key]} ({key})" for key, label in cells]) for name, cells in CONFUSION_ROWS]
+
+
+def calibration_warning(bundle: Bundle) -> str | None:
+    """The calibration's own note when the target false-reject rate was out of reach."""
+    stats = bundle.calibration.stats or {}
+    if stats.get("target_frr_reachable") is False:
+        return str(stats.get("note") or "the target false-reject rate was out of reach with these good images")
+    return None
+
+
+def _markdown(title: str, bundle: Bundle, result: dict, images: list[tuple[str, str]]) -> str:
+    md = [f"# {title}", ""]
+    warning = calibration_warning(bundle)
+    if warning:
+        md += [f"> **Warning:** {warning}.", ""]
+    md += [f"Calibration: {result.get('calibration_method')}. Precision, recall and F1 count \"good\" as the "
+           "positive class, as the study did; the confusion counts (tp, fp, tn, fn) count the defect as positive.",
+           "", "| figure | metrics.json key | value |", "|---|---|---|"]
+    md += [f"| {label} | {key} | {value} |" for label, key, value in _rows(result)]
+    confusion = _confusion_cells(result)
+    if confusion:
+        md += ["", "## Confusion matrix at the threshold", "", "| | fails | passes |", "|---|---|---|"]
+        md += [f"| {name} | {cells[0]} | {cells[1]} |" for name, cells in confusion]
+    md += [""] + [f"## {caption}\n\n![{caption}]({name})\n" for name, caption in images]
+    return "\n".join(md) + "\n"
+
+
+def _html(title: str, bundle: Bundle, result: dict, images: list[tuple[str, str]]) -> str:
+    esc = html.escape
+    warning = calibration_warning(bundle)
+    banner = f"<p class='warning'><strong>Warning:</strong> {esc(warning)}.</p>" if warning else ""
+    intro = (f"<p>Calibration: {esc(str(result.get('calibration_method')))}. Precision, recall and F1 count "
+             "&quot;good&quot; as the positive class, as the study did; the confusion counts (tp, fp, tn, fn) "
+             "count the defect as positive.</p>")
+    table = "<tr><th>figure</th><th>metrics.json key</th><th>value</th></tr>" + "".join(
+        f"<tr><td>{esc(label)}</td><td>{esc(key)}</td><td>{esc(value)}</td></tr>" for label, key, value in _rows(result))
+    confusion = _confusion_cells(result)
+    matrix = ("<h2>Confusion matrix at the threshold</h2><table><tr><th></th><th>fails</th><th>passes</th></tr>"
+              + "".join(f"<tr><th>{esc(name)}</th><td>{esc(cells[0])}</td><td>{esc(cells[1])}</td></tr>"
+                        for name, cells in confusion) + "</table>") if confusion else ""
+    figures = "".join(f"<h2>{esc(c)}</h2><img src='{n}' alt='{esc(c)}'>" for n, c in images)
+    return (f"<!doctype html><meta charset='utf-8'><title>{esc(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}td,th{padding:2px 12px;text-align:left}"
+            "img{max-width:100%}.warning{background:#fff3cd;border:1px solid #e0a800;padding:8px}</style>"
+            f"<h1>{esc(title)}</h1>{banner}{intro}<table>{table}</table>{matrix}{figures}"
+            f"<h2>metrics.json</h2><pre>{esc(json.dumps(result, indent=2))}</pre>")
 
 
 def write_pages(folder: Path, bundle: Bundle, result: dict, images: list[tuple[str, str]]) -> None:
     title = f"lineguard report: {bundle.name}"
-    rows = _rows(result)
-    md = [f"# {title}", "", f"Calibration: {result.get('calibration_method')}; "
-          "F1, precision and recall count \"normal\" as the positive class, as the study did.", "",
-          "| figure | value |", "|---|---|"]
-    md += [f"| {k} | {v} |" for k, v in rows]
-    md += [""] + [f"## {caption}\n\n![{caption}]({name})\n" for name, caption in images]
-    (folder / "README.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    figures = "".join(f"<h2>{html.escape(c)}</h2><img src='{n}' alt='{html.escape(c)}'>" for n, c in images)
-    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}td{padding:2px 12px}"
-            "img{max-width:100%}</style>"
-            f"<h1>{html.escape(title)}</h1><table>{table}</table>{figures}"
-            f"<h2>metrics.json</h2><pre>{html.escape(json.dumps(result, indent=2))}</pre>")
-    (folder / "index.html").write_text(page, encoding="utf-8")
+    (folder / "README.md").write_text(_markdown(title, bundle, result, images), encoding="utf-8")
+    (folder / "index.html").write_text(_html(title, bundle, result, images), encoding="utf-8")
 
 
 def write_scores(path: Path, scored) -> None:

@@ -138,10 +138,20 @@ def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarr
         "n_good": int(good.size), "n_anomalous": int(np.sum(calib.labels == 1)),
         "target_frr": options.target_frr if method == "good_quantile" else None,
     }
+    if method == "good_quantile":
+        stats.update(_target_reach(good.size, options.target_frr))
     return Calibration(
         threshold=float(threshold), method=method, score_min=score_min, score_max=max(score_max, threshold + 1e-9),
         pixel_threshold=float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), stats=stats,
     )
+
+
+def _target_reach(n_good: int, target_frr: float) -> dict:
+    """Too few good images cannot hold the target rate; say so rather than quietly loosening it."""
+    reach = metrics.good_quantile_reach(n_good, target_frr)
+    if not reach["target_frr_reachable"]:
+        logger.warning("%s; hold out more good images (--val-fraction) or add some", reach["note"])
+    return reach
 
 
 def _fit(options: TrainOptions, x_train: np.ndarray):
