@@ -205,21 +205,25 @@ class OutputDirError(ValueError):
     """An --out folder that must not be replaced."""
 
 
-def check_output_dir(out: Path, kind: str, force: bool = False, keep: Path | None = None) -> None:
+def check_output_dir(out: Path, kind: str, force: bool = False, keep: tuple[Path, ...] = ()) -> None:
     """Refuse to replace a folder that is not an earlier output of the same kind (a ``bundle`` or a ``report``).
 
     Publishing replaces the whole folder, so without this a mistyped --out would delete unrelated files.
-    ``keep`` is a folder that must survive (the bundle being evaluated), whatever ``force`` says.
+    ``keep`` are folders that must survive (the bundle being evaluated, the data), whatever ``force`` says.
+    Call it with an absolute ``out``: "." has no name to publish under.
     """
-    if keep is not None:
-        out_r, keep_r = out.resolve(), keep.resolve()
-        if out_r == keep_r or out_r in keep_r.parents:
-            raise OutputDirError(f"{out}: --out would replace the bundle {keep}; choose another folder")
-    if not out.exists():
-        return
-    if not out.is_dir():
+    for kept in keep:
+        out_r, kept_r = out.resolve(), kept.resolve()
+        if out_r == kept_r or out_r in kept_r.parents:
+            raise OutputDirError(f"{out}: --out would replace {kept}; choose another folder")
+    if out.is_symlink():
+        raise OutputDirError(f"{out}: is a symbolic link; give the folder it points to, {out.resolve()}")
+    if out.exists() and not out.is_dir():
         raise OutputDirError(f"{out}: exists and is not a folder")
-    if force or not any(out.iterdir()) or _looks_like(out, kind):
+    parent = next(p for p in out.parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{out}: cannot create it: {parent} is not writable")
+    if not out.exists() or force or not any(out.iterdir()) or _looks_like(out, kind):
         return
     raise OutputDirError(f"{out}: folder exists and is not a lineguard {kind}; its files would be deleted "
                          "(choose another --out, or add --force to replace it)")
@@ -231,12 +235,27 @@ def _looks_like(folder: Path, kind: str) -> bool:
     return not (folder / MANIFEST_NAME).exists() and all((folder / name).is_file() for name in REPORT_MARKERS)
 
 
+def _current_umask() -> int:
+    # /proc gives it without changing it; os.umask would set it process-wide for a moment.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def _make_readable(folder: Path) -> None:
     """mkdtemp and mkstemp create owner-only entries; a bundle is read by a service account, so apply the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _current_umask()
     for path in [folder, *folder.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        try:
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+        except OSError:  # file systems without Unix modes (FAT, some network mounts)
+            pass
 
 
 def publish_dir(staged: Path, final: Path) -> None:

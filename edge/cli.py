@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ EX_OK = 0
 EX_DATAERR = 65  # sysexits.h: bad input data
 EX_SOFTWARE = 70
 EX_CANTCREAT = 73  # sysexits.h: cannot create an output
+EX_IOERR = 74
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd's RestartPreventExitStatus stops crash-loops on it
 
 DESCRIPTION = """\
@@ -85,7 +87,7 @@ def _number(kind: type, low: float, high: float | None = None, low_open: bool = 
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         too_low = value <= low if low_open else value < low
         too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high:
+        if not math.isfinite(value) or too_low or too_high:
             raise argparse.ArgumentTypeError(f"{text} is outside {allowed}")
         return value
 
@@ -271,7 +273,8 @@ def cmd_train(args) -> int:
     from edge.bundle import check_output_dir
     from trainer.train import TrainOptions, train_bundle
 
-    check_output_dir(args.out, "bundle", force=args.force)  # before any training time is spent
+    args.out = Path(os.path.abspath(args.out))  # "." and ".." have no name to publish under
+    check_output_dir(args.out, "bundle", force=args.force, keep=(args.data,))  # before any training time is spent
 
     fields = TrainOptions.__dataclass_fields__
     options = TrainOptions(**{k: v for k, v in vars(args).items() if k in fields})
@@ -286,7 +289,8 @@ def cmd_evaluate(args) -> int:
     from edge.bundle import check_output_dir
     from trainer.evaluate import evaluate_bundle
 
-    check_output_dir(args.out, "report", force=args.force, keep=args.model)
+    args.out = Path(os.path.abspath(args.out))
+    check_output_dir(args.out, "report", force=args.force, keep=(args.model, args.data))
 
     result = evaluate_bundle(args.model, _load_data(args), args.out, threads=args.threads)
     print(json.dumps({k: result.get(k) for k in ("image_auroc", "f1", "precision", "recall", "threshold", "pixel_auroc")}))
@@ -352,11 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # DataError and option errors: one line, named file
         print(f"lineguard {args.command}: {exc}", file=sys.stderr)
         return EX_DATAERR
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:  # `lineguard score ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EX_OK
+    except OSError as exc:  # a disk that filled up or a folder that became unwritable while working
+        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
+        return EX_IOERR
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -390,6 +390,16 @@ class MqttConfig(BaseModel):
             raise ValueError("must not contain a NUL character")
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        # paho's network thread dies on a name it cannot encode, leaving MQTT silently dead.
+        try:
+            value.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"{value!r} is not a valid host name or IP address") from None
+        return value
+
     @field_validator("password_file")
     @classmethod
     def _resolve_password_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:

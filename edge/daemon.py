@@ -114,6 +114,13 @@ def preflight(cfg: Config) -> list[str]:
         build_inspector(cfg)
     except StartupError as exc:
         problems.append(f"model: {exc}")
+    if cfg.mqtt.enabled:
+        try:
+            MqttLink(broker_settings(cfg), "check").check_files()
+        except ConfigError as exc:
+            problems.append(one_line(str(exc)))
+        except (OSError, ValueError) as exc:
+            problems.append(f"mqtt.tls: {one_line(str(exc))}")
     path = cfg.source.path
     if cfg.source.kind == "folder" and not path.is_dir():
         problems.append(f"source.path: image folder not found: {path}")
@@ -406,7 +413,7 @@ class Daemon:
         self._reply("reload", True, reason, request_id)  # after the new state, so a reply means it is current
 
     def _changed_credentials(self, loaded: Config) -> list[str]:
-        """A password changed in its file or credential, which the config's own keys do not show."""
+        """A password changed in its file, which the config's own keys do not show."""
         if self.link is None or not loaded.mqtt.enabled:
             return []
         return ["mqtt.password"] if resolve_mqtt_password(loaded.mqtt) != self.link.settings.password else []

@@ -140,6 +140,10 @@ class MqttLink:
             self._client = None
             raise
 
+    def check_files(self) -> None:
+        """Load the TLS files as start() would, without connecting; raises OSError or ValueError."""
+        self._make_client()
+
     def stop(self, clean: bool = True, timeout_s: float = 5.0) -> None:
         """Disconnect and stop the network thread.
 

@@ -44,7 +44,7 @@ def test_evaluate_never_replaces_the_bundle_it_reads(tmp_path):
     for out in (bundle, bundle.parent):
         result = run_cli("evaluate", "--model", bundle, "--data", MNIST_SMALL, "--out", out, "--force")
         assert result.returncode == EX_CANTCREAT, result.stderr[-2000:]
-        assert "would replace the bundle" in last_line(result)
+        assert f"--out would replace {bundle}" in last_line(result)
     assert sorted(p.name for p in bundle.iterdir()) == before
 
 
@@ -132,3 +132,53 @@ def test_check_config_finds_what_run_would_refuse(tmp_path):
     result = run_cli("check-config", config)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{config}: OK"
+
+
+def test_out_given_as_dot_publishes_into_the_current_folder(tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    result = subprocess.run([*LINEGUARD, "evaluate", "--model", str(MNIST_BUNDLE), "--data", str(MNIST_SMALL),
+                             "--out", "."], cwd=report, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((report / "metrics.json").read_text())["model"]["name"] == "mnist-1"
+    assert not list(tmp_path.glob(".report*"))  # no staging or backup folder left beside it
+
+
+def test_out_that_is_a_symbolic_link_is_refused(tmp_path):
+    real = tmp_path / "v3"
+    real.mkdir()
+    (tmp_path / "current").symlink_to(real)
+    result = run_cli("evaluate", "--model", MNIST_BUNDLE, "--data", MNIST_SMALL, "--out", tmp_path / "current")
+    assert result.returncode == EX_CANTCREAT
+    assert "symbolic link" in last_line(result) and (tmp_path / "current").is_symlink()
+
+
+def test_evaluate_never_replaces_its_data_even_with_force(tmp_path):
+    data = tmp_path / "mnist.npz"
+    shutil.copy(MNIST_SMALL, data)
+    result = run_cli("evaluate", "--model", MNIST_BUNDLE, "--data", data, "--out", tmp_path, "--force")
+    assert result.returncode == EX_CANTCREAT and "would replace" in last_line(result)
+    assert data.read_bytes() == MNIST_SMALL.read_bytes()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_numbers_must_be_finite(tmp_path, value):
+    result = run_cli("train", "--data", MNIST_SMALL, "--out", tmp_path / "x", "--target-frr", value)
+    assert result.returncode == EX_USAGE and f"argument --target-frr: {value} is outside" in last_line(result)
+
+
+def test_check_config_loads_the_password_and_tls_files_as_run_does(tmp_path):
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {MNIST_BUNDLE}\nsource:\n  kind: folder\n  path: {SAMPLES}\n"
+                      "mqtt:\n  password_file: missing.txt\n  tls:\n    enabled: true\n    ca_file: ca.pem\n")
+    result = run_cli("check-config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
+    assert result.returncode == EX_CONFIG
+    assert last_line(result) == f"{config}: {tmp_path / 'missing.txt'}: cannot read MQTT password file: No such file or directory"
+
+    (tmp_path / "missing.txt").write_text("secret\n")
+    result = run_cli("check-config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
+    assert result.returncode == EX_CONFIG
+    assert last_line(result).startswith(f"{config}: mqtt.tls: ") and "secret" not in result.stderr
+    run = run_cli("run", "--config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
+    assert run.returncode == EX_CONFIG and "mqtt.tls: " in run.stderr
