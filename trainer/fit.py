@@ -70,7 +70,8 @@ def fit_autoencoder(options, x_train: np.ndarray) -> keras.Model:
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss_function(options.loss))
     data = dataset(x_train, options.batch_size, options.augment, options.seed)
     logger.info("%s: %d parameters, %d steps of %d images", model.name, model.count_params(), options.steps, options.batch_size)
-    model.fit(data, epochs=1, steps_per_epoch=options.steps, verbose=0, callbacks=[StepProgress(options.steps)])
+    model.fit(data, epochs=1, steps_per_epoch=options.steps, verbose=0, shuffle=False,  # the dataset shuffles
+              callbacks=[StepProgress(options.steps)])
     return model
 
 
@@ -129,7 +130,8 @@ def fit_segmenter(options, x_train: np.ndarray) -> keras.Model:
     ).prefetch(4)
     logger.info("%s: %d parameters, %d steps of %d crops of %d px", model.name, model.count_params(), options.steps,
                 options.batch_size, crop)
-    model.fit(data, epochs=1, steps_per_epoch=options.steps, verbose=0, callbacks=[StepProgress(options.steps)])
+    model.fit(data, epochs=1, steps_per_epoch=options.steps, verbose=0, shuffle=False,  # the dataset shuffles
+              callbacks=[StepProgress(options.steps)])
     whole_frame = unet_segmenter(shape, width=options.width)  # fixed input shape for the TFLite export
     whole_frame.set_weights(model.get_weights())
     return whole_frame

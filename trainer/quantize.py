@@ -5,6 +5,8 @@ import contextlib
 import io
 import logging
 import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -16,11 +18,38 @@ logger = logging.getLogger(__name__)
 REPRESENTATIVE_SAMPLES = 300
 
 
+@contextlib.contextmanager
+def _native_stderr_to_log():
+    """The converter's C++ code prints settings and asset paths straight to fd 2: keep them for -v only,
+    and show them in full when the conversion fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode(errors="replace").strip()
+            if text:
+                (logger.error if failed else logger.debug)("converter output:\n%s", text)
+
+
 def _convert(converter: tf.lite.TFLiteConverter) -> bytes:
-    """Convert, keeping the converter's printed SavedModel listing off the terminal."""
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return converter.convert()
+    """Convert, keeping the converter's printed SavedModel listing and settings off the terminal."""
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.WARNING)  # "Assets written to <temporary folder>" per conversion
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _native_stderr_to_log():
+            warnings.simplefilter("ignore", UserWarning)
+            return converter.convert()
+    finally:
+        tf_logger.setLevel(level)
 
 
 def float_tflite(model: tf.keras.Model) -> bytes:
