@@ -325,7 +325,8 @@ def cmd_config_schema(args) -> int:
 def cmd_run(args) -> int:
     from edge.daemon import run_from_config
 
-    return run_from_config(args.config, max_frames=args.max_frames, drain_timeout_s=args.drain_timeout)
+    return run_from_config(args.config, max_frames=args.max_frames, drain_timeout_s=args.drain_timeout,
+                           debug=args.verbose)
 
 
 COMMANDS = {

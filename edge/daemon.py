@@ -17,6 +17,7 @@ import json
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -219,7 +220,8 @@ class AlertDebounce:
 
 class Daemon:
     def __init__(self, cfg: Config, config_path: Path, max_frames: int | None = None,
-                 drain_timeout_s: float | None = None) -> None:
+                 drain_timeout_s: float | None = None, debug: bool = False) -> None:
+        self.debug = debug
         self.cfg = cfg
         self.config_path = config_path
         self.max_frames = max_frames
@@ -441,7 +443,10 @@ class Daemon:
         if alerts_changed:
             self.debounce = AlertDebounce(cfg.alerts.debounce_n, cfg.alerts.debounce_m)
         self.evidence.quota_bytes = int(cfg.storage.evidence_quota_mb * 1e6)
-        logging.getLogger().setLevel(cfg.log_level.upper())
+        self.apply_log_level()
+
+    def apply_log_level(self) -> None:
+        logging.getLogger().setLevel(logging.DEBUG if self.debug else self.cfg.log_level.upper())
 
     def _after_reload(self, status: str) -> None:
         self.notifier.ready(status)
@@ -607,14 +612,16 @@ def install_signal_handlers(daemon: Daemon) -> None:
     signal.signal(signal.SIGHUP, lambda *_: daemon.reload_requested.set())
 
 
-def run_from_config(config_path: Path, max_frames: int | None = None, drain_timeout_s: float | None = None) -> int:
+def run_from_config(config_path: Path, max_frames: int | None = None, drain_timeout_s: float | None = None,
+                    debug: bool = False) -> int:
+    """`lineguard run`: ``debug`` (the -v flag) logs at debug level whatever log_level says."""
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
-        print(exc, file=__import__("sys").stderr)
+        print(exc, file=sys.stderr)
         return EX_CONFIG
-    logging.getLogger().setLevel(cfg.log_level.upper())
-    daemon = Daemon(cfg, config_path, max_frames=max_frames, drain_timeout_s=drain_timeout_s)
+    daemon = Daemon(cfg, config_path, max_frames=max_frames, drain_timeout_s=drain_timeout_s, debug=debug)
+    daemon.apply_log_level()
     install_signal_handlers(daemon)
     try:
         daemon.start()

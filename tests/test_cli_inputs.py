@@ -182,3 +182,14 @@ def test_check_config_loads_the_password_and_tls_files_as_run_does(tmp_path):
     assert last_line(result).startswith(f"{config}: mqtt.tls: ") and "secret" not in result.stderr
     run = run_cli("run", "--config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
     assert run.returncode == EX_CONFIG and "mqtt.tls: " in run.stderr
+
+
+def test_verbose_flag_outranks_the_configured_log_level(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {MNIST_BUNDLE}\nlog_level: warning\nsource:\n  kind: folder\n  path: {SAMPLES}\n"
+                      f"mqtt:\n  enabled: false\nstorage:\n  dir: {tmp_path / 'state'}\n")
+    quiet = run_cli("run", "--config", config, "--max-frames", "2")
+    verbose = run_cli("-v", "run", "--config", config, "--max-frames", "2")
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr[-2000:] + verbose.stderr[-2000:]
+    assert " INFO " not in quiet.stderr and " DEBUG " not in quiet.stderr
+    assert " INFO " in verbose.stderr  # debug level: everything down to INFO and below shows
