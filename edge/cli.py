@@ -339,32 +339,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from edge.bundle import BundleError, OutputDirError
-    from edge.preprocess import ImageError
-    from edge.runtime import ModelLoadError
-
     try:
         return COMMANDS[args.command](args)
-    except (BundleError, ModelLoadError) as exc:
-        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except OutputDirError as exc:
-        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
-        return EX_CANTCREAT
-    except ImageError as exc:
-        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
-        return EX_DATAERR
-    except ValueError as exc:  # DataError and option errors: one line, named file
-        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
-        return EX_DATAERR
     except BrokenPipeError:  # `lineguard score ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EX_OK
-    except OSError as exc:  # a disk that filled up or a folder that became unwritable while working
-        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
-        return EX_IOERR
     except KeyboardInterrupt:
         return 130
+    except (ValueError, OSError) as exc:
+        print(f"lineguard {args.command}: {exc}", file=sys.stderr)
+        return _exit_code(exc)
+
+
+def _exit_code(exc: Exception) -> int:
+    """One line was printed; the code tells scripts and systemd which kind of problem it was."""
+    from edge.bundle import BundleError, OutputDirError
+    from edge.runtime import ModelLoadError
+
+    if isinstance(exc, (BundleError, ModelLoadError)):
+        return EX_CONFIG
+    if isinstance(exc, OutputDirError):
+        return EX_CANTCREAT
+    if isinstance(exc, OSError):  # a disk that filled up or a folder that became unwritable while working
+        return EX_IOERR
+    return EX_DATAERR  # unreadable images, data errors: one line naming the file
 
 
 if __name__ == "__main__":
