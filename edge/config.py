@@ -461,7 +461,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device_id: str = Field(
-        "lineguard-1",
+        "station-1",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
         description="Name of this station, used in MQTT topics: letters, digits, '_', '.', '-'.",
     )
