@@ -188,6 +188,7 @@ def test_list_items_have_their_own_path():
         ("mqtt: {port: 70000}", "mqtt.port: must be <= 65535, got 70000"),
         ("mqtt: {enabled: maybe}", "mqtt.enabled: expected true or false, got 'maybe'"),
         ("mqtt: {host: 10}", "mqtt.host: expected text (put it in quotes), got 10"),
+        ("mqtt: {host: 'broker..plant'}", "mqtt.host: 'broker..plant' is not a valid host name or IP address"),
         ("mqtt: {topic_prefix: 'a/#'}", "mqtt.topic_prefix: must not contain the wildcards"),
         ("mqtt: {topic_prefix: '/a'}", "mqtt.topic_prefix: must not start or end with '/'"),
         ("mqtt: {topic_prefix: ''}", "mqtt.topic_prefix: must not be empty"),
