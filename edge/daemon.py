@@ -31,7 +31,7 @@ import numpy as np
 
 from edge.bundle import BundleError
 from edge.capture import CaptureError, FrameSource, SourceSettings, open_source
-from edge.commands import Command, CommandRefused, parse_command, request_id_of
+from edge.commands import Command, CommandRefused, TriggerCommand, parse_command, request_id_of
 from edge.config import Config, ConfigError, load_config, resolve_mqtt_password
 from edge.evidence import EvidenceStore
 from edge.inspector import Inspection, Inspector
@@ -365,13 +365,18 @@ class Daemon:
                 continue
             seq = self._inspect(frame, trigger.part_id if trigger is not None else None)
             if trigger is not None:
-                self._reply("trigger", seq is not None, f"inspected as seq {seq}" if seq is not None
-                            else f"frame {frame.name} could not be inspected", trigger.request_id)
+                self._answer_trigger(trigger, frame.name, seq)
             self.notifier.ping()
             next_stats_s = self._maybe_stats(next_stats_s)
             if self.max_frames and self.counters.frames >= self.max_frames:
                 return self._finish_replay()
         return EX_OK
+
+    def _answer_trigger(self, trigger: TriggerCommand, frame_name: str, seq: int | None) -> None:
+        if seq is None:
+            self._reply("trigger", False, f"frame {frame_name} could not be inspected", trigger.request_id)
+        else:
+            self._reply("trigger", True, f"inspected as seq {seq}", trigger.request_id)
 
     def _next_command(self, block: bool) -> Command | None:
         try:
