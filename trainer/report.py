@@ -147,14 +147,17 @@ def calibration_warning(bundle: Bundle) -> str | None:
     return None
 
 
+def _intro(result: dict) -> str:
+    return (f"Calibration: {result.get('calibration_method')}. Precision, recall and F1 count \"good\" as the "
+            "positive class, as the study did; the confusion counts (tp, fp, tn, fn) count the defect as positive.")
+
+
 def _markdown(title: str, bundle: Bundle, result: dict, images: list[tuple[str, str]]) -> str:
     md = [f"# {title}", ""]
     warning = calibration_warning(bundle)
     if warning:
         md += [f"> **Warning:** {warning}.", ""]
-    md += [f"Calibration: {result.get('calibration_method')}. Precision, recall and F1 count \"good\" as the "
-           "positive class, as the study did; the confusion counts (tp, fp, tn, fn) count the defect as positive.",
-           "", "| figure | metrics.json key | value |", "|---|---|---|"]
+    md += [_intro(result), "", "| figure | metrics.json key | value |", "|---|---|---|"]
     md += [f"| {label} | {key} | {value} |" for label, key, value in _rows(result)]
     confusion = _confusion_cells(result)
     if confusion:
@@ -168,9 +171,7 @@ def _html(title: str, bundle: Bundle, result: dict, images: list[tuple[str, str]
     esc = html.escape
     warning = calibration_warning(bundle)
     banner = f"<p class='warning'><strong>Warning:</strong> {esc(warning)}.</p>" if warning else ""
-    intro = (f"<p>Calibration: {esc(str(result.get('calibration_method')))}. Precision, recall and F1 count "
-             "&quot;good&quot; as the positive class, as the study did; the confusion counts (tp, fp, tn, fn) "
-             "count the defect as positive.</p>")
+    intro = f"<p>{esc(_intro(result))}</p>"
     table = "<tr><th>figure</th><th>metrics.json key</th><th>value</th></tr>" + "".join(
         f"<tr><td>{esc(label)}</td><td>{esc(key)}</td><td>{esc(value)}</td></tr>" for label, key, value in _rows(result))
     confusion = _confusion_cells(result)
