@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.helpers import MNIST_BUNDLE, ROOT, SAMPLES
+from tests.helpers import MNIST_BUNDLE, ROOT, SAMPLES, wait_until
 
 DEVICE = "cell-7"
 PREFIX = "lineguard"
@@ -84,12 +84,9 @@ class LoggedProcess:
 
     def wait_for_log(self, text: str, timeout_s: float = 30) -> bool:
         """Wait until ``text`` is in the log; stop early if the process ended."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and text not in self.log():
-            if self.process.poll() is not None:
-                self._copier.join(5)
-                break
-            time.sleep(0.05)
+        wait_until(lambda: text in self.log() or self.process.poll() is not None, timeout_s)
+        if self.process.poll() is not None:
+            self._copier.join(5)  # the last lines may still be in the pipe
         return text in self.log()
 
     def signal(self, sig: signal.Signals) -> None:

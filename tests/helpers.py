@@ -4,6 +4,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -15,6 +18,17 @@ MNIST_SMALL = FIXTURES / "mnist-small.npz"
 MNIST_BUNDLE = ROOT / "models" / "mnist-1"
 SAMPLES = ROOT / "samples" / "mnist"
 LINEGUARD = [sys.executable, "-m", "edge.cli"]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Poll ``condition`` until it holds or ``timeout_s`` passes; its last value."""
+    pause = threading.Event()
+    deadline_s = time.monotonic() + timeout_s
+    while time.monotonic() < deadline_s:
+        if condition():
+            return True
+        pause.wait(poll_s)
+    return condition()
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests import helpers
 from tests.mjpeg import MjpegServer
 from edge.capture import (
     CaptureError,
@@ -35,14 +36,7 @@ POLL_INTERVAL_S = 0.02
 
 
 def wait_until(condition: Callable[[], bool], limit_s: float = WAIT_LIMIT_S) -> bool:
-    """Poll condition until true or limit_s passes."""
-    pause = threading.Event()
-    deadline_s = time.monotonic() + limit_s
-    while time.monotonic() < deadline_s:
-        if condition():
-            return True
-        pause.wait(POLL_INTERVAL_S)
-    return condition()
+    return helpers.wait_until(condition, limit_s, POLL_INTERVAL_S)
 
 
 def read_frame(source: FrameSource, limit_s: float = WAIT_LIMIT_S) -> Frame | None:

@@ -26,6 +26,7 @@ from tests.daemon_harness import (
     BASE, DaemonProcess, LoggedProcess, results, sample_folder, unique_in_order, write_config,
 )
 from tests.helpers import MNIST_BUNDLE, run_cli
+from tests import helpers
 from tests.mjpeg import MjpegServer
 
 WAIT_S = 30.0
@@ -45,13 +46,7 @@ NO_EVIDENCE = {"evidence": "never"}
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool:
-    pause = threading.Event()
-    deadline_s = time.monotonic() + timeout_s
-    while time.monotonic() < deadline_s:
-        if condition():
-            return True
-        pause.wait(POLL_S)
-    return condition()
+    return helpers.wait_until(condition, timeout_s, POLL_S)
 
 
 def json_messages(collector, subtopic: str) -> list[dict]:
