@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import IMAGE_SUFFIXES, ImageError, read_image
+from edge.preprocess import ImageError, image_files, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +78,10 @@ class Dataset:
         return digest.hexdigest()[:16]
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def _require_images(folder: Path, what: str) -> list[Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: missing folder ({what})")
-    files = _image_files(folder)
+    files = image_files(folder)
     if not files:
         raise DataError(f"{folder}: no images in this folder ({what})")
     return files
@@ -131,7 +127,7 @@ def load_mvtec(root: Path, color: str = "auto") -> Dataset:
     if test_root.is_dir():
         for defect_dir in sorted(d for d in test_root.iterdir() if d.is_dir()):
             defect = defect_dir.name
-            for path in _image_files(defect_dir):
+            for path in image_files(defect_dir):
                 label = 0 if defect == "good" else 1
                 mask = None if label == 0 else _mask_for(root, defect, path)
                 test.append(Sample(f"test/{defect}/{path.name}", label, defect, path=path, mask_path=mask))
