@@ -17,7 +17,7 @@ import numpy as np
 def main() -> int:
     model_path, threads, frames, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     image_path = sys.argv[5] if len(sys.argv) > 5 else None
-    from edge.runtime import interpreter_class
+    from edge.core.runtime import interpreter_class
 
     interpreter_type, runtime = interpreter_class()
     interpreter = interpreter_type(model_path=model_path, num_threads=threads)

@@ -64,7 +64,7 @@ def child() -> dict:
     import tensorflow as tf
 
     from benchmarks.workloads import MNIST_BUNDLE
-    from edge.inspector import Inspector
+    from edge.core.inspector import Inspector
 
     frames = load_frames()
     as_model_input = [(f.astype(np.float32) / 255.0).reshape(1, 28, 28, 1) for f in frames]

@@ -37,7 +37,7 @@ class VerdictProbe:
 
     def install(self) -> None:
         from edge import daemon as daemon_module
-        from edge.outbox import Outbox
+        from edge.publish.outbox import Outbox
 
         probe = self
         original_run = daemon_module.Daemon.run

@@ -85,7 +85,7 @@ def fail_threshold(bundle: Path, frames: Path) -> float:
     key = f"{bundle.name}:{json.loads((bundle / 'model.json').read_text())['model']['sha256'][:16]}"
     if key in cache:
         return float(cache[key])
-    from edge.inspector import Inspector
+    from edge.core.inspector import Inspector
 
     inspector = Inspector(bundle, threads=1)
     files = sorted(frames.glob("*.png"))[:THRESHOLD_SAMPLE_FRAMES]

@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _image_paths(paths: list[Path]) -> list[Path]:
     """Files as given; a folder stands for its image files, in name order."""
-    from edge.preprocess import image_files
+    from edge.core.preprocess import image_files
 
     expanded: list[Path] = []
     for path in paths:
@@ -242,7 +242,7 @@ def _image_paths(paths: list[Path]) -> list[Path]:
 
 
 def cmd_score(args) -> int:
-    from edge.inspector import Inspector
+    from edge.core.inspector import Inspector
 
     inspector = Inspector(args.model, threads=args.threads, use_float_model=args.use_float)
     status = EX_OK
@@ -270,7 +270,7 @@ def _load_data(args):
 
 
 def cmd_train(args) -> int:
-    from edge.bundle import check_output_dir
+    from edge.core.bundle import check_output_dir
     from trainer.train import TrainOptions, train_bundle
 
     args.out = Path(os.path.abspath(args.out))  # "." and ".." have no name to publish under
@@ -286,7 +286,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from edge.bundle import check_output_dir
+    from edge.core.bundle import check_output_dir
     from trainer.evaluate import evaluate_bundle
 
     args.out = Path(os.path.abspath(args.out))
@@ -299,7 +299,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    from edge.config import ConfigError, load_config
+    from edge.config.schema import ConfigError, load_config
     from edge.daemon import preflight
 
     if not args.verbose:
@@ -316,7 +316,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_config_schema(args) -> int:
-    from edge.config import json_schema
+    from edge.config.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return EX_OK
@@ -353,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _exit_code(exc: Exception) -> int:
     """One line was printed; the code tells scripts and systemd which kind of problem it was."""
-    from edge.bundle import BundleError, OutputDirError
-    from edge.runtime import ModelLoadError
+    from edge.core.bundle import BundleError, OutputDirError
+    from edge.core.runtime import ModelLoadError
 
     if isinstance(exc, (BundleError, ModelLoadError)):
         return EX_CONFIG

@@ -29,18 +29,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.bundle import BundleError
-from edge.capture import CaptureError, FrameSource, SourceSettings, open_source
+from edge.core.bundle import BundleError
+from edge.capture.sources import CaptureError, FrameSource, SourceSettings, open_source
 from edge.commands import Command, CommandRefused, TriggerCommand, parse_command, request_id_of
-from edge.config import Config, ConfigError, load_config, resolve_mqtt_password
-from edge.evidence import EvidenceStore
-from edge.inspector import Inspection, Inspector
-from edge.mqtt import BrokerSettings, MqttLink, OutboxSender
+from edge.config.schema import Config, ConfigError, load_config, resolve_mqtt_password
+from edge.publish.evidence import EvidenceStore
+from edge.core.inspector import Inspection, Inspector
+from edge.publish.mqtt import BrokerSettings, MqttLink, OutboxSender
 from edge.notify import SystemdNotifier
-from edge.outbox import Outbox, OutboxError
-from edge.preprocess import ImageError, read_image
-from edge.runtime import ModelLoadError
-from edge.scoring import heat_colors
+from edge.publish.outbox import Outbox, OutboxError
+from edge.core.preprocess import ImageError, read_image
+from edge.core.runtime import ModelLoadError
+from edge.core.scoring import heat_colors
 
 logger = logging.getLogger("lineguard")
 

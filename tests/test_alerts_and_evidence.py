@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.daemon import AlertDebounce
-from edge.evidence import EvidenceStore
+from edge.publish.evidence import EvidenceStore
 
 
 def test_single_failure_alerts_by_default():

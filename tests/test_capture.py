@@ -14,7 +14,7 @@ import pytest
 
 from tests import helpers
 from tests.mjpeg import MjpegServer
-from edge.capture import (
+from edge.capture.sources import (
     CaptureError,
     FolderSource,
     Frame,

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import publish_dir, staging_dir
+from edge.core.bundle import publish_dir, staging_dir
 from tests.helpers import LINEGUARD, MNIST_BUNDLE, MNIST_SMALL, ROOT, SAMPLES, run_cli
 
 EX_USAGE = 2

@@ -1,4 +1,4 @@
-"""Tests for edge.config: schema, error reporting, paths and secrets."""
+"""Tests for edge.config.schema: schema, error reporting, paths and secrets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
-from edge.config import (
+from edge.config.schema import (
     Config,
     ConfigError,
     MqttConfig,

@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from edge import scoring
-from edge.bundle import BundleError, load_bundle
-from edge.inspector import Inspector
-from edge.preprocess import ImageError, PreprocessSpec, preprocess, read_image, scale
-from edge.scoring import Calibration, ScoringSpec
+from edge.core import scoring
+from edge.core.bundle import BundleError, load_bundle
+from edge.core.inspector import Inspector
+from edge.core.preprocess import ImageError, PreprocessSpec, preprocess, read_image, scale
+from edge.core.scoring import Calibration, ScoringSpec
 from tests.helpers import MNIST_BUNDLE, SAMPLES
 
 

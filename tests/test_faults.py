@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import MANIFEST_NAME, MODEL_NAME, sha256_of
-from edge.evidence import EvidenceStore
+from edge.core.bundle import MANIFEST_NAME, MODEL_NAME, sha256_of
+from edge.publish.evidence import EvidenceStore
 from tests.daemon_harness import (
     BASE, DaemonProcess, LoggedProcess, results, sample_folder, unique_in_order, write_config,
 )
@@ -420,15 +420,15 @@ def test_full_disk_sends_verdicts_without_the_outbox_and_recovers(tmp_path, brok
 
 HANG_WRAPPER = (
     "import sys, threading\n"
-    "import edge.runtime\n"
-    "after, original, done = int(sys.argv[1]), edge.runtime.Reconstructor.reconstruct, [0]\n"
+    "import edge.core.runtime\n"
+    "after, original, done = int(sys.argv[1]), edge.core.runtime.Reconstructor.reconstruct, [0]\n"
     "def reconstruct(self, *args, **kwargs):\n"
     "    done[0] += 1\n"
     "    if done[0] > after:\n"
     "        print('INFERENCE HANGS NOW', file=sys.stderr, flush=True)\n"
     "        threading.Event().wait()\n"
     "    return original(self, *args, **kwargs)\n"
-    "edge.runtime.Reconstructor.reconstruct = reconstruct\n"
+    "edge.core.runtime.Reconstructor.reconstruct = reconstruct\n"
     "from edge.cli import main\n"
     "sys.exit(main(sys.argv[2:]))\n"
 )

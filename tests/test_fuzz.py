@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from edge.commands import (
     COMMANDS, MAX_PAYLOAD_BYTES, PART_ID_MAX_CHARS, Command, CommandRefused, parse_command, request_id_of,
 )
-from edge.config import Config, ConfigError, load_config, parse_config
+from edge.config.schema import Config, ConfigError, load_config, parse_config
 from edge.daemon import Daemon, broker_settings
 from edge.notify import SystemdNotifier
 from tests.daemon_harness import sample_folder, write_config

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.mqtt import BrokerSettings, MqttLink, OutboxSender
-from edge.outbox import Outbox
+from edge.publish.mqtt import BrokerSettings, MqttLink, OutboxSender
+from edge.publish.outbox import Outbox
 from tests.conftest import MosquittoBroker, Received
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +138,7 @@ def test_stop_leaves_a_retained_final_status(broker, make_collector, clean: bool
 LINK_SCRIPT = textwrap.dedent(
     """
     import sys, threading
-    from edge.mqtt import BrokerSettings, MqttLink
+    from edge.publish.mqtt import BrokerSettings, MqttLink
 
     link = MqttLink(BrokerSettings(host="127.0.0.1", port=int(sys.argv[1]), client_id="lineguard-child"), "lg/dev1")
     link.start()

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.outbox import Outbox, OutboxError, OutboxMessage
+from edge.publish.outbox import Outbox, OutboxError, OutboxMessage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_TOPIC = "lg/dev1/result"
@@ -127,7 +127,7 @@ def test_reject_new_refuses_whole_verdicts_and_counts(outbox_path: Path) -> None
 
 def test_full_outbox_warnings_are_rate_limited(outbox_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with Outbox(outbox_path, max_messages=2) as outbox:
-        with caplog.at_level("WARNING", logger="edge.outbox"):
+        with caplog.at_level("WARNING", logger="edge.publish.outbox"):
             for seq in range(1, 20):
                 outbox.put(seq, verdict(seq))
         assert outbox.dropped == 36
@@ -165,7 +165,7 @@ def test_corrupt_file_raises_a_clear_error(outbox_path: Path, content: bytes) ->
 
 
 def test_sqlite_file_of_something_else_raises(outbox_path: Path) -> None:
-    # The one place outside edge/outbox.py that needs sqlite3: crafting a foreign database.
+    # The one place outside edge/publish/outbox.py that needs sqlite3: crafting a foreign database.
     outbox_path.parent.mkdir(parents=True)
     with sqlite3.connect(outbox_path) as conn:
         conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body TEXT)")
@@ -245,7 +245,7 @@ WRITER_SCRIPT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from edge.outbox import Outbox
+    from edge.publish.outbox import Outbox
 
     outbox = Outbox(Path(sys.argv[1]))
     while True:

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.inspector import Inspector
-from edge.preprocess import read_image
+from edge.core.inspector import Inspector
+from edge.core.preprocess import read_image
 from tests.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
 from tests.helpers import FIXTURES, run_cli
 
@@ -108,7 +108,7 @@ def full_rule(m, limits) -> str | None:
 
 
 def test_lazy_quality_check_agrees_with_the_full_rule():
-    from edge.quality import QualityLimits, measure, problem
+    from edge.core.quality import QualityLimits, measure, problem
 
     rng = np.random.default_rng(7)
     for _ in range(3000):

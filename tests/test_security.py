@@ -23,7 +23,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.outbox import Outbox
+from edge.publish.outbox import Outbox
 from tests.conftest import MessageCollector, free_port, port_accepts_connections
 from tests.daemon_harness import BASE, DEVICE, PREFIX, DaemonProcess, sample_folder, write_config
 from tests.helpers import ROOT, run_cli

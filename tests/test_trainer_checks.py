@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from edge.bundle import load_bundle
+from edge.core.bundle import load_bundle
 from tests.helpers import MNIST_SMALL, run_cli
 from trainer import metrics
 from trainer.evaluate import ScoredSet

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.preprocess import ImageError, image_files, read_image
+from edge.core.preprocess import ImageError, image_files, read_image
 
 logger = logging.getLogger(__name__)
 

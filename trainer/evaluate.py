@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.bundle import Bundle, load_bundle, publish_dir, staging_dir, write_json_atomic
-from edge.inspector import Inspector
+from edge.core.bundle import Bundle, load_bundle, publish_dir, staging_dir, write_json_atomic
+from edge.core.inspector import Inspector
 from trainer import metrics
 from trainer.data import DataError, Dataset, Sample
 

@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from edge.bundle import Bundle  # noqa: E402
-from edge.inspector import Inspector  # noqa: E402
-from edge.scoring import heat_colors  # noqa: E402
+from edge.core.bundle import Bundle  # noqa: E402
+from edge.core.inspector import Inspector  # noqa: E402
+from edge.core.scoring import heat_colors  # noqa: E402
 
 GRID_PER_CLASS = 4
 FIGURE_DPI = 110

@@ -11,11 +11,11 @@ import numpy as np
 
 import cv2
 
-from edge.bundle import FLOAT_MODEL_NAME, IGNORE_MASK_NAME, MODEL_NAME, Bundle, publish_dir, save_manifest, staging_dir
-from edge.inspector import Inspector
-from edge.preprocess import PreprocessSpec, preprocess
-from edge.quality import fit_limits, measure
-from edge.scoring import Calibration, ScoringSpec
+from edge.core.bundle import FLOAT_MODEL_NAME, IGNORE_MASK_NAME, MODEL_NAME, Bundle, publish_dir, save_manifest, staging_dir
+from edge.core.inspector import Inspector
+from edge.core.preprocess import PreprocessSpec, preprocess
+from edge.core.quality import fit_limits, measure
+from edge.core.scoring import Calibration, ScoringSpec
 from trainer import metrics
 from trainer.data import DataError, Dataset, Sample
 from trainer.evaluate import ScoredSet, score_samples, summarize
@@ -233,7 +233,7 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
         report_dir = bundle.path / "report"
         report_dir.mkdir()
         from trainer.report import write_report
-        from edge.bundle import write_json_atomic
+        from edge.core.bundle import write_json_atomic
 
         write_report(report_dir, bundle, int8, scored, result)
         write_json_atomic(report_dir / "metrics.json", result)

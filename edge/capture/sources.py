@@ -28,7 +28,7 @@ from typing import Callable, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from edge.preprocess import IMAGE_SUFFIXES, image_files
+from edge.core.preprocess import IMAGE_SUFFIXES, image_files
 
 logger = logging.getLogger(__name__)
 

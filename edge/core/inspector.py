@@ -12,11 +12,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge import scoring
-from edge.bundle import Bundle, BundleError, check_model_shapes, load_bundle
-from edge.preprocess import ImageError, PreprocessSpec, crop, read_image, scale, to_pixels
-from edge.quality import problem
-from edge.runtime import Reconstructor
+from edge.core import scoring
+from edge.core.bundle import Bundle, BundleError, check_model_shapes, load_bundle
+from edge.core.preprocess import ImageError, PreprocessSpec, crop, read_image, scale, to_pixels
+from edge.core.quality import problem
+from edge.core.runtime import Reconstructor
 
 Polygon = list[tuple[float, float]]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.preprocess import PreprocessSpec
-from edge.quality import QualityLimits
-from edge.scoring import Calibration, ScoringSpec
+from edge.core.preprocess import PreprocessSpec
+from edge.core.quality import QualityLimits
+from edge.core.scoring import Calibration, ScoringSpec
 
 FORMAT_NAME = "lineguard-bundle"
 FORMAT_VERSION = 1
@@ -32,7 +32,7 @@ class BundleError(ValueError):
 
 @dataclass
 class Bundle:
-    """A loaded, verified bundle manifest. The model itself is opened by edge.runtime."""
+    """A loaded, verified bundle manifest. The model itself is opened by edge.core.runtime."""
 
     path: Path
     name: str

@@ -1,0 +1,1 @@
+"""Frame sources: one module per kind of camera, file or stream."""

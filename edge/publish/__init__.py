@@ -1,0 +1,1 @@
+"""Where verdicts go: MQTT, the durable outbox, evidence files."""
