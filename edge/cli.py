@@ -300,7 +300,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_check_config(args) -> int:
     from edge.config.schema import ConfigError, load_config
-    from edge.daemon import preflight
+    from edge.startup import preflight
 
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the verdict is the output, not the model's load log

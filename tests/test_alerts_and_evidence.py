@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.daemon import AlertDebounce
+from edge.station import AlertDebounce
 from edge.publish.evidence import EvidenceStore
 
 

@@ -19,7 +19,8 @@ from edge.commands import (
     COMMANDS, MAX_PAYLOAD_BYTES, PART_ID_MAX_CHARS, Command, CommandRefused, parse_command, request_id_of,
 )
 from edge.config.schema import Config, ConfigError, load_config, parse_config
-from edge.daemon import Daemon, broker_settings
+from edge.daemon import Daemon
+from edge.startup import broker_settings
 from edge.notify import SystemdNotifier
 from tests.daemon_harness import sample_folder, write_config
 from tests.helpers import ROOT
@@ -280,7 +281,7 @@ def queued_commands(daemon: Daemon) -> list[Command]:
     commands = []
     while True:
         try:
-            commands.append(daemon.commands.get_nowait())
+            commands.append(daemon.commands.queue.get_nowait())
         except queue.Empty:
             return commands
 
@@ -293,7 +294,7 @@ def check_applied(daemon: Daemon, command: Command) -> None:
     daemon._apply(command)
     args = command.args
     if command.name == "threshold":
-        assert daemon.inspector.threshold == args.threshold
+        assert daemon.station.inspector.threshold == args.threshold
         [reply] = link.since(before, "reply")
         assert reply["ok"] is True and reply["request_id"] == args.request_id
         assert_one_line_reason(reply["reason"])
@@ -309,7 +310,7 @@ def check_applied(daemon: Daemon, command: Command) -> None:
 @given(NAMES, PAYLOADS)
 def test_daemon_command_handler_queues_or_replies_exactly_once(daemon: Daemon, name: str, payload: bytes):
     before = len(daemon.link.published)
-    daemon._on_command(name, payload)
+    daemon.commands.on_command(name, payload)
     replies = daemon.link.since(before, "reply")
     commands = queued_commands(daemon)
     assert len(replies) + len(commands) == 1 and len(daemon.link.published) == before + len(replies)
@@ -324,11 +325,11 @@ def test_daemon_command_handler_queues_or_replies_exactly_once(daemon: Daemon, n
 
 
 def test_daemon_command_handler_replies_busy_when_the_queue_is_full(daemon: Daemon):
-    for index in range(daemon.commands.maxsize):
-        daemon._on_command("trigger", encoded({"part_id": f"P{index}"}))
+    for index in range(daemon.commands.queue.maxsize):
+        daemon.commands.on_command("trigger", encoded({"part_id": f"P{index}"}))
     before = len(daemon.link.published)
-    daemon._on_command("threshold", b'{"threshold": 3, "request_id": "late"}')
+    daemon.commands.on_command("threshold", b'{"threshold": 3, "request_id": "late"}')
     [reply] = daemon.link.since(before, "reply")
     assert reply == {**reply, "ok": False, "command": "threshold", "request_id": "late"}
     assert reply["reason"].startswith("busy")
-    assert [c.args.part_id for c in queued_commands(daemon)] == [f"P{i}" for i in range(daemon.commands.maxsize)]
+    assert [c.args.part_id for c in queued_commands(daemon)] == [f"P{i}" for i in range(daemon.commands.queue.maxsize)]

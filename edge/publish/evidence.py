@@ -44,10 +44,6 @@ class EvidenceStore:
             self._files.append((path, stat.st_size))
             self._total += stat.st_size
 
-    @property
-    def healthy(self) -> bool:
-        return self.last_error is None
-
     def _fail(self, exc: OSError) -> None:
         self.errors += 1
         if self.last_error is None:

@@ -422,7 +422,8 @@ class OutboxSender:
     a duplicate, but never a gap or a reordering.
     """
 
-    def __init__(self, link: MqttLink, outbox: Outbox, window: int = 256) -> None:
+    def __init__(self, link: MqttLink, outbox: Outbox, window: int = 256,
+                 on_delivered: Callable[[list[int]], None] | None = None) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self._link = link
@@ -436,8 +437,10 @@ class OutboxSender:
         self._thread: threading.Thread | None = None
         self._session: int | None = None
         self._cursor = 0
-        self._in_flight: dict[int, int] = {}  # paho mid -> outbox row id
+        self._in_flight: dict[int, tuple[int, int]] = {}  # paho mid -> outbox row id, verdict seq
         self._acked_unsaved: list[int] = []
+        self._acked_seqs: list[int] = []
+        self._on_delivered = on_delivered
         self._delivered = 0
         self.discarded = 0  # rows that could never be published (invalid topic/qos/size)
 
@@ -528,11 +531,13 @@ class OutboxSender:
     def _settle_acks(self) -> None:
         while self._acks:
             session, mid, accepted = self._acks.popleft()
-            row_id = self._in_flight.pop(mid, None) if session == self._session else None
-            if row_id is None:
+            row = self._in_flight.pop(mid, None) if session == self._session else None
+            if row is None:
                 continue  # the link's own messages, or an earlier connection's
+            row_id, seq = row
             if accepted:
                 self._acked_unsaved.append(row_id)
+                self._acked_seqs.append(seq)
             else:
                 logger.warning("broker refused outbox message %d; it is re-sent after reconnecting", row_id)
         if self._acked_unsaved:
@@ -542,6 +547,9 @@ class OutboxSender:
                 self._acked_unsaved = []
                 self._delivered += removed
                 self._progress.notify_all()
+            seqs, self._acked_seqs = sorted(set(self._acked_seqs)), []
+            if self._on_delivered is not None:
+                self._on_delivered(seqs)
 
     def _restart_from_oldest(self, session: int | None) -> None:
         if self._in_flight:
@@ -563,7 +571,7 @@ class OutboxSender:
                 continue
             if mid is None:
                 return  # connection lost: the next session starts from the oldest row
-            self._in_flight[mid] = row.id
+            self._in_flight[mid] = (row.id, row.seq)
             self._cursor = row.id
 
     def _discard(self, row_id: int, seq: int, error: ValueError) -> None:

@@ -1,0 +1,105 @@
+"""What changes a running station: MQTT commands and reloads, each validated before anything changes.
+
+A reload applies LIVE_SECTIONS and LIVE_KEYS at once. Every other setting (device_id, source, the broker
+connection, storage.dir and the outbox) keeps its running value until a restart: the reply, the log, stats and
+the retained state topic name the changed settings that wait for one.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+from pathlib import Path
+
+from edge.commands import Command, CommandRefused, parse_command, request_id_of
+from edge.config.schema import Config, ConfigError, load_config, resolve_mqtt_password
+from edge.core.inspector import Inspector
+from edge.startup import StartupError, build_inspector
+from edge.text import one_line
+
+logger = logging.getLogger("lineguard")
+
+COMMAND_QUEUE_SIZE = 64
+# What a reload changes while inspecting: whole sections, and single keys of the others.
+LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger")
+LIVE_KEYS = {"mqtt": ("heatmap", "stats_interval_s"), "storage": ("evidence", "evidence_quota_mb", "drain_timeout_s")}
+
+Reply = Callable[[str, bool, str, "str | None"], None]
+
+
+class CommandQueue:
+    """Commands from the MQTT thread, validated there and queued for the main loop; refusals answered at once."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.queue: queue.Queue[Command] = queue.Queue(maxsize=COMMAND_QUEUE_SIZE)
+
+    def on_command(self, name: str, payload: bytes) -> None:
+        try:
+            self.queue.put_nowait(parse_command(name, payload))
+        except CommandRefused as exc:
+            logger.warning("command %r refused: %s", name[:64], exc)
+            self.reply(name, False, str(exc), request_id_of(payload))
+        except queue.Full:
+            self.reply(name, False, "busy: too many queued commands", request_id_of(payload))
+
+    def next(self, wait_s: float | None) -> Command | None:
+        """The next command, waiting up to wait_s (None: do not wait)."""
+        try:
+            return self.queue.get(timeout=wait_s) if wait_s is not None else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+
+def apply_live_settings(running: Config, loaded: Config) -> tuple[Config, list[str]]:
+    """The config to run after a reload, and the changed settings that wait for a restart (dotted names)."""
+    update: dict[str, object] = {name: getattr(loaded, name) for name in LIVE_SECTIONS}
+    for section, keys in LIVE_KEYS.items():
+        live_values = {key: getattr(getattr(loaded, section), key) for key in keys}
+        update[section] = getattr(running, section).model_copy(update=live_values)
+    effective = running.model_copy(update=update)
+    return effective, changed_settings(effective, loaded)
+
+
+def changed_settings(before: Config, after: Config) -> list[str]:
+    old, new = flat_settings(before.model_dump()), flat_settings(after.model_dump())
+    return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+
+
+def flat_settings(data: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def prepare_reload(config_path: Path, running: Config, running_password: str | None | bool,
+                   source_grayscale: bool) -> tuple[Config, Inspector, list[str]]:
+    """Read the config and load its model, without changing anything running.
+
+    ``running_password`` is the broker password in use, or False when no broker link runs.
+    Raises on any problem; returns the config to run, its inspector and the settings that wait for a restart.
+    """
+    loaded = load_config(config_path)
+    cfg, restart_required = apply_live_settings(running, loaded)
+    if running_password is not False and loaded.mqtt.enabled and resolve_mqtt_password(loaded.mqtt) != running_password:
+        restart_required.append("mqtt.password")  # changed in its file, which the config's own keys do not show
+    inspector = build_inspector(cfg)
+    if source_grayscale and inspector.spec.color != "gray":
+        raise StartupError(f"model {inspector.bundle.name} needs colour frames but the source was opened "
+                           "in gray for the running model; restart to switch")
+    return cfg, inspector, restart_required
+
+
+def reload_refusal(exc: Exception) -> str:
+    """Log why a reload was refused; the one-line reason for the reply and state."""
+    if isinstance(exc, (ConfigError, StartupError)):
+        reason = one_line(str(exc))
+        logger.error("reload refused, keeping the running config and model: %s", reason)
+    else:
+        reason = one_line(f"{type(exc).__name__}: {exc}")
+        logger.exception("reload failed, keeping the running config and model")
+    return reason
