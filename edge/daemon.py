@@ -41,12 +41,10 @@ from edge.publish.outbox import Outbox, OutboxError
 from edge.core.preprocess import ImageError, read_image
 from edge.core.runtime import ModelLoadError
 from edge.core.scoring import heat_colors
+from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 
 logger = logging.getLogger("lineguard")
 
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_CONFIG = 78
 IDLE_WAIT_S = 0.5  # longest the loop waits for a frame or command before it checks in again
 LATENCY_WINDOW = 2048
 OVERLAY_MIN_SIDE_PX = 256
