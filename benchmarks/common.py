@@ -45,7 +45,7 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
 def local_broker(workdir: Path) -> Iterator[object]:
     """Debian's mosquitto on a free loopback port, anonymous, no persistence."""
     sys.path.insert(0, str(ROOT))
-    from tests.conftest import MosquittoBroker
+    from tests.support.broker import MosquittoBroker
 
     broker = MosquittoBroker(workdir / "broker").start()
     try:

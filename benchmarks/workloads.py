@@ -33,7 +33,7 @@ def conv_bundle(size: int) -> Path:
     if (bundle / "model.json").is_file():
         return bundle
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import make_mvtec
+    from tests.support.helpers import make_mvtec
 
     log("training the %dx%d conv bundle once (cached in %s)", size, size, bundle.relative_to(ROOT))
     MODELS_DIR.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def conv_bundle(size: int) -> Path:
 def part_frames(folder: Path, count: int, size: int, seed: int = 0) -> Path:
     """COUNT synthetic textured parts as SIZExSIZE gray PNGs; every DEFECT_EVERY-th one has a painted defect."""
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import paint_defect, textured_part
+    from tests.support.helpers import paint_defect, textured_part
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

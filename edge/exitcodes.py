@@ -1,7 +1,8 @@
-"""Exit codes of every lineguard command (sysexits.h), so scripts and systemd can tell problems apart."""
+"""Process exit codes, from sysexits.h, shared by every command and the daemon."""
+
 EX_OK = 0
-EX_DATAERR = 65  # bad input data
-EX_SOFTWARE = 70
-EX_CANTCREAT = 73  # cannot create an output
-EX_IOERR = 74
+EX_DATAERR = 65  # bad input data: unreadable images, malformed data sets
+EX_SOFTWARE = 70  # an internal error: a bug, not the user's input
+EX_CANTCREAT = 73  # cannot create an output, e.g. an --out that must not be replaced
+EX_IOERR = 74  # a disk that filled up or a folder that became unwritable while working
 EX_CONFIG = 78  # configuration error; systemd's RestartPreventExitStatus stops crash-loops on it

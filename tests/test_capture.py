@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests import helpers
-from tests.mjpeg import MjpegServer
+from tests.support import helpers
+from tests.support.mjpeg import MjpegServer
 from edge.capture.sources import (
     CaptureError,
     FolderSource,

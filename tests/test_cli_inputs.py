@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge.core.bundle import publish_dir, staging_dir
-from tests.helpers import LINEGUARD, MNIST_BUNDLE, MNIST_SMALL, ROOT, SAMPLES, run_cli
+from tests.support.helpers import LINEGUARD, MNIST_BUNDLE, MNIST_SMALL, ROOT, SAMPLES, run_cli
 
 EX_USAGE = 2
 EX_CANTCREAT = 73

@@ -8,10 +8,10 @@ import subprocess
 import time
 
 
-from tests.daemon_harness import (
+from tests.support.daemon_harness import (
     BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config,
 )
-from tests.helpers import MNIST_BUNDLE, ROOT, run_cli
+from tests.support.helpers import MNIST_BUNDLE, ROOT, run_cli
 
 RESULT_FIELDS = {"id", "seq", "ts", "device_id", "image", "part_id", "score", "score_norm", "threshold", "verdict",
                  "regions", "model", "latency_ms"}

@@ -12,7 +12,7 @@ from edge.core.bundle import BundleError, load_bundle
 from edge.core.inspector import Inspector
 from edge.core.preprocess import ImageError, PreprocessSpec, preprocess, read_image, scale
 from edge.core.scoring import Calibration, ScoringSpec
-from tests.helpers import MNIST_BUNDLE, SAMPLES
+from tests.support.helpers import MNIST_BUNDLE, SAMPLES
 
 
 def test_scaling_follows_dtype_not_image_maximum():

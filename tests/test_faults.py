@@ -22,12 +22,12 @@ import pytest
 
 from edge.core.bundle import MANIFEST_NAME, MODEL_NAME, sha256_of
 from edge.publish.evidence import EvidenceStore
-from tests.daemon_harness import (
+from tests.support.daemon_harness import (
     BASE, DaemonProcess, LoggedProcess, results, sample_folder, unique_in_order, write_config,
 )
-from tests.helpers import MNIST_BUNDLE, run_cli
-from tests import helpers
-from tests.mjpeg import MjpegServer
+from tests.support.helpers import MNIST_BUNDLE, run_cli
+from tests.support import helpers
+from tests.support.mjpeg import MjpegServer
 
 WAIT_S = 30.0
 POLL_S = 0.05

@@ -22,8 +22,8 @@ from edge.config.schema import Config, ConfigError, load_config, parse_config
 from edge.daemon import Daemon
 from edge.startup import broker_settings
 from edge.notify import SystemdNotifier
-from tests.daemon_harness import sample_folder, write_config
-from tests.helpers import ROOT
+from tests.support.daemon_harness import sample_folder, write_config
+from tests.support.helpers import ROOT
 
 # About 25 s in all on an idle CI machine; the pure-Python YAML parser dominates.
 CONFIG_EXAMPLES = 2000

@@ -17,7 +17,7 @@ import pytest
 
 from edge.publish.mqtt import BrokerSettings, MqttLink, OutboxSender
 from edge.publish.outbox import Outbox
-from tests.conftest import MosquittoBroker, Received
+from tests.support.broker import MosquittoBroker, Received
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_TOPIC = "lg/dev1"

@@ -6,8 +6,8 @@ import signal
 
 import jsonschema
 
-from tests.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
-from tests.helpers import ROOT
+from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
+from tests.support.helpers import ROOT
 
 SCHEMA = json.loads((ROOT / "docs" / "mqtt-payloads.schema.json").read_text())
 

@@ -10,8 +10,8 @@ import pytest
 
 from edge.core.inspector import Inspector
 from edge.core.preprocess import read_image
-from tests.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
-from tests.helpers import FIXTURES, run_cli
+from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
+from tests.support.helpers import FIXTURES, run_cli
 
 PARTS = FIXTURES / "parts"
 POLYGON = [[0, 0], [40, 0], [40, 30], [0, 30]]  # frame pixels, top-left of a 64x64 part

@@ -10,8 +10,8 @@ from pathlib import Path
 from edge.core.bundle import MANIFEST_NAME, sha256_of
 from edge.config.schema import parse_config
 from edge.control import apply_live_settings
-from tests.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
-from tests.helpers import MNIST_BUNDLE
+from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
+from tests.support.helpers import MNIST_BUNDLE
 
 WAIT_S = 30.0
 FPS = 10

@@ -24,9 +24,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.publish.outbox import Outbox
-from tests.conftest import MessageCollector, free_port, port_accepts_connections
-from tests.daemon_harness import BASE, DEVICE, PREFIX, DaemonProcess, sample_folder, write_config
-from tests.helpers import ROOT, run_cli
+from tests.support.broker import MessageCollector, free_port, port_accepts_connections
+from tests.support.daemon_harness import BASE, DEVICE, PREFIX, DaemonProcess, sample_folder, write_config
+from tests.support.helpers import ROOT, run_cli
 
 EXAMPLES = ROOT / "examples" / "mosquitto"
 LOCALHOST = "127.0.0.1"

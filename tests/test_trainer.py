@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import MNIST_SMALL, make_mvtec, run_cli
+from tests.support.helpers import MNIST_SMALL, make_mvtec, run_cli
 from trainer import metrics
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge.core.bundle import load_bundle
-from tests.helpers import MNIST_SMALL, run_cli
+from tests.support.helpers import MNIST_SMALL, run_cli
 from trainer import metrics
 from trainer.evaluate import ScoredSet
 from trainer.report import write_pages

@@ -1,4 +1,4 @@
-"""The model runtime: LiteRT, else tflite-runtime, else tensorflow.lite. The only module that imports them."""
+"""The model runtime: LiteRT, else tflite-runtime. The only module that imports them; never TensorFlow."""
 from __future__ import annotations
 
 import importlib
@@ -9,8 +9,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Tried in order; the device needs only the first.
-RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+# Tried in order; the device needs only the first. The trainer gets LiteRT through its extra too.
+RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 
 
 class RuntimeMissing(ImportError):

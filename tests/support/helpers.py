@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 MNIST_SMALL = FIXTURES / "mnist-small.npz"
 MNIST_BUNDLE = ROOT / "models" / "mnist-1"

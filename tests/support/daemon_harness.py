@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.helpers import MNIST_BUNDLE, ROOT, SAMPLES, wait_until
+from tests.support.helpers import MNIST_BUNDLE, ROOT, SAMPLES, wait_until
 
 DEVICE = "cell-7"
 PREFIX = "lineguard"
