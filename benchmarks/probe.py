@@ -1,28 +1,35 @@
-"""`lineguard run` with a stopwatch: the unchanged daemon plus a probe that timestamps each verdict.
+"""`lineguard run` with a stopwatch: the unchanged daemon plus a sink that timestamps each verdict.
 
-    python -m benchmarks.probe OUT.json run --config CONFIG
+    python -m benchmarks.probe OUT.json run --config CONFIG [--max-frames N] [--drain-timeout S]
 
-For every verdict (outbox seq) the probe records when its frame arrived and when its outbox rows were
-acknowledged, i.e. when the sender deletes them after the broker's PUBACK. Timestamps come from
-time.monotonic(), which is shared by all processes, so the benchmark can relate them to its own clock.
-The arrays are allocated up front: the probe neither allocates per frame nor changes what the daemon does,
-so it does not disturb an RSS measurement either.
+For every verdict (outbox seq) the probe records when its frame arrived, when it was durable in the outbox and
+when the broker acknowledged it (the sender's delivery event). It watches through the daemon's sink
+interface (edge.publish.sinks), like any other output. Timestamps come from time.monotonic(), which is shared
+by all processes, so the benchmark can relate them to its own clock. The arrays are allocated up front: the
+probe neither allocates per frame nor changes what the daemon does, so it does not disturb an RSS measurement.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import time
 from array import array
 
+from edge.publish.sinks import VerdictEvent, VerdictSink
+
 CAPACITY_ENV = "LINEGUARD_PROBE_CAPACITY"
-DEFAULT_CAPACITY = 200_000  # verdicts; two float64 each, allocated before the daemon starts
+DEFAULT_CAPACITY = 200_000  # verdicts; three float64 each, allocated before the daemon starts
+QUEUE_EVENTS = 100_000  # the probe's handler is trivial; a deep queue means it never drops one
 
 
-class VerdictProbe:
-    """Arrival and acknowledgement time per verdict seq."""
+class ProbeSink(VerdictSink):
+    """Arrival, durable and acknowledgement time per verdict seq; CPU spent while inspecting."""
+
+    name = "probe"
+    queue_events = QUEUE_EVENTS
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -30,59 +37,30 @@ class VerdictProbe:
         self.stored = array("d", [math.nan]) * capacity  # outbox.put returned: durable, ready to publish
         self.acked = array("d", [math.nan]) * capacity
         self.run_start_s = math.nan
-        self.cpu_s = math.nan  # process CPU time (all threads) spent in Daemon.run, start-up excluded
+        self.cpu_s = math.nan  # process CPU time (all threads) spent inspecting, start-up excluded
         self.thread_cpu_s: dict[str, float] = {}
-        self._current_arrival_s = math.nan
-        self._row_seq: dict[int, int] = {}  # outbox row id -> seq, for rows handed to the sender
+        self._cpu_start_s = 0.0
+        self._threads_start: dict[str, float] = {}
 
-    def install(self) -> None:
-        from edge import daemon as daemon_module
-        from edge.publish.outbox import Outbox
+    def on_start(self) -> None:
+        self.run_start_s = time.monotonic()
+        self._cpu_start_s, self._threads_start = time.process_time(), thread_cpu_seconds()
 
-        probe = self
-        original_run = daemon_module.Daemon.run
-        original_inspect = daemon_module.Daemon._inspect
-        original_put, original_pending, original_ack = Outbox.put, Outbox.pending, Outbox.ack
+    def on_verdict(self, event: VerdictEvent) -> None:
+        if 0 <= event.seq < self.capacity:
+            self.arrival[event.seq] = event.arrival_s
+            self.stored[event.seq] = event.recorded_s
 
-        def run(daemon):
-            probe.run_start_s = time.monotonic()
-            cpu_start_s, threads_start = time.process_time(), thread_cpu_seconds()
-            try:
-                return original_run(daemon)
-            finally:
-                probe.cpu_s = time.process_time() - cpu_start_s
-                threads_end = thread_cpu_seconds()
-                probe.thread_cpu_s = {name: round(spent - threads_start.get(name, 0.0), 3)
-                                      for name, spent in threads_end.items()}
+    def on_delivered(self, seqs: list[int], acked_s: float) -> None:
+        for seq in seqs:
+            if 0 <= seq < self.capacity:
+                self.acked[seq] = acked_s
 
-        def inspect(daemon, frame, part_id):
-            probe._current_arrival_s = frame.arrival_s
-            return original_inspect(daemon, frame, part_id)
-
-        def put(outbox, seq, messages):
-            original_put(outbox, seq, messages)
-            if 0 <= seq < probe.capacity:
-                probe.arrival[seq] = probe._current_arrival_s
-                probe.stored[seq] = time.monotonic()
-
-        def pending(outbox, after_id=0, limit=500):
-            rows = original_pending(outbox, after_id, limit)
-            for row in rows:
-                probe._row_seq[row.id] = row.seq
-            return rows
-
-        def ack(outbox, ids):
-            acked_s = time.monotonic()
-            ids = list(ids)
-            for row_id in ids:
-                seq = probe._row_seq.pop(row_id, None)
-                if seq is not None and 0 <= seq < probe.capacity:
-                    probe.acked[seq] = acked_s
-            return original_ack(outbox, ids)
-
-        daemon_module.Daemon.run = run
-        daemon_module.Daemon._inspect = inspect
-        Outbox.put, Outbox.pending, Outbox.ack = put, pending, ack
+    def close(self) -> None:
+        self.cpu_s = time.process_time() - self._cpu_start_s
+        threads_end = thread_cpu_seconds()
+        self.thread_cpu_s = {name: round(spent - self._threads_start.get(name, 0.0), 3)
+                             for name, spent in threads_end.items()}
 
     def to_dict(self) -> dict:
         seqs = [s for s in range(self.capacity) if not math.isnan(self.arrival[s])]
@@ -116,12 +94,16 @@ def thread_cpu_seconds() -> dict[str, float]:
 
 
 def main() -> int:
-    out_path, cli_args = sys.argv[1], sys.argv[2:]
-    probe = VerdictProbe(int(os.environ.get(CAPACITY_ENV, DEFAULT_CAPACITY)))
-    probe.install()
-    from edge.cli import main as lineguard_main
+    from edge.cli import build_parser
+    from edge.daemon import run_from_config
 
-    code = lineguard_main(cli_args)
+    out_path, cli_args = sys.argv[1], sys.argv[2:]
+    args = build_parser("run").parse_args(cli_args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    probe = ProbeSink(int(os.environ.get(CAPACITY_ENV, DEFAULT_CAPACITY)))
+    code = run_from_config(args.config, max_frames=args.max_frames, drain_timeout_s=args.drain_timeout,
+                           debug=args.verbose, sinks=[probe])
     with open(out_path, "w", encoding="utf-8") as out:
         json.dump(probe.to_dict(), out)
     return code

@@ -107,6 +107,7 @@ class Daemon:
     # --- the main loop ---
 
     def run(self) -> int:
+        self.station.fanout.started()
         next_stats_s = time.monotonic() + self.cfg.mqtt.stats_interval_s
         while not self.stop.is_set():
             if self.reload_requested.is_set():

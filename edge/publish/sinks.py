@@ -67,6 +67,9 @@ class VerdictSink:
         """Cheap filter, run in the frame loop: False skips the queue altogether."""
         return True
 
+    def on_start(self) -> None:
+        """Start-up is over: the station inspects from now on."""
+
     def on_verdict(self, event: VerdictEvent) -> None:
         """Handle one verdict."""
 
@@ -131,6 +134,10 @@ class FanOut:
         self._workers = [_SinkWorker(sink) for sink in sinks]
         # Only sinks that want acknowledgements get them, so they never crowd verdicts out of a queue.
         self._ack_workers = [w for w in self._workers if type(w.sink).on_delivered is not VerdictSink.on_delivered]
+
+    def started(self) -> None:
+        for worker in self._workers:
+            worker.submit("on_start")
 
     def verdict(self, event: VerdictEvent) -> None:
         for worker in self._workers:
