@@ -94,6 +94,16 @@ def prepare_reload(config_path: Path, running: Config, running_password: str | N
     return cfg, inspector, restart_required
 
 
+def reload_outcome(inspector: Inspector, restart_required: list[str]) -> str:
+    """Log what a reload applied; the one-line reason for the reply."""
+    reason = f"model {inspector.bundle.name}, threshold {inspector.threshold:.6g}"
+    if restart_required:
+        reason += f"; running values kept until a restart for: {', '.join(restart_required)}"
+        logger.warning("reload: changed settings that need a restart: %s", ", ".join(restart_required))
+    logger.info("reloaded: %s", reason)
+    return reason
+
+
 def reload_refusal(exc: Exception) -> str:
     """Log why a reload was refused; the one-line reason for the reply and state."""
     if isinstance(exc, (ConfigError, StartupError)):

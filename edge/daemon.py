@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge.commands import TriggerCommand
 from edge.config.schema import Config, ConfigError, load_config
-from edge.control import CommandQueue, prepare_reload, reload_refusal
+from edge.control import CommandQueue, prepare_reload, reload_outcome, reload_refusal
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from edge.notify import SystemdNotifier
 from edge.publish.evidence import EvidenceStore
@@ -165,25 +165,17 @@ class Daemon:
         self.status.last_reload_error, self.status.restart_required = None, restart_required
         self.evidence.quota_bytes = int(cfg.storage.evidence_quota_mb * 1e6)
         self.apply_log_level()
-        reason = f"model {inspector.bundle.name}, threshold {inspector.threshold:.6g}"
-        if restart_required:
-            reason += f"; running values kept until a restart for: {', '.join(restart_required)}"
-            logger.warning("reload: changed settings that need a restart: %s", ", ".join(restart_required))
-        logger.info("reloaded: %s", reason)
+        reason = reload_outcome(inspector, restart_required)
         self.report.reloaded(f"inspecting with {inspector.bundle.name}", True, reason, request_id)
 
     def apply_log_level(self) -> None:
+        """-v outranks the configured log_level, also after a reload."""
         logging.getLogger().setLevel(logging.DEBUG if self.debug else self.cfg.log_level.upper())
 
     def _finish_replay(self) -> int:
         """A finite replay ended: deliver what is pending (bounded), then exit."""
-        outbox = self.station.recorder.outbox
-        pending, timeout = outbox.depth(), self.drain_timeout_override_s
-        timeout = self.cfg.storage.drain_timeout_s if timeout is None else timeout
-        if pending and self.sender is not None:
-            logger.info("replay finished; delivering %d pending message(s), waiting up to %.0f s", pending, timeout)
-            if not self.sender.wait_drained(timeout):
-                logger.warning("%d message(s) stay in the outbox for the next start", outbox.depth())
+        timeout_s = self.drain_timeout_override_s
+        self.station.recorder.drain(self.cfg.storage.drain_timeout_s if timeout_s is None else timeout_s)
         c = self.status.counters
         logger.info("replay finished: %d frames, %d pass, %d fail", c.frames, c.passed, c.failed)
         return EX_OK

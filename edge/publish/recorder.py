@@ -73,6 +73,14 @@ class VerdictRecorder:
             else:
                 self.health.lost += 1
 
+    def drain(self, timeout_s: float) -> None:
+        """At the end of a finite replay: wait, bounded, for what is pending to be delivered."""
+        pending = self.outbox.depth()
+        if pending and self.sender is not None:
+            logger.info("replay finished; delivering %d pending message(s), waiting up to %.0f s", pending, timeout_s)
+            if not self.sender.wait_drained(timeout_s):
+                logger.warning("%d message(s) stay in the outbox for the next start", self.outbox.depth())
+
     def stats(self) -> dict:
         return {"depth": self.outbox.depth(), "dropped": self.outbox.dropped, **asdict(self.health),
                 "discarded": self.sender.discarded if self.sender is not None else 0}
