@@ -1,4 +1,7 @@
-"""Residual maps, image scores, calibration maths and regions: one implementation for trainer and device."""
+"""Residual maps, image scores, verdicts, calibration maths and regions: one implementation for trainer and device.
+
+The model kinds in edge.core.pipelines make the anomaly map; from there on every kind is scored the same way.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -7,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-RESIDUALS = ("l1", "l2", "ssim", "msgms", "map")  # "map": the model outputs the anomaly map itself
+RESIDUALS = ("l1", "l2", "ssim", "msgms")  # how a reconstruction becomes a map; kinds that output a map have none
 REDUCERS = ("sum", "mean", "max", "topk")
 SSIM_SIGMA = 1.5  # Gaussian window of Wang et al. 2004, as in Bergmann et al. 2018
 SSIM_C1 = 0.01**2
@@ -18,15 +21,15 @@ GMS_SCALES = 4
 
 @dataclass(frozen=True)
 class ScoringSpec:
-    """How a reconstruction becomes a residual map and an image score."""
+    """How an anomaly map is made (for reconstructing kinds), smoothed and reduced to an image score."""
 
-    residual: str = "l1"  # the study's |input - reconstruction|
+    residual: str | None = "l1"  # the study's |input - reconstruction|; None for kinds that output the map
     reducer: str = "sum"  # the study's image score
     smoothing_sigma: float = 0.0  # Gaussian blur of the residual map, in model pixels; 0 = off
     topk_fraction: float = 0.01  # share of pixels averaged by the "topk" reducer
 
     def __post_init__(self) -> None:
-        if self.residual not in RESIDUALS:
+        if self.residual is not None and self.residual not in RESIDUALS:
             raise ValueError(f"scoring.residual must be one of {RESIDUALS}, got {self.residual!r}")
         if self.reducer not in REDUCERS:
             raise ValueError(f"scoring.reducer must be one of {REDUCERS}, got {self.reducer!r}")
@@ -107,10 +110,8 @@ def msgms_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def residual_map(x: np.ndarray, reconstruction: np.ndarray, spec: ScoringSpec) -> np.ndarray:
-    """HxWxC input and model output in [0, 1] -> HxW float32 residual map (higher = more anomalous)."""
-    if spec.residual == "map":
-        residual = reconstruction
-    elif spec.residual == "msgms":
+    """HxWxC input and its reconstruction in [0, 1] -> HxW float32 residual map (higher = more anomalous)."""
+    if spec.residual == "msgms":
         residual = msgms_map(x, reconstruction)[..., None]
     elif spec.residual == "l1":
         residual = np.subtract(x, reconstruction)
@@ -118,11 +119,22 @@ def residual_map(x: np.ndarray, reconstruction: np.ndarray, spec: ScoringSpec) -
     elif spec.residual == "l2":
         residual = np.subtract(x, reconstruction)
         np.square(residual, out=residual)
-    else:
+    elif spec.residual == "ssim":
         residual = 1.0 - ssim_map(x, reconstruction)
-    heat = _channel_mean(residual).astype(np.float32, copy=False)
+    else:
+        raise ValueError(f"scoring.residual {spec.residual!r} does not make a map from a reconstruction")
+    return channel_mean(residual)
+
+
+def channel_mean(image: np.ndarray) -> np.ndarray:
+    """HxWxC -> HxW float32, the mean over channels (a view for one channel)."""
+    return _channel_mean(image).astype(np.float32, copy=False)
+
+
+def smooth(heat: np.ndarray, spec: ScoringSpec) -> np.ndarray:
+    """The optional Gaussian blur of an anomaly map, whatever kind made it."""
     if spec.smoothing_sigma > 0:
-        heat = cv2.GaussianBlur(heat, (0, 0), spec.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
+        return cv2.GaussianBlur(heat, (0, 0), spec.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
     return heat
 
 
@@ -147,9 +159,14 @@ def normalize_score(score: float, calibration: Calibration) -> float:
     return float(min(1.0, max(0.0, (score - calibration.threshold) / span + 0.5)))
 
 
+def fails(scores: np.ndarray | float, threshold: float) -> np.ndarray | bool:
+    """A part fails when its score reaches the threshold: the one place that says so, for one score or many."""
+    return np.greater_equal(scores, threshold)
+
+
 def verdict(score: float, threshold: float) -> str:
-    """A part fails when its score reaches the threshold."""
-    return "fail" if score >= threshold else "pass"
+    """"fail" or "pass" for one score."""
+    return "fail" if fails(score, threshold) else "pass"
 
 
 def anomalous_regions(
