@@ -139,3 +139,20 @@ def test_stages_that_do_not_fit_together_are_refused(tmp_path):
     (tmp_path / "backbone.tflite").write_bytes(backbone_bytes)
     with pytest.raises(ModelLoadError, match="backbone.tflite: takes"):
         StageChain([model, tmp_path / "backbone.tflite"])
+
+
+def test_the_trainer_template_makes_a_bundle_the_device_runs(tmp_path):
+    from trainer.models import _template as template
+    from trainer.train import TrainOptions
+
+    options = TrainOptions(model="pixel-example", steps=3, batch_size=4, learning_rate=1e-3)
+    x_train = np.random.default_rng(0).uniform(size=(16, 8, 8, 1)).astype(np.float32)
+    model = template.fit(options, x_train)
+    bundle = Bundle(
+        path=tmp_path, name="template", kind="autoencoder", stages=template.export(model, x_train, tmp_path, 0),
+        preprocess=PreprocessSpec(color="gray", height=8, width=8), scoring=ScoringSpec(),
+        calibration=Calibration(threshold=1.0), architecture=template.architecture(options, model),
+    )
+    save_manifest(bundle)
+    result = Inspector(tmp_path, quality_gate=False).inspect((x_train[0, ..., 0] * 255).astype(np.uint8))
+    assert result.heat.shape == (8, 8) and result.score > 0
