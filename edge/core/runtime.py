@@ -1,4 +1,7 @@
-"""The model runtime: LiteRT, else tflite-runtime, else tensorflow.lite. The only module that imports them."""
+"""The model runtime: LiteRT, else tflite-runtime (never TensorFlow). The only module that imports them.
+
+TFLiteStage runs one model file; StageChain runs a bundle's stages in order.
+"""
 from __future__ import annotations
 
 import importlib
@@ -9,8 +12,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Tried in order; the device needs only the first.
-RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+# Tried in order; the device needs only the first, which the trainer's install includes too.
+RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 
 
 class RuntimeMissing(ImportError):

@@ -25,7 +25,7 @@ class ScoringSpec:
 
     residual: str | None = "l1"  # the study's |input - reconstruction|; None for kinds that output the map
     reducer: str = "sum"  # the study's image score
-    smoothing_sigma: float = 0.0  # Gaussian blur of the residual map, in model pixels; 0 = off
+    smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in model pixels; 0 = off
     topk_fraction: float = 0.01  # share of pixels averaged by the "topk" reducer
 
     def __post_init__(self) -> None:
@@ -54,7 +54,7 @@ class Calibration:
     method: str = "best_f1"  # or "good_quantile"
     score_min: float = 0.0  # normalization range: score_norm = clip((s - threshold) / (max - min) + 0.5)
     score_max: float = 1.0
-    pixel_threshold: float = 1.0  # residual value that counts as anomalous in a heatmap
+    pixel_threshold: float = 1.0  # anomaly-map value that counts as an anomalous pixel
     stats: dict[str, float] = field(default_factory=dict)  # good/anomalous score statistics, for people
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def smooth(heat: np.ndarray, spec: ScoringSpec) -> np.ndarray:
 
 
 def image_score(heat: np.ndarray, spec: ScoringSpec, ignore: np.ndarray | None = None) -> float:
-    """Reduce a residual map to one score; `ignore` is a boolean mask of pixels left out."""
+    """Reduce an anomaly map to one score; `ignore` is a boolean mask of pixels left out."""
     values = heat[~ignore] if ignore is not None else heat.ravel()
     if values.size == 0:
         return 0.0
