@@ -71,7 +71,7 @@ def child() -> dict:
     model = study_model()
     inspector = Inspector(MNIST_BUNDLE, threads=1)
     ungated = Inspector(MNIST_BUNDLE, threads=1, quality_gate=False)
-    interpreter = inspector.model.interpreter
+    interpreter = inspector.pipeline.chain.stages[0].interpreter
 
     variants = {
         "keras_eager": (lambda x: model(x), as_model_input),

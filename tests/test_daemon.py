@@ -41,7 +41,7 @@ def test_folder_replay_gives_one_result_per_frame_equal_to_score(tmp_path, broke
     for r in got:
         assert r["score"] == expected[r["image"]]["score"]
         assert r["verdict"] == expected[r["image"]]["verdict"]
-        assert r["model"]["sha256"] == json.loads((MNIST_BUNDLE / "model.json").read_text())["model"]["sha256"]
+        assert r["model"]["sha256"] == json.loads((MNIST_BUNDLE / "model.json").read_text())["stages"][0]["sha256"]
     failed = [r for r in got if r["verdict"] == "fail"]
     assert failed and all("digit9" in r["image"] for r in failed)
     alerts = [json.loads(p) for p in collector.payloads(f"{BASE}/alert")]

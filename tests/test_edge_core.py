@@ -88,7 +88,8 @@ def test_heat_colour_scale_is_anchored_to_the_threshold():
 
 def test_bundled_model_loads_and_scores_sample_frames():
     inspector = Inspector(MNIST_BUNDLE)
-    assert inspector.model.input_dtype == np.uint8 and inspector.model.takes_raw_uint8
+    model = inspector.pipeline.chain.stages[0]
+    assert model.input_dtype == np.uint8 and model.takes_raw_uint8
     one = inspector.inspect_file(next(SAMPLES.glob("*digit1.png")))
     nine = inspector.inspect_file(next(SAMPLES.glob("*digit9.png")))
     assert one.verdict == "pass" and nine.verdict == "fail"
@@ -99,8 +100,8 @@ def test_raw_uint8_shortcut_gives_the_same_reconstruction():
     inspector = Inspector(MNIST_BUNDLE)
     pixels = read_image(next(SAMPLES.glob("*digit9.png")), "gray").reshape(28, 28, 1)
     x = scale(pixels)
-    fast = inspector.model.reconstruct(x, pixels=pixels)
-    slow = inspector.model.reconstruct(x)
+    fast = inspector.pipeline.chain.run(x, pixels=pixels)
+    slow = inspector.pipeline.chain.run(x)
     assert np.array_equal(fast, slow)
 
 

@@ -251,7 +251,7 @@ def corrupt_model_with_matching_hash(bundle: Path) -> str:
     data = bytearray(model.read_bytes())
     data[100:1100] = bytes(1000)
     replace_atomically(model, bytes(data))
-    edit_manifest(bundle, lambda m: m["model"].update(sha256=sha256_of(model)))
+    edit_manifest(bundle, lambda m: m["stages"][0].update(sha256=sha256_of(model)))
     return "not a loadable TFLite model"
 
 
@@ -421,14 +421,14 @@ def test_full_disk_sends_verdicts_without_the_outbox_and_recovers(tmp_path, brok
 HANG_WRAPPER = (
     "import sys, threading\n"
     "import edge.core.runtime\n"
-    "after, original, done = int(sys.argv[1]), edge.core.runtime.Reconstructor.reconstruct, [0]\n"
-    "def reconstruct(self, *args, **kwargs):\n"
+    "after, original, done = int(sys.argv[1]), edge.core.runtime.TFLiteStage.run, [0]\n"
+    "def run(self, *args, **kwargs):\n"
     "    done[0] += 1\n"
     "    if done[0] > after:\n"
     "        print('INFERENCE HANGS NOW', file=sys.stderr, flush=True)\n"
     "        threading.Event().wait()\n"
     "    return original(self, *args, **kwargs)\n"
-    "edge.core.runtime.Reconstructor.reconstruct = reconstruct\n"
+    "edge.core.runtime.TFLiteStage.run = run\n"
     "from edge.cli import main\n"
     "sys.exit(main(sys.argv[2:]))\n"
 )

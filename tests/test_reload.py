@@ -29,7 +29,7 @@ def float_bundle(tmp_path: Path) -> Path:
     shutil.copy(bundle / "model_float.tflite", bundle / "model.tflite")
     manifest = json.loads((bundle / MANIFEST_NAME).read_text())
     manifest["name"] = "mnist-1-float"
-    manifest["model"].update(sha256=sha256_of(bundle / "model.tflite"), quantization="float")
+    manifest["stages"][0].update(sha256=sha256_of(bundle / "model.tflite"), quantization="float")
     (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
     return bundle
 
@@ -67,7 +67,7 @@ def retained_state(make_collector, broker) -> dict:
 
 
 def sha(bundle: Path) -> str:
-    return json.loads((bundle / MANIFEST_NAME).read_text())["model"]["sha256"]
+    return json.loads((bundle / MANIFEST_NAME).read_text())["stages"][0]["sha256"]
 
 
 def test_sighup_and_reload_command_switch_models_between_frames_and_lose_nothing(tmp_path, broker, make_collector):

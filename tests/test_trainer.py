@@ -88,7 +88,7 @@ def test_conv_autoencoder_on_mvtec_layout_with_masks(tmp_path):
                      "--residual", "l2", "--smoothing", "1", "--reducer", "max")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "model.json").read_text())
-    assert manifest["architecture"]["kind"] == "conv"
+    assert manifest["architecture"]["kind"] == "conv" and manifest["kind"] == "autoencoder"
     assert manifest["preprocess"]["color"] == "rgb"
     assert manifest["calibration"]["method"] == "good_quantile"
     result = json.loads((out / "report" / "metrics.json").read_text())
@@ -104,7 +104,8 @@ def test_default_for_larger_images_is_the_segmenter(tmp_path):
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["architecture"]["kind"] == "segmenter"
     assert manifest["input"]["shape"] == [1, 128, 128, 1]  # 64-px parts: above the dense model's 32 px
-    assert manifest["scoring"]["residual"] == "map" and manifest["scoring"]["reducer"] == "max"
+    assert manifest["kind"] == "segmenter" and manifest["scoring"]["reducer"] == "max"  # the model outputs its map
+    assert manifest["scoring"]["residual"] is None
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["pixel_auroc"] is not None
 

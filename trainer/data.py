@@ -66,10 +66,6 @@ class Dataset:
     sizes: set[tuple[int, int]] = field(default_factory=set)  # distinct (height, width) of the images
     anomaly_classes_named: bool = False  # the study's protocol: anomalous classes chosen on the command line
 
-    @property
-    def has_masks(self) -> bool:
-        return any(s.mask_path is not None for s in self.test)
-
     def fingerprint(self) -> str:
         """Short hash of the sample names and labels, to tell later which data made a model."""
         digest = hashlib.sha256()

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.core.bundle import Bundle, load_bundle, publish_dir, staging_dir, write_json_atomic
+from edge.core.bundle import Bundle, load_bundle, publish_dir, staging_dir
+from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
+from edge.core.scoring import fails
 from trainer import metrics
 from trainer.data import DataError, Dataset, Sample
 
@@ -63,7 +65,7 @@ def parity(int8: ScoredSet, float_: ScoredSet, int8_threshold: float, float_thre
     both = len(np.unique(int8.labels)) == 2
     auroc_int8 = metrics.roc_auc_score(int8.labels, int8.scores) if both else None
     auroc_float = metrics.roc_auc_score(float_.labels, float_.scores) if both else None
-    agree = np.mean((int8.scores >= int8_threshold) == (float_.scores >= float_threshold))
+    agree = np.mean(fails(int8.scores, int8_threshold) == fails(float_.scores, float_threshold))
     return {
         "auroc_int8": auroc_int8,
         "auroc_float": auroc_float,

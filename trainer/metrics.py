@@ -7,6 +7,8 @@ import numpy as np
 from scipy.stats import beta
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from edge.core.scoring import fails
+
 CONFIDENCE = 0.95
 
 
@@ -81,7 +83,7 @@ def clopper_pearson(failures: int, total: int, confidence: float = CONFIDENCE) -
 
 def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, int]:
     """Counts with "anomalous fails" as the detection: tp = anomalous parts that failed."""
-    failed = scores >= threshold
+    failed = fails(scores, threshold)
     anomalous = labels == 1
     return {
         "tp": int(np.sum(failed & anomalous)),

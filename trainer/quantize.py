@@ -8,7 +8,6 @@ import os
 import sys
 import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -81,9 +80,3 @@ def int8_tflite(model: tf.keras.Model, images: np.ndarray, seed: int = 0, io_typ
     converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
     converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
     return _convert(converter)
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, path)

@@ -15,7 +15,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
 from edge.core.bundle import Bundle  # noqa: E402
 from edge.core.inspector import Inspector  # noqa: E402
-from edge.core.scoring import heat_colors  # noqa: E402
+from edge.core.scoring import heat_colors, verdict  # noqa: E402
 
 GRID_PER_CLASS = 4
 FIGURE_DPI = 110
@@ -66,27 +66,33 @@ def _examples(scored, labels_wanted: int) -> list[int]:
     return list(dict.fromkeys(int(i) for i in picks))
 
 
-def grid(path: Path, inspector: Inspector, scored, threshold: float) -> None:
-    """Input / reconstruction / heatmap rows, each titled with its score; colours anchored to the threshold."""
+def _show(image: np.ndarray) -> np.ndarray:
+    return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def grid(path: Path, inspector: Inspector, scored, threshold: float) -> bool:
+    """Input / reconstruction (for kinds that reconstruct) / heatmap rows, each titled with its score; colours
+    anchored to the pixel threshold."""
     picks = _examples(scored, 0) + _examples(scored, 1)
-    fig, axes = plt.subplots(len(picks), 3, figsize=(6.6, 2.1 * len(picks)), squeeze=False)
-    color = inspector.spec.color
-    is_map = inspector.bundle.scoring.residual == "map"  # a segmenter outputs its anomaly map, not an image
-    for row, i in enumerate(picks):
+    results = [inspector.inspect(scored.samples[i].image(inspector.spec.color), keep_images=True) for i in picks]
+    reconstructs = any(result.reconstruction is not None for result in results)
+    columns = 3 if reconstructs else 2
+    fig, axes = plt.subplots(len(picks), columns, figsize=(2.2 * columns, 2.1 * len(picks)), squeeze=False)
+    cmap = "gray" if inspector.spec.color == "gray" else None
+    for row, (i, result) in enumerate(zip(picks, results)):
         sample = scored.samples[i]
-        result = inspector.inspect(sample.image(color), keep_images=True)
-        cmap = "gray" if color == "gray" else None
-        show = lambda a: a[..., 0] if a.shape[-1] == 1 else a
-        axes[row, 0].imshow(show(result.model_input), cmap=cmap, vmin=0, vmax=1)
-        axes[row, 1].imshow(show(np.clip(result.reconstruction, 0, 1)), cmap="gray" if is_map else cmap, vmin=0, vmax=1)
-        axes[row, 2].imshow(heat_colors(result.heat, inspector.calibration.pixel_threshold)[..., ::-1])
-        tag = "FAIL" if result.score >= threshold else "pass"
+        axes[row, 0].imshow(_show(result.model_input), cmap=cmap, vmin=0, vmax=1)
+        tag = "FAIL" if verdict(result.score, threshold) == "fail" else "pass"
         axes[row, 0].set_title(f"{sample.defect}: {result.score:.4g} {tag}", fontsize=8)
-        axes[row, 1].set_title("model output: defect map" if is_map else "reconstruction", fontsize=8)
-        axes[row, 2].set_title("residual (threshold = mid-scale)", fontsize=8)
+        if reconstructs:
+            axes[row, 1].imshow(_show(np.clip(result.reconstruction, 0, 1)), cmap=cmap, vmin=0, vmax=1)
+            axes[row, 1].set_title("reconstruction", fontsize=8)
+        axes[row, -1].imshow(heat_colors(result.heat, inspector.calibration.pixel_threshold)[..., ::-1])
+        axes[row, -1].set_title("anomaly map (pixel threshold = mid-scale)", fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
     _save(fig, path)
+    return reconstructs
 
 
 def _fmt(value) -> str:
@@ -210,6 +216,7 @@ def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, res
     images.append(("histogram.png", "Scores of good and anomalous images, threshold dashed"))
     if curves(folder / "curves.png", scored.scores, scored.labels, result):
         images.append(("curves.png", "ROC and precision-recall"))
-    grid(folder / "examples.png", inspector, scored, threshold)
-    images.append(("examples.png", "Input, reconstruction and residual heatmap, lowest and highest scores"))
+    shown = "Input, reconstruction and anomaly map" if grid(folder / "examples.png", inspector, scored, threshold) \
+        else "Input and anomaly map"
+    images.append(("examples.png", f"{shown}, lowest and highest scores"))
     write_pages(folder, bundle, result, images)

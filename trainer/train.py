@@ -11,7 +11,8 @@ import numpy as np
 
 import cv2
 
-from edge.core.bundle import FLOAT_MODEL_NAME, IGNORE_MASK_NAME, MODEL_NAME, Bundle, publish_dir, save_manifest, staging_dir
+from edge.core.bundle import IGNORE_MASK_NAME, Bundle, publish_dir, save_manifest, staging_dir
+from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
 from edge.core.preprocess import PreprocessSpec, preprocess
 from edge.core.quality import fit_limits, measure
@@ -19,18 +20,14 @@ from edge.core.scoring import Calibration, ScoringSpec
 from trainer import metrics
 from trainer.data import DataError, Dataset, Sample
 from trainer.evaluate import ScoredSet, score_samples, summarize
+from trainer.models import MODELS, module_for
 
 logger = logging.getLogger(__name__)
 
 TRAINER_VERSION = "0.1.0"
 DENSE_MAX_SIDE = 32  # MNIST-sized images get the study's dense model
 CONV_DEFAULT_SIDE = 128
-PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image residual pixels: what counts as an anomalous pixel
-MODEL_DEFAULTS = {
-    "dense": {"width": 392, "latent": 64, "batch_size": 128, "steps": 3000, "learning_rate": 1e-3, "crop": 0},
-    "conv": {"width": 32, "latent": 100, "batch_size": 16, "steps": 3000, "learning_rate": 5e-4, "crop": 0},
-    "segmenter": {"width": 8, "latent": 0, "batch_size": 8, "steps": 3000, "learning_rate": 2e-3, "crop": 0},
-}
+PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image anomaly-map pixels: what counts as an anomalous pixel
 
 
 @dataclass
@@ -43,7 +40,7 @@ class TrainOptions:
     color: str | None = None  # None: from the data
     roi: tuple[int, int, int, int] | None = None
     loss: str = "mse"
-    residual: str | None = None  # None: l1 for autoencoders (the study's), the model's map for the segmenter
+    residual: str | None = None  # None: l1 for autoencoders (the study's); the segmenter outputs its map
     reducer: str | None = None  # None: sum for autoencoders (the study's), max for the segmenter
     smoothing_sigma: float = 0.0
     topk_fraction: float = 0.01
@@ -71,12 +68,14 @@ class TrainOptions:
             # Measured on magnetic tile (README): the segmenter beats the plain conv autoencoder on image and
             # pixel AUROC, trains faster and runs smaller. MNIST-sized digits keep the study's dense model.
             out.model = "dense" if max(out.size) <= DENSE_MAX_SIDE and out.color == "gray" else "segmenter"
-        segmenter = out.model == "segmenter"
-        if segmenter and out.residual not in (None, "map"):
-            raise ValueError("the segmenter outputs its anomaly map: --residual does not apply to it")
-        out.residual = "map" if segmenter else (out.residual or "l1")
-        out.reducer = out.reducer or ("max" if segmenter else "sum")
-        for key, value in MODEL_DEFAULTS[out.model].items():
+        if out.model not in MODELS:
+            raise ValueError(f"model must be auto or one of {sorted(MODELS)}, got {out.model!r}")
+        choice = MODELS[out.model]
+        if choice.residual is None and out.residual is not None:
+            raise ValueError(f"the {out.model} outputs its anomaly map: --residual does not apply to it")
+        out.residual = out.residual or choice.residual
+        out.reducer = out.reducer or choice.reducer
+        for key, value in choice.defaults.items():
             if getattr(out, key, None) is None:
                 setattr(out, key, value)
         if out.threshold_method == "auto":
@@ -154,35 +153,25 @@ def _target_reach(n_good: int, target_frr: float) -> dict:
     return reach
 
 
-def _fit(options: TrainOptions, x_train: np.ndarray):
-    from trainer.fit import fit_autoencoder, fit_segmenter
-
-    return (fit_segmenter if options.model == "segmenter" else fit_autoencoder)(options, x_train)
-
-
 def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict:
     """The whole job. Writes into a temporary folder and renames it to out_dir only when everything worked."""
     opts = options.resolved(dataset)
     spec = PreprocessSpec(color=opts.color, height=opts.size[0], width=opts.size[1], roi=opts.roi)
     scoring = ScoringSpec(opts.residual, opts.reducer, opts.smoothing_sigma, opts.topk_fraction)
     fit_samples, val_samples = split_validation(dataset.train, opts.val_fraction, opts.seed)
-    logger.info("training a %s autoencoder on %d images (%s), %d held out", opts.model, len(fit_samples),
-                "x".join(map(str, spec.shape)), len(val_samples))
+    choice = MODELS[opts.model]
+    logger.info("training a %s model (kind %s) on %d images (%s), %d held out", opts.model, choice.kind,
+                len(fit_samples), "x".join(map(str, spec.shape)), len(val_samples))
     x_train = load_arrays(fit_samples, spec)
-    model = _fit(opts, x_train)
-
-    from trainer.quantize import float_tflite, int8_tflite, write_bytes
+    kind_module = module_for(choice)
+    model = kind_module.fit(opts, x_train)
 
     staged = staging_dir(out_dir)
     try:
-        write_bytes(staged / FLOAT_MODEL_NAME, float_tflite(model))
-        write_bytes(staged / MODEL_NAME, int8_tflite(model, x_train, seed=opts.seed))
         bundle = Bundle(
-            path=staged, name=opts.name or out_dir.name, preprocess=spec, scoring=scoring,
-            calibration=Calibration(threshold=1.0), model_sha256="",
-            architecture={"kind": opts.model, "width": opts.width, "latent": opts.latent,
-                          "loss": "focal+dice on synthetic defects" if opts.model == "segmenter" else opts.loss,
-                          "parameters": int(model.count_params())},
+            path=staged, name=opts.name or out_dir.name, kind=choice.kind,
+            stages=kind_module.export(model, x_train, staged, opts.seed), preprocess=spec, scoring=scoring,
+            calibration=Calibration(threshold=1.0), architecture=kind_module.architecture(opts, model),
         )
         bundle.quality = fit_limits([measure(x) for x in x_train])
         _add_ignore(bundle, opts, staged, dataset)
@@ -233,7 +222,6 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
         report_dir = bundle.path / "report"
         report_dir.mkdir()
         from trainer.report import write_report
-        from edge.core.bundle import write_json_atomic
 
         write_report(report_dir, bundle, int8, scored, result)
         write_json_atomic(report_dir / "metrics.json", result)

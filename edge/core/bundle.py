@@ -1,6 +1,10 @@
-"""The model bundle format: a folder with the int8 model, the float model and model.json.
+"""The model bundle format: a folder with model.json, the model files it lists, and an optional ignore mask.
 
 Reading and writing live here, so the trainer writes exactly what the device reads.
+
+Format 2 names the model kind (which pipeline in edge.core.pipelines turns a frame into an anomaly map) and
+its stages: TFLite files run in order, each with its sha256 and an optional float twin. Format 1 bundles (one
+model file; the segmenter marked by the residual "map") are read and mapped onto format 2.
 """
 from __future__ import annotations
 
@@ -9,21 +13,24 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.core.files import write_json_atomic
 from edge.core.preprocess import PreprocessSpec
 from edge.core.quality import QualityLimits
 from edge.core.scoring import Calibration, ScoringSpec
 
 FORMAT_NAME = "lineguard-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "model.json"
-MODEL_NAME = "model.tflite"
+MODEL_NAME = "model.tflite"  # the usual file of a single-stage bundle
 FLOAT_MODEL_NAME = "model_float.tflite"
 IGNORE_MASK_NAME = "ignore.png"
 HASH_CHUNK_BYTES = 1 << 20
+FORMAT1_MAP_RESIDUAL = "map"  # format 1's mark of a model that outputs its anomaly map: the segmenter
 
 
 class BundleError(ValueError):
@@ -31,17 +38,41 @@ class BundleError(ValueError):
 
 
 @dataclass
+class Stage:
+    """One model file of the bundle, run after the one before it."""
+
+    file: str
+    sha256: str = ""
+    quantization: str = "int8"
+    float_file: str | None = None  # the float twin, for parity checks and `score --use-float`
+    float_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stage:
+        stage = cls(
+            file=str(data["file"]), sha256=str(data["sha256"]), quantization=str(data.get("quantization", "int8")),
+            float_file=data.get("float_file"), float_sha256=data.get("float_sha256"),
+        )
+        for name in (stage.file, stage.float_file):
+            if name is not None and (Path(name).name != name or name in ("", ".", "..")):
+                raise ValueError(f"stage file {name!r} must be a plain file name inside the bundle folder")
+        return stage
+
+
+@dataclass
 class Bundle:
-    """A loaded, verified bundle manifest. The model itself is opened by edge.core.runtime."""
+    """A loaded, verified bundle manifest. The models themselves are opened by edge.core.runtime."""
 
     path: Path
     name: str
+    kind: str  # the pipeline in edge.core.pipelines, e.g. "autoencoder" or "segmenter"
+    stages: list[Stage]
     preprocess: PreprocessSpec
     scoring: ScoringSpec
     calibration: Calibration
-    model_sha256: str
-    quantization: str = "int8"
-    float_model_sha256: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -61,12 +92,18 @@ class Bundle:
         return mask
 
     @property
-    def model_path(self) -> Path:
-        return self.path / MODEL_NAME
+    def model_sha256(self) -> str:
+        """What identifies the model in every payload: the only stage's sha256, or for several stages the
+        sha256 of their hashes in order (a shared backbone must not make two bundles look alike)."""
+        if len(self.stages) == 1:
+            return self.stages[0].sha256
+        return hashlib.sha256("\n".join(stage.sha256 for stage in self.stages).encode()).hexdigest()
 
-    @property
-    def float_model_path(self) -> Path:
-        return self.path / FLOAT_MODEL_NAME
+    def stage_paths(self, use_float: bool = False) -> list[Path]:
+        """The model files to run, in order."""
+        if use_float and any(stage.float_file is None for stage in self.stages):
+            raise BundleError(f"{self.path / MANIFEST_NAME}: the bundle has no float model for every stage")
+        return [self.path / (stage.float_file if use_float else stage.file) for stage in self.stages]
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -77,8 +114,8 @@ class Bundle:
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
             "name": self.name,
-            "model": {"file": MODEL_NAME, "sha256": self.model_sha256, "quantization": self.quantization},
-            "float_model": {"file": FLOAT_MODEL_NAME, "sha256": self.float_model_sha256},
+            "kind": self.kind,
+            "stages": [stage.to_dict() for stage in self.stages],
             "input": {"shape": list(self.input_shape)},
             "preprocess": self.preprocess.to_dict(),
             "scoring": self.scoring.to_dict(),
@@ -110,12 +147,34 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
         raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(
             f"{manifest_path}: format_version {data.get('format_version')!r} is not supported "
-            f"(this lineguard reads version {FORMAT_VERSION})"
+            f"(this lineguard reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
-    return data
+    return upgrade_manifest(data) if data["format_version"] == 1 else data
+
+
+def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:
+    """A format 1 manifest as format 2: its one model becomes the only stage, its kind follows the residual."""
+    upgraded = {key: value for key, value in data.items() if key not in ("model", "float_model")}
+    scoring = dict(data.get("scoring") or {})
+    is_map = scoring.get("residual") == FORMAT1_MAP_RESIDUAL
+    if is_map:
+        scoring["residual"] = None
+    model, float_model = data.get("model") or {}, data.get("float_model") or {}
+    upgraded.update(
+        format_version=FORMAT_VERSION,
+        kind="segmenter" if is_map else "autoencoder",
+        stages=[{
+            "file": model.get("file", MODEL_NAME), "sha256": model.get("sha256"),
+            "quantization": model.get("quantization", "int8"),
+            "float_file": float_model.get("file", FLOAT_MODEL_NAME) if float_model.get("sha256") else None,
+            "float_sha256": float_model.get("sha256"),
+        }],
+        scoring=scoring,
+    )
+    return upgraded
 
 
 def _verify_hash(path: Path, expected: str | None, manifest_path: Path) -> None:
@@ -129,28 +188,35 @@ def _verify_hash(path: Path, expected: str | None, manifest_path: Path) -> None:
         )
 
 
+def _bundle_from(root: Path, data: dict[str, Any]) -> Bundle:
+    ignore = data.get("ignore") or {}
+    stages = [Stage.from_dict(stage) for stage in data["stages"]]
+    if not stages:
+        raise ValueError("stages is empty")
+    return Bundle(
+        path=root,
+        name=str(data["name"]),
+        kind=str(data["kind"]),
+        stages=stages,
+        preprocess=PreprocessSpec.from_dict(data["preprocess"]),
+        scoring=ScoringSpec.from_dict(data["scoring"]),
+        calibration=Calibration.from_dict(data["calibration"]),
+        metrics=data.get("metrics", {}),
+        provenance=data.get("provenance", {}),
+        architecture=data.get("architecture", {}),
+        quality=QualityLimits.from_dict(data.get("quality")),
+        ignore_polygons=[[tuple(p) for p in poly] for poly in ignore.get("polygons", [])],
+        has_ignore_mask=bool(ignore.get("mask_file")),
+    )
+
+
 def load_bundle(path: str | Path, verify_float: bool = False) -> Bundle:
     """Read and verify a bundle folder. Raises BundleError with one line naming the file."""
     root = Path(path)
     manifest_path = root / MANIFEST_NAME
     data = _read_manifest(manifest_path)
     try:
-        bundle = Bundle(
-            path=root,
-            name=str(data["name"]),
-            preprocess=PreprocessSpec.from_dict(data["preprocess"]),
-            scoring=ScoringSpec.from_dict(data["scoring"]),
-            calibration=Calibration.from_dict(data["calibration"]),
-            model_sha256=str(data["model"]["sha256"]),
-            quantization=str(data["model"].get("quantization", "int8")),
-            float_model_sha256=(data.get("float_model") or {}).get("sha256"),
-            metrics=data.get("metrics", {}),
-            provenance=data.get("provenance", {}),
-            architecture=data.get("architecture", {}),
-            quality=QualityLimits.from_dict(data.get("quality")),
-            ignore_polygons=[[tuple(p) for p in poly] for poly in (data.get("ignore") or {}).get("polygons", [])],
-            has_ignore_mask=bool((data.get("ignore") or {}).get("mask_file")),
-        )
+        bundle = _bundle_from(root, data)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{manifest_path}: invalid manifest: {exc.__class__.__name__}: {exc}") from None
     declared = tuple(data.get("input", {}).get("shape", ()))
@@ -158,38 +224,22 @@ def load_bundle(path: str | Path, verify_float: bool = False) -> Bundle:
         raise BundleError(
             f"{manifest_path}: input.shape {list(declared)} does not match preprocess {list(bundle.input_shape)}"
         )
-    _verify_hash(bundle.model_path, bundle.model_sha256, manifest_path)
-    if verify_float and bundle.float_model_sha256:
-        _verify_hash(bundle.float_model_path, bundle.float_model_sha256, manifest_path)
+    for stage in bundle.stages:
+        _verify_hash(root / stage.file, stage.sha256, manifest_path)
+        if verify_float and stage.float_file:
+            _verify_hash(root / stage.float_file, stage.float_sha256, manifest_path)
     return bundle
 
 
-def check_model_shapes(bundle: Bundle, input_shape: tuple[int, ...], output_shape: tuple[int, ...], model_path: Path) -> None:
-    """The model must take and return exactly the shape the manifest promises.
-
-    An autoencoder returns an image like its input; a model that outputs its anomaly map returns one channel.
-    """
+def check_model_shapes(bundle: Bundle, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
+                       expected_output: tuple[int, ...], model_path: Path) -> None:
+    """The models must take and return exactly the shapes the manifest and its kind promise."""
     expected = bundle.input_shape
-    expected_output = (*expected[:3], 1) if bundle.scoring.residual == "map" else expected
-    if tuple(input_shape) != expected or tuple(output_shape) != expected_output:
+    if tuple(input_shape) != expected or tuple(output_shape) != tuple(expected_output):
         raise BundleError(
             f"{model_path}: model takes {list(input_shape)} and returns {list(output_shape)}, "
             f"but {MANIFEST_NAME} promises {list(expected)} and {list(expected_output)}"
         )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary name beside the target, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2, sort_keys=False)
-            out.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def staging_dir(final: Path) -> Path:
@@ -272,7 +322,8 @@ def publish_dir(staged: Path, final: Path) -> None:
 
 def save_manifest(bundle: Bundle) -> None:
     """Hash the model files in the bundle folder and write model.json atomically."""
-    bundle.model_sha256 = sha256_of(bundle.model_path)
-    if bundle.float_model_path.is_file():
-        bundle.float_model_sha256 = sha256_of(bundle.float_model_path)
+    for stage in bundle.stages:
+        stage.sha256 = sha256_of(bundle.path / stage.file)
+        if stage.float_file is not None:
+            stage.float_sha256 = sha256_of(bundle.path / stage.float_file)
     write_json_atomic(bundle.path / MANIFEST_NAME, bundle.to_manifest())

@@ -1,4 +1,4 @@
-"""One frame's path through the model: preprocess -> reconstruct -> residual map -> score -> verdict.
+"""One frame's path: preprocess -> the bundle's model kind (anomaly map) -> score -> verdict.
 
 `lineguard score`, `lineguard evaluate`, the trainer's calibration and the daemon all call Inspector.inspect,
 so every figure they report comes from the same code.
@@ -9,14 +9,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import cv2
 import numpy as np
 
 from edge.core import scoring
-from edge.core.bundle import Bundle, BundleError, check_model_shapes, load_bundle
+from edge.core.bundle import Bundle, BundleError, load_bundle
+from edge.core.pipelines import open_pipeline
 from edge.core.preprocess import ImageError, PreprocessSpec, crop, read_image, scale, to_pixels
 from edge.core.quality import problem
-from edge.core.runtime import Reconstructor
+
+logger = logging.getLogger(__name__)
 
 Polygon = list[tuple[float, float]]
 
@@ -30,9 +34,9 @@ class Inspection:
     threshold: float
     verdict: str
     regions: list[dict[str, Any]] = field(default_factory=list)
-    heat: np.ndarray | None = None  # HxW residual map in model pixels
+    heat: np.ndarray | None = None  # HxW anomaly map in model pixels
     model_input: np.ndarray | None = None  # HxWxC float in [0, 1]
-    reconstruction: np.ndarray | None = None
+    reconstruction: np.ndarray | None = None  # for kinds that reconstruct their input
     reason: str | None = None  # why a frame is unscorable
 
 
@@ -52,9 +56,9 @@ class Inspector:
         quality_gate: bool = True,
     ) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify_float=use_float_model)
-        model_path = self.bundle.float_model_path if use_float_model else self.bundle.model_path
-        self.model = Reconstructor(model_path, threads=threads)
-        check_model_shapes(self.bundle, self.model.input_shape, self.model.output_shape, model_path)
+        self.pipeline = open_pipeline(self.bundle, threads=threads, use_float_model=use_float_model)
+        logger.info("bundle %s: %s, %d stage(s)%s", self.bundle.name, self.bundle.kind,
+                    len(self.bundle.stages), " (float)" if use_float_model else "")
         self.spec: PreprocessSpec = self.bundle.preprocess
         self.frame_roi = roi  # the device's crop, applied before the bundle's own preprocessing
         self.calibration = self.bundle.calibration
@@ -112,8 +116,8 @@ class Inspector:
         frame = crop(frame, self.frame_roi)
         pixels = to_pixels(frame, self.spec, bgr=bgr)
         x = scale(pixels)
-        reconstruction = self.model.reconstruct(x, pixels=pixels)
-        heat = scoring.residual_map(x, reconstruction, self.bundle.scoring)
+        output = self.pipeline(x, pixels)
+        heat = scoring.smooth(output.heat, self.bundle.scoring)
         ignore = self._ignore_pixels(frame_shape)
         if ignore is not None:
             heat[ignore] = 0.0
@@ -136,7 +140,7 @@ class Inspector:
             regions=regions,
             heat=heat,
             model_input=x if keep_images else None,
-            reconstruction=reconstruction if keep_images else None,
+            reconstruction=output.reconstruction if keep_images else None,
             reason=reason,
         )
 

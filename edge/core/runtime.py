@@ -1,4 +1,7 @@
-"""The model runtime: LiteRT, else tflite-runtime. The only module that imports them; never TensorFlow."""
+"""The model runtime: LiteRT, else tflite-runtime (never TensorFlow). The only module that imports them.
+
+TFLiteStage runs one model file; StageChain runs a bundle's stages in order.
+"""
 from __future__ import annotations
 
 import importlib
@@ -9,7 +12,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-# Tried in order; the device needs only the first. The trainer gets LiteRT through its extra too.
+# Tried in order; the device needs only the first, which the trainer's install includes too.
 RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
 
 
@@ -31,8 +34,8 @@ def interpreter_class() -> tuple[type, str]:
     raise RuntimeMissing("no TFLite runtime found: pip install 'lineguard[edge]' (ai-edge-litert)")
 
 
-class Reconstructor:
-    """A TFLite autoencoder: float image in [0, 1] in, dequantized reconstruction out."""
+class TFLiteStage:
+    """One TFLite model with one input and one output: float array in, dequantized float array out."""
 
     def __init__(self, model_path: str | Path, threads: int = 1) -> None:
         interpreter_type, self.runtime = interpreter_class()
@@ -58,7 +61,7 @@ class Reconstructor:
         self.input_scale, self.input_zero = input_detail["quantization"]
         self.output_scale, self.output_zero = output_detail["quantization"]
         self._output_scale_f32 = np.float32(self.output_scale)
-        self._image_shape = self.output_shape[1:]
+        self._unbatched_output_shape = self.output_shape[1:]
         # uint8 pixels feed a uint8 model directly when its input quantization is exactly 1/255, 0.
         self.takes_raw_uint8 = (
             self.input_dtype == np.uint8 and self.input_zero == 0 and abs(self.input_scale * 255 - 1) < 1e-6
@@ -86,8 +89,8 @@ class Reconstructor:
         np.multiply(out, self._output_scale_f32, out=out)
         return out
 
-    def reconstruct(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
-        """HxWxC float input in [0, 1] -> HxWxC float reconstruction.
+    def run(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        """One unbatched float input -> the unbatched, dequantized float output.
 
         `pixels`, the same image as uint8, skips quantization when the model can take it as is.
         """
@@ -98,4 +101,34 @@ class Reconstructor:
         self.interpreter.set_tensor(self.input_index, tensor.reshape(self.input_shape))
         self.interpreter.invoke()
         output = self.interpreter.get_tensor(self.output_index)
-        return self._dequantize(output).reshape(self._image_shape)
+        return self._dequantize(output).reshape(self._unbatched_output_shape)
+
+
+class StageChain:
+    """TFLite stages run in order, each one's output the next one's input (e.g. a backbone, then a head)."""
+
+    def __init__(self, model_paths: list[Path], threads: int = 1) -> None:
+        if not model_paths:
+            raise ModelLoadError("no model files to run")
+        self.stages = [TFLiteStage(path, threads=threads) for path in model_paths]
+        for before, after in zip(self.stages, self.stages[1:]):
+            if before.output_shape != after.input_shape:
+                raise ModelLoadError(
+                    f"{after.path}: takes {list(after.input_shape)}, but {before.path.name} before it returns "
+                    f"{list(before.output_shape)}"
+                )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.stages[0].input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.stages[-1].output_shape
+
+    def run(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        """Float model input (and its uint8 pixels, for the first stage's fast path) -> the last stage's output."""
+        for stage in self.stages:
+            x = stage.run(x, pixels)
+            pixels = None
+        return x

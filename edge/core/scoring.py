@@ -1,4 +1,7 @@
-"""Residual maps, image scores, calibration maths and regions: one implementation for trainer and device."""
+"""Residual maps, image scores, verdicts, calibration maths and regions: one implementation for trainer and device.
+
+The model kinds in edge.core.pipelines make the anomaly map; from there on every kind is scored the same way.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -7,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-RESIDUALS = ("l1", "l2", "ssim", "msgms", "map")  # "map": the model outputs the anomaly map itself
+RESIDUALS = ("l1", "l2", "ssim", "msgms")  # how a reconstruction becomes a map; kinds that output a map have none
 REDUCERS = ("sum", "mean", "max", "topk")
 SSIM_SIGMA = 1.5  # Gaussian window of Wang et al. 2004, as in Bergmann et al. 2018
 SSIM_C1 = 0.01**2
@@ -18,15 +21,15 @@ GMS_SCALES = 4
 
 @dataclass(frozen=True)
 class ScoringSpec:
-    """How a reconstruction becomes a residual map and an image score."""
+    """How an anomaly map is made (for reconstructing kinds), smoothed and reduced to an image score."""
 
-    residual: str = "l1"  # the study's |input - reconstruction|
+    residual: str | None = "l1"  # the study's |input - reconstruction|; None for kinds that output the map
     reducer: str = "sum"  # the study's image score
-    smoothing_sigma: float = 0.0  # Gaussian blur of the residual map, in model pixels; 0 = off
+    smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in model pixels; 0 = off
     topk_fraction: float = 0.01  # share of pixels averaged by the "topk" reducer
 
     def __post_init__(self) -> None:
-        if self.residual not in RESIDUALS:
+        if self.residual is not None and self.residual not in RESIDUALS:
             raise ValueError(f"scoring.residual must be one of {RESIDUALS}, got {self.residual!r}")
         if self.reducer not in REDUCERS:
             raise ValueError(f"scoring.reducer must be one of {REDUCERS}, got {self.reducer!r}")
@@ -51,7 +54,7 @@ class Calibration:
     method: str = "best_f1"  # or "good_quantile"
     score_min: float = 0.0  # normalization range: score_norm = clip((s - threshold) / (max - min) + 0.5)
     score_max: float = 1.0
-    pixel_threshold: float = 1.0  # residual value that counts as anomalous in a heatmap
+    pixel_threshold: float = 1.0  # anomaly-map value that counts as an anomalous pixel
     stats: dict[str, float] = field(default_factory=dict)  # good/anomalous score statistics, for people
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,10 +110,8 @@ def msgms_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def residual_map(x: np.ndarray, reconstruction: np.ndarray, spec: ScoringSpec) -> np.ndarray:
-    """HxWxC input and model output in [0, 1] -> HxW float32 residual map (higher = more anomalous)."""
-    if spec.residual == "map":
-        residual = reconstruction
-    elif spec.residual == "msgms":
+    """HxWxC input and its reconstruction in [0, 1] -> HxW float32 residual map (higher = more anomalous)."""
+    if spec.residual == "msgms":
         residual = msgms_map(x, reconstruction)[..., None]
     elif spec.residual == "l1":
         residual = np.subtract(x, reconstruction)
@@ -118,16 +119,27 @@ def residual_map(x: np.ndarray, reconstruction: np.ndarray, spec: ScoringSpec) -
     elif spec.residual == "l2":
         residual = np.subtract(x, reconstruction)
         np.square(residual, out=residual)
-    else:
+    elif spec.residual == "ssim":
         residual = 1.0 - ssim_map(x, reconstruction)
-    heat = _channel_mean(residual).astype(np.float32, copy=False)
+    else:
+        raise ValueError(f"scoring.residual {spec.residual!r} does not make a map from a reconstruction")
+    return channel_mean(residual)
+
+
+def channel_mean(image: np.ndarray) -> np.ndarray:
+    """HxWxC -> HxW float32, the mean over channels (a view for one channel)."""
+    return _channel_mean(image).astype(np.float32, copy=False)
+
+
+def smooth(heat: np.ndarray, spec: ScoringSpec) -> np.ndarray:
+    """The optional Gaussian blur of an anomaly map, whatever kind made it."""
     if spec.smoothing_sigma > 0:
-        heat = cv2.GaussianBlur(heat, (0, 0), spec.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
+        return cv2.GaussianBlur(heat, (0, 0), spec.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
     return heat
 
 
 def image_score(heat: np.ndarray, spec: ScoringSpec, ignore: np.ndarray | None = None) -> float:
-    """Reduce a residual map to one score; `ignore` is a boolean mask of pixels left out."""
+    """Reduce an anomaly map to one score; `ignore` is a boolean mask of pixels left out."""
     values = heat[~ignore] if ignore is not None else heat.ravel()
     if values.size == 0:
         return 0.0
@@ -147,9 +159,14 @@ def normalize_score(score: float, calibration: Calibration) -> float:
     return float(min(1.0, max(0.0, (score - calibration.threshold) / span + 0.5)))
 
 
+def fails(scores: np.ndarray | float, threshold: float) -> np.ndarray | bool:
+    """A part fails when its score reaches the threshold: the one place that says so, for one score or many."""
+    return np.greater_equal(scores, threshold)
+
+
 def verdict(score: float, threshold: float) -> str:
-    """A part fails when its score reaches the threshold."""
-    return "fail" if score >= threshold else "pass"
+    """"fail" or "pass" for one score."""
+    return "fail" if fails(score, threshold) else "pass"
 
 
 def anomalous_regions(

@@ -1,15 +1,26 @@
-"""Autoencoders: the study's dense model and the SSIM-autoencoder layout of Bergmann et al. 2018."""
+"""Autoencoders: the study's dense model and the SSIM-autoencoder layout of Bergmann et al. 2018.
+
+On the device they run as the "autoencoder" pipeline: the anomaly map is the residual from the reconstruction.
+"""
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
+from trainer import AUGMENTATIONS
+from trainer.models.common import adam, export_single_stage, fit_steps
+
+logger = logging.getLogger(__name__)
+
 LOSSES = ("mse", "l1", "ssim")
 LEAKY_SLOPE = 0.2  # Bergmann et al. use leaky ReLU with slope 0.2
 OUTPUT_MEAN_CLIP = (1e-3, 1 - 1e-3)
+SHIFT_MAX_FRACTION = 0.05  # of the image side: the "shift" augmentation's largest move
+BRIGHTNESS_MAX_DELTA = 0.05
 
 
 def output_bias(mean_intensity: float) -> keras.initializers.Initializer:
@@ -95,24 +106,49 @@ def build_model(kind: str, shape: tuple[int, int, int], width: int, latent: int,
     return conv_autoencoder(shape, width=width, latent=latent, mean_intensity=mean_intensity)
 
 
-def _conv_bn(x: tf.Tensor, filters: int) -> tf.Tensor:
-    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
-    x = keras.layers.BatchNormalization()(x)
-    return keras.layers.ReLU()(x)
+def augment_fn(names: list[str], shape: tuple[int, int, int]):
+    """Augmentations that suit parts: flips, small shifts, small brightness changes."""
+    unknown = set(names) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentation {sorted(unknown)}; choose from {AUGMENTATIONS}")
+    height, width, _ = shape
+    pad_h, pad_w = max(1, int(height * SHIFT_MAX_FRACTION)), max(1, int(width * SHIFT_MAX_FRACTION))
+
+    def apply(x):
+        if "flip" in names:
+            x = tf.image.random_flip_left_right(x)
+            x = tf.image.random_flip_up_down(x)
+        if "shift" in names:
+            padded = tf.pad(x, [[pad_h, pad_h], [pad_w, pad_w], [0, 0]], mode="REFLECT")
+            x = tf.image.random_crop(padded, shape)
+        if "brightness" in names:
+            x = tf.clip_by_value(tf.image.random_brightness(x, BRIGHTNESS_MAX_DELTA), 0.0, 1.0)
+        return x
+
+    return apply
 
 
-def unet_segmenter(shape: tuple[int, int, int], width: int = 16, depth: int = 4) -> keras.Model:
-    """A small U-Net that maps an image to a per-pixel defect probability (trained on synthetic defects)."""
-    inputs = keras.Input(shape=shape)
-    x, skips = inputs, []
-    for level in range(depth):
-        x = _conv_bn(_conv_bn(x, width * 2**level), width * 2**level)
-        skips.append(x)
-        x = keras.layers.MaxPooling2D(2)(x)
-    x = _conv_bn(_conv_bn(x, width * 2**depth), width * 2**depth)
-    for level in reversed(range(depth)):
-        x = keras.layers.UpSampling2D(2, interpolation="bilinear")(x)
-        x = keras.layers.Concatenate()([x, skips[level]])
-        x = _conv_bn(_conv_bn(x, width * 2**level), width * 2**level)
-    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", bias_initializer=keras.initializers.Constant(-4.0))(x)
-    return keras.Model(inputs, outputs, name="unet_segmenter")
+def dataset(x: np.ndarray, batch_size: int, augment: list[str], seed: int) -> tf.data.Dataset:
+    data = tf.data.Dataset.from_tensor_slices(x).shuffle(len(x), seed=seed, reshuffle_each_iteration=True).repeat()
+    if augment:
+        data = data.map(augment_fn(augment, x.shape[1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).map(lambda b: (b, b)).prefetch(tf.data.AUTOTUNE)
+
+
+def fit(options, x_train: np.ndarray) -> keras.Model:
+    """Build and train the autoencoder the options name; returns the trained Keras model."""
+    keras.utils.set_random_seed(options.seed)
+    model = build_model(options.model, x_train.shape[1:], options.width, options.latent, float(x_train.mean()))
+    model.compile(optimizer=adam(options), loss=loss_function(options.loss))
+    data = dataset(x_train, options.batch_size, options.augment, options.seed)
+    logger.info("%s: %d parameters, %d steps of %d images", model.name, model.count_params(), options.steps, options.batch_size)
+    fit_steps(model, data, options.steps)
+    return model
+
+
+export = export_single_stage
+
+
+def architecture(options, model: keras.Model) -> dict:
+    return {"kind": options.model, "width": options.width, "latent": options.latent, "loss": options.loss,
+            "parameters": int(model.count_params())}

@@ -1,0 +1,40 @@
+"""Template for a new model kind: copy this file, rename the class and its kind, and register it.
+
+A model kind turns the preprocessed model input into an anomaly map (HxW float32, higher = more anomalous).
+Everything before (decoding, colour, ROI, resize, quality gate) and after (smoothing, ignore mask, image score,
+verdict, regions) is shared and not the kind's business. To add one:
+
+1. Here, in edge/core/pipelines/<kind>.py: subclass Pipeline, set `kind`, give the output shape the last
+   stage must return, and make the map in `__call__`. `self.chain` runs the bundle's TFLite stages in order
+   (a fused file is preferred; a backbone and a head as two stages work too). Maths outside TFLite is
+   vectorised numpy, never TensorFlow: the device has none.
+2. Register the class in edge/core/pipelines/__init__.py (PIPELINES).
+3. On the trainer's side, add trainer/models/<kind>.py (see trainer/models/_template.py): it builds, fits and
+   exports the stages, and names this kind in the bundle it writes.
+
+This example is deliberately not registered. It reads a feature map from the last stage (1 x h x w x C) and
+scores each position by its feature vector's length, upsampled to the model input: the shape of a
+feature-distance head.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge.core.pipelines.base import Pipeline, PipelineOutput
+
+FEATURE_CHANNELS = 16  # what the example's last stage returns per position
+
+
+class FeatureNormPipeline(Pipeline):
+    kind = "feature-norm-example"
+
+    def output_shape(self) -> tuple[int, ...]:
+        _, height, width, _ = self.bundle.input_shape
+        return (1, height // 8, width // 8, FEATURE_CHANNELS)  # e.g. a stride-8 backbone layer
+
+    def __call__(self, x: np.ndarray, pixels: np.ndarray) -> PipelineOutput:
+        features = self.chain.run(x, pixels)
+        distance = np.sqrt(np.square(features).sum(axis=-1, dtype=np.float32))
+        _, height, width, _ = self.bundle.input_shape
+        return PipelineOutput(cv2.resize(distance, (width, height), interpolation=cv2.INTER_LINEAR))

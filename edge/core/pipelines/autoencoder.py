@@ -1,0 +1,25 @@
+"""Autoencoders (the study's dense model, the convolutional one): the map is the input's residual from
+its reconstruction."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge.core.bundle import MANIFEST_NAME, BundleError
+from edge.core.pipelines.base import Pipeline, PipelineOutput
+from edge.core.scoring import residual_map
+
+
+class AutoencoderPipeline(Pipeline):
+    kind = "autoencoder"
+
+    def __init__(self, bundle, threads: int = 1, use_float_model: bool = False) -> None:
+        if bundle.scoring.residual is None:
+            raise BundleError(f"{bundle.path / MANIFEST_NAME}: an autoencoder needs scoring.residual")
+        super().__init__(bundle, threads, use_float_model)
+
+    def output_shape(self) -> tuple[int, ...]:
+        return self.bundle.input_shape  # an image like its input
+
+    def __call__(self, x: np.ndarray, pixels: np.ndarray) -> PipelineOutput:
+        reconstruction = self.chain.run(x, pixels)
+        return PipelineOutput(residual_map(x, reconstruction, self.bundle.scoring), reconstruction)
