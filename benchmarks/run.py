@@ -49,11 +49,8 @@ def load_latest() -> dict:
 
 
 def save(results: dict) -> None:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    for path, text in ((LATEST_JSON, json.dumps(results, indent=2) + "\n"), (LATEST_MD, markdown(results))):
-        temp = path.with_name(path.name + ".tmp")
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
+    write_json_atomic(LATEST_JSON, results)
+    write_bytes_atomic(LATEST_MD, markdown(results).encode("utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:

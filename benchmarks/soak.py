@@ -110,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(SOAK_JSON), help="result file (default benchmarks/results/soak.json)")
     args = parser.parse_args(argv)
     result = soak(args.minutes, args.fps, args.model)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    temp = f"{args.out}.tmp"
-    with open(temp, "w", encoding="utf-8") as out:
-        json.dump(result, out, indent=2)
-    os.replace(temp, args.out)
+    write_json_atomic(Path(args.out), result)
     summary = {k: result[k] for k in ("model", "fps_achieved", "verdicts", "delivered", "latency_ms_after_warmup",
                                       "rss", "rss_growth_ok")}
     print(json.dumps(summary, indent=2))

@@ -122,6 +122,7 @@ def _image_paths(paths: list[Path]) -> list[Path]:
 
 def cmd_score(args) -> int:
     from edge.core.inspector import Inspector
+    from edge.publish.messages import score_line
 
     inspector = Inspector(args.model, threads=args.threads, use_float_model=args.use_float)
     status = EX_OK
@@ -132,11 +133,7 @@ def cmd_score(args) -> int:
             print(f"lineguard score: {exc}", file=sys.stderr)
             status = EX_DATAERR
             continue
-        line = {"image": str(path), "score": result.score, "score_norm": round(result.score_norm, 6),
-                "threshold": result.threshold, "verdict": result.verdict, "regions": result.regions}
-        if result.reason:
-            line["reason"] = result.reason
-        print(json.dumps(line), flush=True)
+        print(json.dumps(score_line(str(path), result)), flush=True)
     return status
 
 

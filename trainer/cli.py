@@ -17,7 +17,9 @@ from pathlib import Path
 
 from edge.argtypes import FRACTION, POSITIVE_INT, number, polygons, roi, size
 from edge.exitcodes import EX_CONFIG, EX_OK
+from edge.core.scoring import REDUCERS, RESIDUALS
 from trainer import AUGMENTATIONS
+from trainer.models import MODELS
 
 TRAIN_EXTRA_HINT = "pip install 'lineguard[train]'"
 # Top-level modules that only the train extra installs; missing one means the extra is missing.
@@ -78,7 +80,7 @@ def add_train(sub) -> argparse.ArgumentParser:
                         "any other non-empty folder is refused")
     p.add_argument("--force", action="store_true", help="replace --out even if it is not a lineguard bundle")
     p.add_argument("--name", help="bundle name (default: the --out folder name)")
-    p.add_argument("--model", choices=("auto", "dense", "conv", "segmenter"), default="auto",
+    p.add_argument("--model", choices=("auto", *MODELS), default="auto",
                    help="dense: the study's autoencoder; conv: the SSIM-autoencoder layout of Bergmann et al.; "
                         "segmenter: a U-Net trained on synthetic defects pasted onto the good images, whose output "
                         "is the anomaly map. auto: dense for gray images up to 32x32, else segmenter")
@@ -92,9 +94,9 @@ def add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("mse", "l1", "ssim"), default="mse",
                    help="autoencoders' training loss (default mse, the study's); the segmenter always learns its "
                         "synthetic defect masks with focal + dice loss")
-    p.add_argument("--residual", choices=("l1", "l2", "ssim", "msgms"),
+    p.add_argument("--residual", choices=RESIDUALS,
                    help="autoencoders' residual map (default l1, the study's); msgms: multi-scale gradient-magnitude similarity")
-    p.add_argument("--reducer", choices=("sum", "mean", "max", "topk"),
+    p.add_argument("--reducer", choices=REDUCERS,
                    help="image score from the map (default: sum, the study's, for autoencoders; max for the segmenter)")
     p.add_argument("--smoothing", dest="smoothing_sigma", type=number(float, 0.0), default=0.0, metavar="SIGMA",
                    help="Gaussian blur of the residual map, pixels (default 0)")

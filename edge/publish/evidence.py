@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.core.files import write_bytes_atomic
+
 logger = logging.getLogger(__name__)
 
 JPEG_QUALITY = 90
@@ -71,14 +73,7 @@ class EvidenceStore:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise OSError(f"could not encode {path.name}")
-        temp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(temp, "wb") as handle:
-                handle.write(encoded.tobytes())
-            os.replace(temp, path)
-        except OSError:
-            temp.unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, encoded.tobytes())
         self._files.append((path, len(encoded)))
         self._total += len(encoded)
 
