@@ -299,7 +299,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    from edge.config.schema import ConfigError, load_config
+    from edge.config.errors import ConfigError
+    from edge.config.load import load_config
     from edge.daemon import preflight
 
     if not args.verbose:

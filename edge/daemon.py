@@ -30,15 +30,20 @@ import cv2
 import numpy as np
 
 from edge.core.bundle import BundleError
-from edge.capture.sources import CaptureError, FrameSource, SourceSettings, open_source
+from edge.capture.base import CaptureError, FrameSource
+from edge.capture.registry import open_source, preflight_source
 from edge.commands import Command, CommandRefused, TriggerCommand, parse_command, request_id_of
-from edge.config.schema import Config, ConfigError, load_config, resolve_mqtt_password
+from edge.config.errors import ConfigError
+from edge.config.load import load_config
+from edge.config.schema import Config
+from edge.config.secrets import resolve_mqtt_password
 from edge.publish.evidence import EvidenceStore
 from edge.core.inspector import Inspection, Inspector
-from edge.publish.mqtt import BrokerSettings, MqttLink, OutboxSender
+from edge.publish.mqtt import MqttLink
+from edge.publish.sender import OutboxSender
 from edge.notify import SystemdNotifier
 from edge.publish.outbox import Outbox, OutboxError
-from edge.core.preprocess import ImageError, read_image
+from edge.core.preprocess import ImageError, read_image, to_uint8
 from edge.core.runtime import ModelLoadError
 from edge.core.scoring import heat_colors
 
@@ -117,17 +122,13 @@ def preflight(cfg: Config) -> list[str]:
         problems.append(f"model: {exc}")
     if cfg.mqtt.enabled:
         try:
-            MqttLink(broker_settings(cfg), "check").check_files()
+            MqttLink(cfg.mqtt, "check", client_id=cfg.mqtt_client_id,
+                     password=resolve_mqtt_password(cfg.mqtt)).check_files()
         except ConfigError as exc:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    path = cfg.source.path
-    if cfg.source.kind == "folder" and not path.is_dir():
-        problems.append(f"source.path: image folder not found: {path}")
-    elif cfg.source.kind == "video" and not path.is_file():
-        problems.append(f"source.path: video file not found: {path}")
-    return problems
+    return problems + preflight_source(cfg.source)
 
 
 def one_line(text: str) -> str:
@@ -158,25 +159,6 @@ def flat_settings(data: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
-
-
-def source_settings(cfg: Config, grayscale: bool) -> SourceSettings:
-    s = cfg.source
-    return SourceSettings(
-        kind=s.kind, path=s.path, url=s.url, index=s.index, fps=s.fps, loop=s.loop, width=s.width, height=s.height,
-        grayscale=grayscale, reconnect_initial_s=s.reconnect_initial_s, reconnect_max_s=s.reconnect_max_s,
-        read_timeout_s=s.read_timeout_s,
-    )
-
-
-def broker_settings(cfg: Config) -> BrokerSettings:
-    m = cfg.mqtt
-    return BrokerSettings(
-        host=m.host, port=m.port, client_id=m.client_id or f"lineguard-{cfg.device_id}", username=m.username,
-        password=resolve_mqtt_password(m), keepalive_s=m.keepalive_s, max_inflight=m.max_inflight,
-        reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, tls_enabled=m.tls.enabled,
-        tls_ca_file=m.tls.ca_file, tls_cert_file=m.tls.cert_file, tls_key_file=m.tls.key_file,
-    )
 
 
 class EvidenceWriter:
@@ -260,11 +242,12 @@ class Daemon:
         self.debounce = AlertDebounce(self.cfg.alerts.debounce_n, self.cfg.alerts.debounce_m)
         self.source_grayscale = self.inspector.spec.color == "gray"
         try:
-            self.source = open_source(source_settings(self.cfg, self.source_grayscale), self._on_source_state)
+            self.source = open_source(self.cfg.source, self.source_grayscale, self._on_source_state)
         except CaptureError as exc:
             raise StartupError(str(exc)) from None
         if self.cfg.mqtt.enabled:
-            self.link = MqttLink(broker_settings(self.cfg), self.base_topic, self._on_command, self._on_connection)
+            self.link = MqttLink(self.cfg.mqtt, self.base_topic, self._on_command, self._on_connection,
+                                 client_id=self.cfg.mqtt_client_id, password=resolve_mqtt_password(self.cfg.mqtt))
             self.sender = OutboxSender(self.link, self.outbox, window=self.cfg.mqtt.max_inflight)
             try:
                 self.link.start()  # a bad certificate or key file fails here, before any connection
@@ -423,7 +406,7 @@ class Daemon:
         """A password changed in its file, which the config's own keys do not show."""
         if self.link is None or not loaded.mqtt.enabled:
             return []
-        return ["mqtt.password"] if resolve_mqtt_password(loaded.mqtt) != self.link.settings.password else []
+        return ["mqtt.password"] if resolve_mqtt_password(loaded.mqtt) != self.link.password else []
 
     def _check_source_fits(self, inspector: Inspector) -> None:
         if self.source_grayscale and inspector.spec.color != "gray":
@@ -538,7 +521,8 @@ class Daemon:
         save = wanted[self.cfg.storage.evidence]
         if not (publish or save):
             return
-        overlay = self._overlay(frame.image, result)
+        image = to_uint8(frame.image)  # 16-bit frames are shown and saved as 8-bit
+        overlay = self._overlay(image, result)
         if publish:
             ok, jpeg = cv2.imencode(".jpg", overlay)
             if ok:
@@ -547,7 +531,7 @@ class Daemon:
             if getattr(self, "evidence_writer", None) is None:
                 self.evidence_writer = EvidenceWriter()
             self.evidence_writer.submit(self.evidence, f"{seq:09d}-{Path(frame.name).stem}",
-                                        {"": frame.image, "-heat": overlay})
+                                        {"": image, "-heat": overlay})
 
     def _overlay(self, image: np.ndarray, result: Inspection) -> np.ndarray:
         """Frame and heatmap blended, colours anchored to the pixel threshold."""
