@@ -393,6 +393,11 @@ def test_password_never_in_repr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 # ---------------------------------------------------------------- schema
 
 
+def test_client_id_defaults_to_the_device_id():
+    assert parse_config(MINIMAL + "device_id: cell-7\n").mqtt_client_id == "lineguard-cell-7"
+    assert parse_config(MINIMAL + "mqtt:\n  client_id: plc-gw\n").mqtt_client_id == "plc-gw"
+
+
 def test_json_schema_is_serialisable_and_described():
     schema = json.loads(json.dumps(json_schema()))
     assert schema["type"] == "object"
