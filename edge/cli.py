@@ -138,7 +138,8 @@ def cmd_score(args) -> int:
 
 
 def cmd_check_config(args) -> int:
-    from edge.config.schema import ConfigError, load_config
+    from edge.config.errors import ConfigError
+    from edge.config.load import load_config
     from edge.startup import preflight
 
     if not args.verbose:

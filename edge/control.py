@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.commands import Command, CommandRefused, parse_command, request_id_of
-from edge.config.schema import Config, ConfigError, load_config, resolve_mqtt_password
+from edge.config.errors import ConfigError
+from edge.config.load import load_config
+from edge.config.schema import Config
+from edge.config.secrets import resolve_mqtt_password
 from edge.core.inspector import Inspector
 from edge.startup import StartupError, build_inspector
 from edge.text import one_line

@@ -15,17 +15,19 @@ import time
 from pathlib import Path
 
 from edge.commands import TriggerCommand
-from edge.config.schema import Config, ConfigError, load_config
+from edge.config.errors import ConfigError
+from edge.config.load import load_config
+from edge.config.schema import Config
 from edge.control import CommandQueue, prepare_reload, reload_outcome, reload_refusal
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from edge.notify import SystemdNotifier
 from edge.publish.evidence import EvidenceStore
-from edge.publish.mqtt import MqttLink, OutboxSender
+from edge.publish.sender import OutboxSender
 from edge.publish.outputs import build_sinks
 from edge.publish.recorder import VerdictRecorder
 from edge.publish.reporter import Reporter
 from edge.publish.sinks import FanOut, VerdictSink
-from edge.startup import StartupError, broker_settings, build_inspector, open_frames, open_outbox, start_link
+from edge.startup import StartupError, broker_link, build_inspector, open_frames, open_outbox, start_link
 from edge.station import Station
 from edge.status import StationStatus
 
@@ -61,7 +63,7 @@ class Daemon:
         self.source_grayscale = inspector.spec.color == "gray"
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:
-            self.link = MqttLink(broker_settings(cfg), base_topic, self.commands.on_command, self._on_connection)
+            self.link = broker_link(cfg, base_topic, self.commands.on_command, self._on_connection)
         fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence, self.extra_sinks))
         if self.link is not None:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
@@ -151,7 +153,7 @@ class Daemon:
         """Re-read config and model; keep the running ones unless both are valid. Runs between two frames."""
         self.reload_requested.clear()
         self.notifier.reloading()
-        password = self.link.settings.password if self.link is not None else False
+        password = self.link.password if self.link is not None else False
         try:
             cfg, inspector, restart_required = prepare_reload(self.config_path, self.cfg, password,
                                                               self.source_grayscale)

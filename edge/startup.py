@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import logging
 
-from edge.capture.sources import CaptureError, FrameSource, SourceSettings, open_source
-from edge.config.schema import Config, ConfigError, resolve_mqtt_password
+from edge.capture.base import CaptureError, FrameSource
+from edge.capture.registry import open_source, preflight_source
+from edge.config.errors import ConfigError
+from edge.config.schema import Config
+from edge.config.secrets import resolve_mqtt_password
 from edge.core.bundle import BundleError
 from edge.core.inspector import Inspector
 from edge.core.preprocess import ImageError, read_image
 from edge.core.runtime import ModelLoadError
-from edge.publish.mqtt import BrokerSettings, MqttLink
+from edge.publish.mqtt import MqttLink
 from edge.publish.outbox import Outbox, OutboxError
 from edge.text import one_line
 
@@ -48,7 +51,7 @@ def open_outbox(cfg: Config) -> Outbox:
 
 def open_frames(cfg: Config, grayscale: bool, on_state) -> FrameSource:
     try:
-        return open_source(source_settings(cfg, grayscale), on_state)
+        return open_source(cfg.source, grayscale, on_state)
     except CaptureError as exc:
         raise StartupError(str(exc)) from None
 
@@ -69,33 +72,15 @@ def preflight(cfg: Config) -> list[str]:
         problems.append(f"model: {exc}")
     if cfg.mqtt.enabled:
         try:
-            MqttLink(broker_settings(cfg), "check").check_files()
+            broker_link(cfg, "check").check_files()
         except ConfigError as exc:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    path = cfg.source.path
-    if cfg.source.kind == "folder" and not path.is_dir():
-        problems.append(f"source.path: image folder not found: {path}")
-    elif cfg.source.kind == "video" and not path.is_file():
-        problems.append(f"source.path: video file not found: {path}")
-    return problems
+    return problems + preflight_source(cfg.source)
 
 
-def source_settings(cfg: Config, grayscale: bool) -> SourceSettings:
-    s = cfg.source
-    return SourceSettings(
-        kind=s.kind, path=s.path, url=s.url, index=s.index, fps=s.fps, loop=s.loop, width=s.width, height=s.height,
-        grayscale=grayscale, reconnect_initial_s=s.reconnect_initial_s, reconnect_max_s=s.reconnect_max_s,
-        read_timeout_s=s.read_timeout_s,
-    )
-
-
-def broker_settings(cfg: Config) -> BrokerSettings:
-    m = cfg.mqtt
-    return BrokerSettings(
-        host=m.host, port=m.port, client_id=m.client_id or f"lineguard-{cfg.device_id}", username=m.username,
-        password=resolve_mqtt_password(m), keepalive_s=m.keepalive_s, max_inflight=m.max_inflight,
-        reconnect_min_s=m.reconnect_min_s, reconnect_max_s=m.reconnect_max_s, tls_enabled=m.tls.enabled,
-        tls_ca_file=m.tls.ca_file, tls_cert_file=m.tls.cert_file, tls_key_file=m.tls.key_file,
-    )
+def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:
+    """The MQTT link the config describes (not yet connected)."""
+    return MqttLink(cfg.mqtt, base_topic, on_command, on_connection, client_id=cfg.mqtt_client_id,
+                    password=resolve_mqtt_password(cfg.mqtt))

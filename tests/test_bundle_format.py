@@ -15,7 +15,7 @@ from edge.core.pipelines import _template
 from edge.core.preprocess import PreprocessSpec, read_image
 from edge.core.runtime import ModelLoadError, StageChain
 from edge.core.scoring import Calibration, ScoringSpec
-from tests.helpers import FIXTURES, MNIST_BUNDLE, ROOT, SAMPLES
+from tests.support.helpers import FIXTURES, MNIST_BUNDLE, ROOT, SAMPLES
 
 FORMAT1 = FIXTURES / "format1"
 PARTS = FIXTURES / "parts" / "test"

@@ -12,19 +12,17 @@ import cv2
 import numpy as np
 import pytest
 
+from pydantic import ValidationError
+
+from edge.capture import template
+from edge.capture.base import CaptureError, Frame, FrameSource, redact_url
+from edge.capture.folder import FolderSource
+from edge.capture.live import LiveSource, gstreamer_available
+from edge.capture.registry import SOURCE_KINDS, open_source, preflight_source
+from edge.config.schema import SourceConfig
+from edge.core.preprocess import read_image
 from tests.support import helpers
 from tests.support.mjpeg import MjpegServer
-from edge.capture.sources import (
-    CaptureError,
-    FolderSource,
-    Frame,
-    FrameSource,
-    LiveSource,
-    SourceSettings,
-    gstreamer_available,
-    open_source,
-    redact_url,
-)
 
 FRAME_HEIGHT = 48
 FRAME_WIDTH = 64
@@ -106,10 +104,10 @@ def mjpeg_server():
     server.stop()
 
 
-def stream_settings(url: str, **overrides) -> SourceSettings:
+def stream_config(url: str, **overrides) -> SourceConfig:
     values = dict(kind="stream", url=url, reconnect_initial_s=0.1, reconnect_max_s=0.4, read_timeout_s=1.0)
     values.update(overrides)
-    return SourceSettings(**values)
+    return SourceConfig(**values)
 
 
 @pytest.fixture()
@@ -117,8 +115,8 @@ def open_sources():
     """Opens sources and always closes them, so no grabber outlives its test."""
     opened: list[FrameSource] = []
 
-    def opener(settings: SourceSettings, on_state=None) -> FrameSource:
-        source = open_source(settings, on_state)
+    def opener(config: SourceConfig, on_state=None, grayscale: bool = False) -> FrameSource:
+        source = open_source(config, grayscale, on_state)
         opened.append(source)
         return source
 
@@ -131,7 +129,7 @@ def open_sources():
 
 
 def test_folder_delivers_every_image_sorted_by_name_and_skips_unreadable(image_folder: Path):
-    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0))
+    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0))
     frames = [source.read(timeout_s=1.0) for _ in range(4)]
 
     assert [f.name for f in frames[:3]] == ["0001_one.png", "0002_five.jpg", "0003_nine.png"]
@@ -148,7 +146,7 @@ def test_folder_delivers_every_image_sorted_by_name_and_skips_unreadable(image_f
 
 
 def test_folder_loop_restarts_and_counts_unreadable_each_pass(image_folder: Path):
-    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0, loop=True))
+    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0, loop=True))
     names = [source.read(timeout_s=1.0).name for _ in range(7)]
 
     assert names == ["0001_one.png", "0002_five.jpg", "0003_nine.png"] * 2 + ["0001_one.png"]
@@ -158,7 +156,7 @@ def test_folder_loop_restarts_and_counts_unreadable_each_pass(image_folder: Path
 
 def test_folder_loop_of_only_unreadable_files_ends_instead_of_spinning(tmp_path: Path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    source = open_source(SourceSettings(kind="folder", path=tmp_path, fps=0, loop=True))
+    source = open_source(SourceConfig(kind="folder", path=tmp_path, fps=0, loop=True))
 
     assert source.read(timeout_s=1.0) is None
     assert source.exhausted
@@ -166,7 +164,7 @@ def test_folder_loop_of_only_unreadable_files_ends_instead_of_spinning(tmp_path:
 
 
 def test_folder_grayscale_reads_single_channel(image_folder: Path):
-    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0, grayscale=True))
+    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0), grayscale=True)
     frame = source.read(timeout_s=1.0)
 
     assert frame.image.shape == (FRAME_HEIGHT, FRAME_WIDTH)
@@ -175,7 +173,7 @@ def test_folder_grayscale_reads_single_channel(image_folder: Path):
 
 def test_folder_paces_on_a_monotonic_schedule(image_folder: Path):
     fps = 5.0
-    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=fps, loop=True))
+    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=fps, loop=True))
     first = source.read(timeout_s=1.0)
     # The next slot is 200 ms away: a shorter wait gets nothing, and that is not an error.
     assert source.read(timeout_s=0.001) is None
@@ -189,7 +187,7 @@ def test_folder_paces_on_a_monotonic_schedule(image_folder: Path):
 def test_folder_pacing_absorbs_work_time_instead_of_adding_it(image_folder: Path):
     fps = 5.0
     work_s = 0.15
-    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=fps, loop=True))
+    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=fps, loop=True))
     work = threading.Event()
     arrivals_s = []
     for _ in range(6):
@@ -203,7 +201,7 @@ def test_folder_pacing_absorbs_work_time_instead_of_adding_it(image_folder: Path
 
 def test_folder_reports_end_through_on_state(image_folder: Path):
     log = StateLog()
-    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0), on_state=log)
+    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0), on_state=log)
     while source.read(timeout_s=1.0) is not None:
         pass
 
@@ -213,17 +211,17 @@ def test_folder_reports_end_through_on_state(image_folder: Path):
 def test_folder_missing_raises_capture_error_and_empty_ends_at_once(tmp_path: Path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(CaptureError, match=str(missing)):
-        open_source(SourceSettings(kind="folder", path=missing))
+        open_source(SourceConfig(kind="folder", path=missing))
 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
-    source = open_source(SourceSettings(kind="folder", path=empty, fps=0))
+    source = open_source(SourceConfig(kind="folder", path=empty, fps=0))
     assert source.read(0.1) is None and source.exhausted  # an empty replay ends at once
 
 
 def test_folder_close_interrupts_a_paced_wait(image_folder: Path):
-    source = open_source(SourceSettings(kind="folder", path=image_folder, fps=0.2))
+    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0.2))
     assert source.read(timeout_s=1.0) is not None
     threading.Timer(0.1, source.close).start()
 
@@ -236,7 +234,7 @@ def test_folder_close_interrupts_a_paced_wait(image_folder: Path):
 
 
 def test_video_delivers_every_frame_in_order(video_file: Path):
-    source = open_source(SourceSettings(kind="video", path=video_file, fps=0))
+    source = open_source(SourceConfig(kind="video", path=video_file, fps=0))
     frames = []
     while (frame := source.read(timeout_s=1.0)) is not None:
         frames.append(frame)
@@ -250,7 +248,7 @@ def test_video_delivers_every_frame_in_order(video_file: Path):
 
 
 def test_video_loop_starts_again_from_the_first_frame(video_file: Path):
-    source = open_source(SourceSettings(kind="video", path=video_file, fps=0, loop=True, grayscale=True))
+    source = open_source(SourceConfig(kind="video", path=video_file, fps=0, loop=True), grayscale=True)
     frames = [source.read(timeout_s=1.0) for _ in range(VIDEO_FRAME_COUNT + 3)]
     source.close()
 
@@ -262,7 +260,7 @@ def test_video_loop_starts_again_from_the_first_frame(video_file: Path):
 
 
 def test_video_loop_ends_quietly_when_the_file_disappears(video_file: Path):
-    source = open_source(SourceSettings(kind="video", path=video_file, fps=0, loop=True))
+    source = open_source(SourceConfig(kind="video", path=video_file, fps=0, loop=True))
     for _ in range(VIDEO_FRAME_COUNT):
         assert source.read(timeout_s=1.0) is not None
     video_file.unlink()
@@ -275,21 +273,21 @@ def test_video_loop_ends_quietly_when_the_file_disappears(video_file: Path):
 def test_video_missing_file_raises_capture_error_naming_the_path(tmp_path: Path):
     missing = tmp_path / "gone.avi"
     with pytest.raises(CaptureError, match=str(missing)):
-        open_source(SourceSettings(kind="video", path=missing))
+        open_source(SourceConfig(kind="video", path=missing))
 
 
 def test_video_that_cannot_be_decoded_raises_capture_error(tmp_path: Path):
     not_video = tmp_path / "fake.avi"
     not_video.write_bytes(b"definitely not a video container")
     with pytest.raises(CaptureError, match=str(not_video)):
-        open_source(SourceSettings(kind="video", path=not_video))
+        open_source(SourceConfig(kind="video", path=not_video))
 
 
 # ---------------------------------------------------------------- live stream over HTTP
 
 
 def test_stream_delivers_live_frames(mjpeg_server: MjpegServer, open_sources):
-    source = open_sources(stream_settings(mjpeg_server.url))
+    source = open_sources(stream_config(mjpeg_server.url))
     frames = [read_frame(source) for _ in range(3)]
 
     assert all(f is not None for f in frames)
@@ -302,7 +300,7 @@ def test_stream_delivers_live_frames(mjpeg_server: MjpegServer, open_sources):
 
 
 def test_stream_latest_frame_wins_and_counts_drops(mjpeg_server: MjpegServer, open_sources):
-    source = open_sources(stream_settings(mjpeg_server.url, grayscale=True))
+    source = open_sources(stream_config(mjpeg_server.url), grayscale=True)
     first = read_frame(source)
     threading.Event().wait(0.3)  # a slow inspection step
     second = read_frame(source)
@@ -316,7 +314,7 @@ def test_stream_latest_frame_wins_and_counts_drops(mjpeg_server: MjpegServer, op
 
 def test_stream_reconnects_when_the_server_goes_away_and_comes_back(mjpeg_server: MjpegServer, open_sources):
     log = StateLog()
-    source = open_sources(stream_settings(mjpeg_server.url), on_state=log)
+    source = open_sources(stream_config(mjpeg_server.url), on_state=log)
     assert read_frame(source) is not None
 
     mjpeg_server.stop()
@@ -336,7 +334,7 @@ def test_stream_reconnects_when_the_server_goes_away_and_comes_back(mjpeg_server
 
 def test_stream_stall_without_data_is_detected_and_recovered(mjpeg_server: MjpegServer, open_sources):
     log = StateLog()
-    source = open_sources(stream_settings(mjpeg_server.url, read_timeout_s=0.5), on_state=log)
+    source = open_sources(stream_config(mjpeg_server.url, read_timeout_s=0.5), on_state=log)
     assert read_frame(source) is not None
 
     mjpeg_server.paused.set()  # connection stays open, no bytes flow
@@ -357,7 +355,7 @@ def test_stream_of_a_served_video_file_treats_its_end_as_a_failure(video_file: P
     try:
         log = StateLog()
         url = f"http://127.0.0.1:{server.server_address[1]}/{video_file.name}"
-        source = open_sources(stream_settings(url), on_state=log)
+        source = open_sources(stream_config(url), on_state=log)
         assert read_frame(source) is not None
         assert wait_until(lambda: source.stats()["reconnects"] >= 1)
 
@@ -376,7 +374,7 @@ class SilentFileHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def test_stream_close_stops_the_grabber_promptly(mjpeg_server: MjpegServer, open_sources):
-    source = open_sources(stream_settings(mjpeg_server.url))
+    source = open_sources(stream_config(mjpeg_server.url))
     assert read_frame(source) is not None
 
     started_s = time.monotonic()
@@ -388,7 +386,7 @@ def test_stream_close_stops_the_grabber_promptly(mjpeg_server: MjpegServer, open
 
 def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer, open_sources):
     log = StateLog()
-    source = open_sources(stream_settings(mjpeg_server.url, reconnect_initial_s=30.0), on_state=log)
+    source = open_sources(stream_config(mjpeg_server.url, reconnect_initial_s=30.0, reconnect_max_s=30.0), on_state=log)
     assert read_frame(source) is not None
     mjpeg_server.stop()
     assert wait_until(lambda: "reconnecting" in log.states)
@@ -401,7 +399,7 @@ def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer, open_sourc
 
 def test_close_during_a_stalled_read_is_bounded_by_read_timeout(mjpeg_server: MjpegServer, open_sources):
     read_timeout_s = 0.5
-    source = open_sources(stream_settings(mjpeg_server.url, read_timeout_s=read_timeout_s))
+    source = open_sources(stream_config(mjpeg_server.url, read_timeout_s=read_timeout_s))
     assert read_frame(source) is not None
     mjpeg_server.paused.set()
     threading.Event().wait(0.1)  # let the grabber block inside the read
@@ -428,8 +426,8 @@ def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path):
             all_opened.set()
         return cv2.VideoCapture(str(video_file)) if step == "play" else cv2.VideoCapture()
 
-    settings = SourceSettings(kind="stream", url="scripted", reconnect_initial_s=0.4, reconnect_max_s=1.2)
-    source = LiveSource(settings, scripted_opener)
+    config = SourceConfig(kind="stream", url="rtsp://scripted.invalid/", reconnect_initial_s=0.4, reconnect_max_s=1.2)
+    source = LiveSource(config, scripted_opener)
     try:
         assert all_opened.wait(4 * WAIT_LIMIT_S)  # the gaps add up to 4.8 s
     finally:
@@ -445,8 +443,8 @@ def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path):
 
 def test_missing_camera_keeps_reconnecting_without_raising(open_sources):
     log = StateLog()
-    settings = SourceSettings(kind="camera", index=63, reconnect_initial_s=0.05, reconnect_max_s=0.1)
-    source = open_sources(settings, on_state=log)
+    config = SourceConfig(kind="camera", index=63, reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    source = open_sources(config, on_state=log)
 
     assert source.read(timeout_s=0.3) is None
     assert wait_until(lambda: source.stats()["reconnects"] >= 2)
@@ -459,18 +457,20 @@ def test_missing_camera_keeps_reconnecting_without_raising(open_sources):
 def test_gstreamer_without_support_raises_a_clear_capture_error():
     pipeline = "videotestsrc ! videoconvert ! appsink"
     with pytest.raises(CaptureError) as caught:
-        open_source(SourceSettings(kind="gstreamer", url=pipeline))
+        open_source(SourceConfig(kind="gstreamer", url=pipeline))
 
     message = str(caught.value)
     assert "GStreamer" in message and "python3-opencv" in message and pipeline in message
     assert "\n" not in message
+    # check-config finds the same problem without opening anything
+    assert preflight_source(SourceConfig(kind="gstreamer", url=pipeline)) == [f"source.kind: {message}"]
 
 
-def test_configuration_that_can_never_work_raises_capture_error():
-    with pytest.raises(CaptureError, match="kind"):
-        open_source(SourceSettings(kind="webcam"))
-    with pytest.raises(CaptureError, match="url"):
-        open_source(SourceSettings(kind="stream"))
+def test_configuration_that_can_never_work_is_refused():
+    with pytest.raises(ValidationError, match="kind"):
+        SourceConfig(kind="webcam")
+    with pytest.raises(ValidationError, match="url"):
+        SourceConfig(kind="stream")
 
 
 def test_redact_url_hides_passwords():
@@ -479,4 +479,48 @@ def test_redact_url_hides_passwords():
 
 
 def test_sources_satisfy_the_frame_source_protocol(image_folder: Path):
-    assert isinstance(FolderSource(SourceSettings(kind="folder", path=image_folder)), FrameSource)
+    assert isinstance(FolderSource(SourceConfig(kind="folder", path=image_folder)), FrameSource)
+
+
+# ---------------------------------------------------------------- registry, preflight, template, depth
+
+
+def test_config_accepts_exactly_the_registered_kinds():
+    schema = SourceConfig.model_json_schema()
+    assert schema["properties"]["kind"]["enum"] == list(SOURCE_KINDS)
+
+
+def test_preflight_finds_a_missing_folder_or_video_as_opening_would(tmp_path: Path, image_folder: Path):
+    assert preflight_source(SourceConfig(kind="folder", path=image_folder)) == []
+    assert preflight_source(SourceConfig(kind="camera", index=63)) == []  # a camera may come later
+    missing = tmp_path / "gone"
+    for kind, what in (("folder", "image folder"), ("video", "video file")):
+        assert preflight_source(SourceConfig(kind=kind, path=missing)) == [f"source.path: {what} not found: {missing}"]
+        with pytest.raises(CaptureError, match=f"{what} not found: {missing}"):
+            open_source(SourceConfig(kind=kind, path=missing))
+
+
+def test_template_source_delivers_its_image_once_or_in_a_loop(image_folder: Path):
+    image = image_folder / "0001_one.png"
+    once = template.open_still(SourceConfig(kind="video", path=image, fps=0), True, None)
+    frame = once.read(timeout_s=1.0)
+    assert frame.name == "0001_one.png" and frame.image.shape == (FRAME_HEIGHT, FRAME_WIDTH)
+    assert once.read(timeout_s=1.0) is None and once.exhausted
+    looped = template.open_still(SourceConfig(kind="video", path=image, fps=0, loop=True), False, None)
+    assert [looped.read(timeout_s=1.0).index for _ in range(3)] == [0, 1, 2]
+    assert isinstance(looped, FrameSource)
+    assert template.still_problems(SourceConfig(kind="video", path=image_folder / "none.png")) == [
+        ("path", f"image file not found: {image_folder / 'none.png'}")]
+
+
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_folder_keeps_16_bit_depth_as_score_reads_it(tmp_path: Path, grayscale: bool):
+    shape = (FRAME_HEIGHT, FRAME_WIDTH) if grayscale else (FRAME_HEIGHT, FRAME_WIDTH, 3)
+    deep = np.random.default_rng(7).integers(0, 65536, shape, dtype=np.uint16)
+    assert cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    frame = open_source(SourceConfig(kind="folder", path=tmp_path, fps=0), grayscale).read(timeout_s=1.0)
+
+    assert frame.image.dtype == np.uint16
+    expected = read_image(tmp_path / "deep.png", "gray" if grayscale else "bgr")
+    assert np.array_equal(frame.image, expected)
+    assert np.array_equal(expected, deep)

@@ -1,4 +1,4 @@
-"""Tests for edge.config.schema: schema, error reporting, paths and secrets."""
+"""Tests for edge.config: schema, error reporting, paths and secrets."""
 
 from __future__ import annotations
 
@@ -15,15 +15,11 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
-from edge.config.schema import (
-    Config,
-    ConfigError,
-    MqttConfig,
-    json_schema,
-    load_config,
-    parse_config,
-    resolve_mqtt_password,
-)
+from edge.config.broker import MqttConfig
+from edge.config.errors import ConfigError
+from edge.config.load import load_config, parse_config
+from edge.config.schema import Config, json_schema
+from edge.config.secrets import resolve_mqtt_password
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.yaml"
@@ -395,6 +391,11 @@ def test_password_never_in_repr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 # ---------------------------------------------------------------- schema
+
+
+def test_client_id_defaults_to_the_device_id():
+    assert parse_config(MINIMAL + "device_id: cell-7\n").mqtt_client_id == "lineguard-cell-7"
+    assert parse_config(MINIMAL + "mqtt:\n  client_id: plc-gw\n").mqtt_client_id == "plc-gw"
 
 
 def test_json_schema_is_serialisable_and_described():

@@ -18,9 +18,12 @@ from hypothesis import strategies as st
 from edge.commands import (
     COMMANDS, MAX_PAYLOAD_BYTES, PART_ID_MAX_CHARS, Command, CommandRefused, parse_command, request_id_of,
 )
-from edge.config.schema import Config, ConfigError, load_config, parse_config
+from edge.config.errors import ConfigError
+from edge.config.load import load_config, parse_config
+from edge.config.schema import Config
+from edge.config.secrets import resolve_mqtt_password
 from edge.daemon import Daemon
-from edge.startup import broker_settings
+from edge.publish.mqtt import MqttLink
 from edge.notify import SystemdNotifier
 from tests.support.daemon_harness import sample_folder, write_config
 from tests.support.helpers import ROOT
@@ -110,7 +113,9 @@ def assert_usable(config: Config) -> None:
     if config.source.kind in ("stream", "gstreamer"):
         assert config.source.url
     try:
-        broker_settings(config)  # its own checks must agree with the config's
+        # The link takes the mqtt section as it is: whatever the config accepts, the link must take too.
+        MqttLink(config.mqtt, f"{config.mqtt.topic_prefix}/{config.device_id}", client_id=config.mqtt_client_id,
+                 password=resolve_mqtt_password(config.mqtt))
     except ConfigError as exc:
         assert "password file" in str(exc)
 

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.publish.mqtt import BrokerSettings, MqttLink, OutboxSender
+from pydantic import ValidationError
+
+from edge.config.broker import MqttConfig
+from edge.publish.mqtt import MqttLink
+from edge.publish.sender import OutboxSender
 from edge.publish.outbox import Outbox
 from tests.support.broker import MosquittoBroker, Received
 
@@ -28,16 +32,15 @@ START_RETURNS_WITHIN_S = 2.0  # generous: start() must not wait for the broker a
 COMMAND_WAIT_S = 0.2
 
 
-def settings_for(broker: MosquittoBroker, **overrides: object) -> BrokerSettings:
+def settings_for(broker: MosquittoBroker, **overrides: object) -> MqttConfig:
     values: dict = {
         "host": broker.host,
         "port": broker.port,
-        "client_id": "lineguard-test",
         "reconnect_min_s": 0.1,
         "reconnect_max_s": 0.5,
     }
     values.update(overrides)
-    return BrokerSettings(**values)
+    return MqttConfig(**values)
 
 
 @pytest.fixture
@@ -45,8 +48,9 @@ def make_link() -> Iterator[Callable[..., MqttLink]]:
     """Factory for started MqttLinks that are stopped at the end of the test."""
     links: list[MqttLink] = []
 
-    def factory(settings: BrokerSettings, base_topic: str = BASE_TOPIC, **kwargs: object) -> MqttLink:
-        link = MqttLink(settings, base_topic, **kwargs)
+    def factory(config: MqttConfig, base_topic: str = BASE_TOPIC, client_id: str = "lineguard-test",
+                **kwargs: object) -> MqttLink:
+        link = MqttLink(config, base_topic, client_id=client_id, **kwargs)
         links.append(link)
         link.start()
         return link
@@ -80,25 +84,26 @@ def has_status(status: bytes) -> Callable[[list[Received]], bool]:
 
 
 def test_settings_repr_hides_the_password() -> None:
-    settings = BrokerSettings(username="line", password="hunter2-secret")
-    assert "hunter2-secret" not in repr(settings)
-    assert "line" in repr(settings)
+    config = MqttConfig(username="line")
+    link = MqttLink(config, BASE_TOPIC, client_id="lineguard-test", password="hunter2-secret")
+    assert "hunter2-secret" not in repr(config) + repr(link)
+    assert "line" in repr(config)
 
 
 @pytest.mark.parametrize(
     "kwargs",
     [{"port": 0}, {"max_inflight": 0}, {"reconnect_min_s": 5.0, "reconnect_max_s": 1.0},
-     {"tls_cert_file": Path("client.crt")}],
+     {"tls": {"cert_file": Path("client.crt")}}],
 )
 def test_settings_reject_nonsense(kwargs: dict) -> None:
     with pytest.raises(ValueError):
-        BrokerSettings(**kwargs)
+        MqttConfig(**kwargs)
 
 
 @pytest.mark.parametrize("base_topic", ["", "lg/dev1/", "/lg/dev1", "lg/+/x", "lg/#"])
 def test_base_topic_must_be_a_plain_topic(base_topic: str) -> None:
     with pytest.raises(ValueError):
-        MqttLink(BrokerSettings(), base_topic)
+        MqttLink(MqttConfig(), base_topic, client_id="lineguard-test")
 
 
 # -- status -------------------------------------------------------------------
@@ -123,7 +128,7 @@ def test_status_is_retained_online_after_connect(broker, make_collector, make_li
 @pytest.mark.parametrize(("clean", "final_status"), [(True, b"stopped"), (False, b"offline")])
 def test_stop_leaves_a_retained_final_status(broker, make_collector, clean: bool, final_status: bytes) -> None:
     live = make_collector(broker, [STATUS_TOPIC])
-    link = MqttLink(settings_for(broker), BASE_TOPIC)
+    link = MqttLink(settings_for(broker), BASE_TOPIC, client_id="lineguard-test")
     link.start()
     assert live.wait_for(has_status(b"online"), WAIT_S)
     link.stop(clean=clean)
@@ -138,9 +143,10 @@ def test_stop_leaves_a_retained_final_status(broker, make_collector, clean: bool
 LINK_SCRIPT = textwrap.dedent(
     """
     import sys, threading
-    from edge.publish.mqtt import BrokerSettings, MqttLink
+    from edge.config.broker import MqttConfig
+    from edge.publish.mqtt import MqttLink
 
-    link = MqttLink(BrokerSettings(host="127.0.0.1", port=int(sys.argv[1]), client_id="lineguard-child"), "lg/dev1")
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=int(sys.argv[1])), "lg/dev1", client_id="lineguard-child")
     link.start()
     if not link.wait_connected(15):
         sys.exit("not connected")
@@ -233,7 +239,7 @@ def test_refused_connection_is_reported_and_the_password_never_logged(
 
     with caplog.at_level(logging.DEBUG):
         refused = make_link(
-            settings_for(secured, username="line", password="wrong-pass-123"),
+            settings_for(secured, username="line"), password="wrong-pass-123",
             on_connection_change=lambda up, why: changes.append((up, why)),
         )
         deadline = time.monotonic() + WAIT_S
@@ -242,17 +248,22 @@ def test_refused_connection_is_reported_and_the_password_never_logged(
         assert not refused.connected
         assert changes and changes[0][0] is False and "refused" in changes[0][1]
 
-        accepted = make_link(settings_for(secured, client_id="ok", username="line", password="right-pass"))
+        accepted = make_link(settings_for(secured, username="line"), client_id="ok", password="right-pass")
         assert accepted.wait_connected(WAIT_S)
     assert "wrong-pass-123" not in caplog.text
     assert "right-pass" not in caplog.text
 
 
 def test_tls_never_falls_back_to_plain_text(broker, make_link, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="no such file"):
+        MqttConfig(tls={"enabled": True, "ca_file": tmp_path / "missing-ca.pem"})
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("not a certificate\n")
     with pytest.raises(OSError):
-        MqttLink(BrokerSettings(tls_enabled=True, tls_ca_file=tmp_path / "missing-ca.pem"), BASE_TOPIC).start()
+        MqttLink(MqttConfig(tls={"enabled": True, "ca_file": not_a_certificate}), BASE_TOPIC,
+                 client_id="lineguard-test").start()
     # The broker only speaks plain MQTT: a TLS link must keep failing, not downgrade.
-    link = make_link(settings_for(broker, tls_enabled=True))
+    link = make_link(settings_for(broker, tls={"enabled": True}))
     assert not link.wait_connected(0.5)
 
 

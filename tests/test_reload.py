@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.core.bundle import MANIFEST_NAME, sha256_of
-from edge.config.schema import parse_config
+from edge.config.load import parse_config
 from edge.control import apply_live_settings
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
 from tests.support.helpers import MNIST_BUNDLE

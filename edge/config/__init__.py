@@ -1,1 +1,2 @@
-"""config.yaml: the typed schema, the YAML reader that gives line numbers, and secrets."""
+"""config.yaml: ``schema`` (the sections the daemon's parts take as they are; ``broker`` holds the mqtt one),
+``load`` (read and validate a file), ``yaml_reader`` (YAML with line numbers and error wording), ``secrets``."""

@@ -13,7 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-COLOR_MODES = ("gray", "rgb")
+COLOR_MODES = ("gray", "rgb")  # what a model takes
+DECODE_COLORS = (*COLOR_MODES, "bgr")  # what a file is decoded to; capture sources deliver BGR
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 
 
@@ -68,17 +69,38 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def read_image(path: str | Path, color: str) -> np.ndarray:
-    """Read an image file as gray (HxW) or RGB (HxWx3), keeping its dtype (uint8 or uint16)."""
+    """Decode an image file as gray (HxW), RGB or BGR (HxWx3), keeping its depth (uint8 or uint16).
+
+    The one decoder for image files: `lineguard score`, the trainer and the folder source all call it, so a
+    16-bit file gives the same model input everywhere. Raises ImageError naming the file.
+    """
+    if color not in DECODE_COLORS:
+        raise ValueError(f"color must be one of {DECODE_COLORS}, got {color!r}")
+    file = Path(path)
+    if not file.is_file():
+        raise ImageError(f"{path}: {'a folder, not an image file' if file.is_dir() else 'no such image file'}")
     flags = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
-    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
-    if data is None:
-        raise ImageError(f"{path}: {'a folder, not an image file' if Path(path).is_dir() else 'no such image file'}")
-    image = cv2.imdecode(data, flags) if data.size else None
+    try:
+        data = np.fromfile(file, dtype=np.uint8)
+        image = cv2.imdecode(data, flags) if data.size else None
+    except OSError as exc:  # removed or unreadable since the check above
+        raise ImageError(f"{path}: {exc.strerror or exc}") from None
+    except cv2.error:
+        image = None
     if image is None:
         raise ImageError(f"{path}: not a readable image")
     if color == "rgb":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """An 8-bit copy of a frame for display (overlays, JPEG evidence); 16-bit frames are scaled by dtype."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return cv2.convertScaleAbs(image, alpha=255 / 65535)
+    raise ImageError(f"unsupported pixel type {image.dtype}")
 
 
 def to_color(image: np.ndarray, color: str, bgr: bool = False) -> np.ndarray:

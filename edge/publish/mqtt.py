@@ -1,26 +1,25 @@
-"""The daemon's MQTT link (paho-mqtt 2.x) and the sender that drains the outbox.
+"""The daemon's MQTT link (paho-mqtt 2.x).
 
 :class:`MqttLink` owns the only broker connection: it keeps the retained
 ``<base>/status`` topic truthful (``online`` / ``stopped``, ``offline`` as the
 last will), receives commands under ``<base>/cmd/`` and reconnects with
-backoff on its own. :class:`OutboxSender` publishes the durable outbox through
-it at QoS 1 and deletes each row only once the broker has acknowledged it.
+backoff on its own. edge.publish.sender drains the durable outbox through it.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.publish.outbox import Outbox, OutboxError
+if TYPE_CHECKING:
+    from edge.config.broker import MqttConfig
 
 logger = logging.getLogger(__name__)
 _paho_logger = logging.getLogger(f"{__name__}.paho")
@@ -34,46 +33,9 @@ COMMAND_SUBTOPIC = "cmd"
 COMMAND_QOS = 1
 TOPIC_WILDCARDS = ("+", "#")
 
-SENDER_THREAD_NAME = "outbox-sender"
-SENDER_IDLE_RECHECK_S = 5.0
-SENDER_ERROR_BACKOFF_MIN_S = 1.0
-SENDER_ERROR_BACKOFF_MAX_S = 30.0
-SENDER_JOIN_TIMEOUT_S = 5.0
-
 ConnectionListener = Callable[[bool, str], None]
 # (session, mid, accepted): session is the MqttLink.session the ack arrived in.
 PublishListener = Callable[[int | None, int, bool], None]
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    """How to reach and authenticate with the MQTT broker. The password never appears in repr."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    client_id: str = "lineguard"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    keepalive_s: int = 30
-    max_inflight: int = 256
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
-    tls_enabled: bool = False
-    tls_ca_file: Path | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError(f"broker port must be 1-65535, got {self.port}")
-        if self.max_inflight < 1:
-            raise ValueError(f"max_inflight must be at least 1, got {self.max_inflight}")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError(
-                f"need 0 < reconnect_min_s <= reconnect_max_s, got {self.reconnect_min_s}, {self.reconnect_max_s}"
-            )
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file must be given together")
 
 
 class MqttLink:
@@ -86,17 +48,25 @@ class MqttLink:
     ignored so a stale command is never replayed on reconnect.
     ``on_connection_change(connected, reason)`` reports every connect, disconnect
     and refused connection attempt.
+
+    ``config`` is the mqtt section as validated; the password (resolved by
+    edge.config.secrets, never part of the config) is kept out of logs.
     """
 
     def __init__(
         self,
-        settings: BrokerSettings,
+        config: MqttConfig,
         base_topic: str,
         on_command: Callable[[str, bytes], None] | None = None,
         on_connection_change: Callable[[bool, str], None] | None = None,
+        *,
+        client_id: str,
+        password: str | None = None,
     ) -> None:
         _check_base_topic(base_topic)
-        self.settings = settings
+        self.config = config
+        self.client_id = client_id
+        self._password = password
         self.base_topic = base_topic
         self.status_topic = f"{base_topic}/{STATUS_SUBTOPIC}"
         self._command_prefix = f"{base_topic}/{COMMAND_SUBTOPIC}/"
@@ -123,18 +93,18 @@ class MqttLink:
             raise RuntimeError("MqttLink already started")
         client = self._make_client()
         self._stopping = False
-        settings = self.settings
+        config = self.config
         logger.info(
             "connecting to broker %s:%d as %r (tls %s, %s)",
-            settings.host, settings.port, settings.client_id,
-            "on" if settings.tls_enabled else "off",
-            f"user {settings.username!r}" if settings.username else "no user name",
+            config.host, config.port, self.client_id,
+            "on" if config.tls.enabled else "off",
+            f"user {config.username!r}" if config.username else "no user name",
         )
         # Set before the network thread starts: on_connect may fire at once and
         # publish_in_session needs the client.
         self._client = client
         try:
-            client.connect_async(settings.host, settings.port, keepalive=settings.keepalive_s)
+            client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
             client.loop_start()
         except Exception:
             self._client = None
@@ -162,6 +132,11 @@ class MqttLink:
         client.loop_stop()
         self._client = None
         self._mark_disconnected("stopped by the daemon")
+
+    @property
+    def password(self) -> str | None:
+        """The password this link authenticates with, to tell whether a reload changed it."""
+        return self._password
 
     @property
     def connected(self) -> bool:
@@ -236,10 +211,10 @@ class MqttLink:
     # -- paho plumbing --------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        settings = self.settings
+        config = self.config
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
+            client_id=self.client_id,
             clean_session=True,
             protocol=mqtt.MQTTv311,
         )
@@ -247,18 +222,19 @@ class MqttLink:
         client.suppress_exceptions = True
         client.on_log = self._on_log
         client.on_connect_fail = self._on_connect_fail
-        if settings.username is not None:
-            client.username_pw_set(settings.username, settings.password)
-        if settings.tls_enabled:
+        if config.username is not None:
+            client.username_pw_set(config.username, self._password)
+        tls = config.tls
+        if tls.enabled:
             client.tls_set(
-                ca_certs=_path_or_none(settings.tls_ca_file),
-                certfile=_path_or_none(settings.tls_cert_file),
-                keyfile=_path_or_none(settings.tls_key_file),
+                ca_certs=_path_or_none(tls.ca_file),
+                certfile=_path_or_none(tls.cert_file),
+                keyfile=_path_or_none(tls.key_file),
             )
-        elif settings.tls_ca_file or settings.tls_cert_file:
-            logger.warning("TLS files are configured but tls_enabled is false: connecting without TLS")
-        client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
-        client.max_inflight_messages_set(settings.max_inflight)
+        elif tls.ca_file or tls.cert_file:
+            logger.warning("TLS files are configured but mqtt.tls.enabled is false: connecting without TLS")
+        client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+        client.max_inflight_messages_set(config.max_inflight)
         client.will_set(self.status_topic, STATUS_OFFLINE, qos=STATUS_QOS, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -278,7 +254,7 @@ class MqttLink:
         if reason_code.is_failure:
             logger.error(
                 "broker %s:%d refused the connection: %s",
-                self.settings.host, self.settings.port, reason_code,
+                self.config.host, self.config.port, reason_code,
             )
             self._mark_disconnected(f"refused: {reason_code}", always_notify=True)
             self._first_attempt_done.set()
@@ -297,7 +273,7 @@ class MqttLink:
         self._unreachable_reported = False
         self._connected_event.set()
         self._first_attempt_done.set()
-        logger.info("connected to broker %s:%d", self.settings.host, self.settings.port)
+        logger.info("connected to broker %s:%d", self.config.host, self.config.port)
         self._notify_connection(True, str(reason_code))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
@@ -305,7 +281,7 @@ class MqttLink:
         log = logger.debug if self._unreachable_reported else logger.warning
         log(
             "cannot connect to broker %s:%d, retrying (backoff up to %.0f s)",
-            self.settings.host, self.settings.port, self.settings.reconnect_max_s,
+            self.config.host, self.config.port, self.config.reconnect_max_s,
         )
         self._unreachable_reported = True
         self._first_attempt_done.set()
@@ -410,176 +386,6 @@ class MqttLink:
             return
         if not info.is_published():
             logger.warning("broker did not acknowledge %r status within %.1f s", status, timeout_s)
-
-
-class OutboxSender:
-    """Thread that drains the Outbox through the MqttLink: publish QoS 1 in order, delete each row on PUBACK.
-
-    While connected it publishes rows after an in-memory cursor, keeping at
-    most ``window`` in flight, and deletes rows in batches as their PUBACKs
-    arrive. On every new connection it starts over from the oldest row still
-    stored, so unacknowledged messages are re-sent in order: a receiver may see
-    a duplicate, but never a gap or a reordering.
-    """
-
-    def __init__(self, link: MqttLink, outbox: Outbox, window: int = 256,
-                 on_delivered: Callable[[list[int]], None] | None = None) -> None:
-        if window < 1:
-            raise ValueError(f"window must be at least 1, got {window}")
-        self._link = link
-        self._outbox = outbox
-        self._window = window
-        self._wakeup = threading.Event()
-        self._stop_requested = threading.Event()
-        # Filled by the network thread, drained by the sender thread (deque ops are atomic).
-        self._acks: collections.deque[tuple[int | None, int, bool]] = collections.deque()
-        self._progress = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._session: int | None = None
-        self._cursor = 0
-        self._in_flight: dict[int, tuple[int, int]] = {}  # paho mid -> outbox row id, verdict seq
-        self._acked_unsaved: list[int] = []
-        self._acked_seqs: list[int] = []
-        self._on_delivered = on_delivered
-        self._delivered = 0
-        self.discarded = 0  # rows that could never be published (invalid topic/qos/size)
-
-    @property
-    def delivered(self) -> int:
-        """Messages acknowledged by the broker (PUBACK) and removed from the outbox so far."""
-        return self._delivered
-
-    def start(self) -> None:
-        """Start the sender thread."""
-        if self._thread is not None:
-            raise RuntimeError("OutboxSender already started")
-        self._stop_requested.clear()
-        self._session = None
-        self._cursor = 0
-        self._in_flight.clear()
-        self._acks.clear()
-        self._link.add_publish_listener(self._on_ack)
-        self._link.add_connection_listener(self._on_connection_change)
-        self._thread = threading.Thread(target=self._run, name=SENDER_THREAD_NAME, daemon=True)
-        self._thread.start()
-        self.wake()
-
-    def stop(self) -> None:
-        """Stop the thread; unacknowledged rows stay in the outbox for the next start."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._stop_requested.set()
-        self._wakeup.set()
-        thread.join(SENDER_JOIN_TIMEOUT_S)
-        if thread.is_alive():
-            logger.warning("outbox sender did not stop within %.1f s", SENDER_JOIN_TIMEOUT_S)
-        self._link.remove_publish_listener(self._on_ack)
-        self._link.remove_connection_listener(self._on_connection_change)
-        self._thread = None
-
-    def wake(self) -> None:
-        """Tell the sender new rows were put, so they go out without waiting."""
-        self._wakeup.set()
-
-    def wait_drained(self, timeout_s: float) -> bool:
-        """Block until the outbox is empty or ``timeout_s`` elapsed; return whether it is empty."""
-        with self._progress:
-            return self._progress.wait_for(lambda: self._outbox.depth() == 0, timeout_s)
-
-    # -- callbacks from the network thread ------------------------------------
-
-    def _on_ack(self, session: int | None, mid: int, accepted: bool) -> None:
-        self._acks.append((session, mid, accepted))
-        self._wakeup.set()
-
-    def _on_connection_change(self, connected: bool, reason: str) -> None:
-        self._wakeup.set()
-
-    # -- sender thread --------------------------------------------------------
-
-    def _run(self) -> None:
-        logger.info("outbox sender started, %d messages pending", self._outbox.depth())
-        backoff_s = SENDER_ERROR_BACKOFF_MIN_S
-        while not self._stop_requested.is_set():
-            self._wakeup.wait(SENDER_IDLE_RECHECK_S)
-            self._wakeup.clear()
-            if self._stop_requested.is_set():
-                break
-            try:
-                self._step()
-            except Exception as exc:
-                if isinstance(exc, OutboxError):
-                    logger.error("outbox sender: %s; retrying in %.0f s", exc, backoff_s)
-                else:
-                    logger.exception("outbox sender failed; retrying in %.0f s", backoff_s)
-                self._stop_requested.wait(backoff_s)
-                backoff_s = min(backoff_s * 2, SENDER_ERROR_BACKOFF_MAX_S)
-                self._wakeup.set()
-            else:
-                backoff_s = SENDER_ERROR_BACKOFF_MIN_S
-        logger.info("outbox sender stopped, %d messages pending", self._outbox.depth())
-
-    def _step(self) -> None:
-        self._settle_acks()
-        session = self._link.session
-        if session != self._session:
-            self._restart_from_oldest(session)
-        if session is not None:
-            self._fill_window(session)
-
-    def _settle_acks(self) -> None:
-        while self._acks:
-            session, mid, accepted = self._acks.popleft()
-            row = self._in_flight.pop(mid, None) if session == self._session else None
-            if row is None:
-                continue  # the link's own messages, or an earlier connection's
-            row_id, seq = row
-            if accepted:
-                self._acked_unsaved.append(row_id)
-                self._acked_seqs.append(seq)
-            else:
-                logger.warning("broker refused outbox message %d; it is re-sent after reconnecting", row_id)
-        if self._acked_unsaved:
-            # Under the lock, so a waiter never sees an empty outbox with an old count.
-            with self._progress:
-                removed = self._outbox.ack(self._acked_unsaved)
-                self._acked_unsaved = []
-                self._delivered += removed
-                self._progress.notify_all()
-            seqs, self._acked_seqs = sorted(set(self._acked_seqs)), []
-            if self._on_delivered is not None:
-                self._on_delivered(seqs)
-
-    def _restart_from_oldest(self, session: int | None) -> None:
-        if self._in_flight:
-            logger.info("connection changed: %d outbox messages unacknowledged, re-sending", len(self._in_flight))
-        self._session = session
-        self._cursor = 0
-        self._in_flight.clear()
-
-    def _fill_window(self, session: int) -> None:
-        free = self._window - len(self._in_flight)
-        if free <= 0:
-            return
-        for row in self._outbox.pending(after_id=self._cursor, limit=free):
-            try:
-                mid = self._link.publish_in_session(session, row.topic, row.payload, row.qos)
-            except ValueError as exc:
-                self._discard(row.id, row.seq, exc)
-                self._cursor = row.id
-                continue
-            if mid is None:
-                return  # connection lost: the next session starts from the oldest row
-            self._in_flight[mid] = (row.id, row.seq)
-            self._cursor = row.id
-
-    def _discard(self, row_id: int, seq: int, error: ValueError) -> None:
-        logger.error("outbox message %d (seq %d) can never be published (%s); discarding it", row_id, seq, error)
-        with self._progress:
-            self._outbox.ack([row_id])
-            self.discarded += 1
-            self._progress.notify_all()
 
 
 def _check_base_topic(base_topic: str) -> None:

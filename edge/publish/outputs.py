@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 
+from edge.core.preprocess import to_uint8
 from edge.publish import messages
 from edge.publish.evidence import EvidenceStore
 from edge.publish.sinks import VerdictEvent, VerdictSink
@@ -54,7 +55,7 @@ class EvidenceSink(VerdictSink):
 
     def on_verdict(self, event: VerdictEvent) -> None:
         stem = f"{event.seq:09d}-{Path(event.image_name).stem}"
-        self.store.save(stem, {"": event.image, "-heat": event.overlay()})
+        self.store.save(stem, {"": to_uint8(event.image), "-heat": event.overlay()})  # JPEG holds 8 bits
 
 
 def build_sinks(cfg_of: Callable, link, evidence: EvidenceStore, extra: list[VerdictSink]) -> list[VerdictSink]:

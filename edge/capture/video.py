@@ -1,0 +1,77 @@
+"""Kind ``video``: every frame of a video file in order; looping reopens the file."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from edge.capture.base import CaptureError, StateCallback
+from edge.capture.replay import ReplaySource
+
+if TYPE_CHECKING:
+    from edge.config.schema import SourceConfig
+
+logger = logging.getLogger(__name__)
+
+
+def video_problems(config: SourceConfig) -> list[tuple[str, str]]:
+    """Why this video file cannot be replayed, as (key, message) pairs."""
+    if not Path(config.path).is_file():
+        return [("path", f"video file not found: {config.path}")]
+    return []
+
+
+def open_video(config: SourceConfig, grayscale: bool, on_state: StateCallback | None) -> VideoSource:
+    return VideoSource(config, grayscale, on_state)
+
+
+class VideoSource(ReplaySource):
+    """Every frame of a video file in order, BGR as OpenCV decodes it; looping reopens the file."""
+
+    def __init__(self, config: SourceConfig, grayscale: bool = False, on_state: StateCallback | None = None) -> None:
+        super().__init__(config, grayscale, on_state)
+        self._path = Path(config.path)
+        self._capture = self._open()
+        self._frame_in_file = 0
+        logger.info("replaying video %s", self._path)
+
+    def _release(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+    def _open(self) -> cv2.VideoCapture:
+        capture = cv2.VideoCapture(str(self._path))
+        if not capture.isOpened():
+            capture.release()
+            raise CaptureError(f"cannot decode video file: {self._path}")
+        return capture
+
+    def _next_image(self) -> tuple[np.ndarray, str] | None:
+        if self._capture is None:
+            return None
+        ok, image = self._capture.read()
+        if not ok and self._config.loop and self._frame_in_file > 0:
+            ok, image = self._restart()
+        if not ok or image is None:
+            self._release()
+            return None
+        name = f"{self._path.name}#{self._frame_in_file}"
+        self._frame_in_file += 1
+        return image, name
+
+    def _restart(self) -> tuple[bool, np.ndarray | None]:
+        # Reopening is more reliable than seeking for many containers.
+        self._release()
+        self._frame_in_file = 0
+        try:
+            self._capture = self._open()
+        except CaptureError as exc:
+            # The file vanished or broke mid-replay: end the replay rather than fail the caller.
+            self._last_error = str(exc)
+            logger.warning("video replay stops: %s", exc)
+            return False, None
+        return self._capture.read()

@@ -1,0 +1,61 @@
+"""16-bit image files reach the daemon's folder source exactly as they reach `lineguard score`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tests.support.daemon_harness import BASE, DaemonProcess, results, unique_in_order, write_config
+from tests.support.helpers import MNIST_BUNDLE, SAMPLES, run_cli
+
+UINT8_TO_UINT16 = 257  # 255 * 257 = 65535: the same brightness at 16 bits
+LOW_BYTE_SEED = 16
+
+
+def score_cli(paths) -> dict[str, dict]:
+    out = run_cli("score", "--model", MNIST_BUNDLE, *paths)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    return {line["image"].rsplit("/", 1)[-1]: line for line in lines}
+
+
+def write_frames(tmp_path) -> tuple[Path, Path]:
+    """The sample frames as 16-bit PNGs whose low byte carries detail, and the same frames cut to 8 bits."""
+    deep_folder, shallow_folder = tmp_path / "frames16", tmp_path / "frames8"
+    deep_folder.mkdir()
+    shallow_folder.mkdir()
+    rng = np.random.default_rng(LOW_BYTE_SEED)
+    for path in sorted(SAMPLES.glob("*.png")):
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * UINT8_TO_UINT16
+        low_byte = rng.integers(0, 256, image.shape, dtype=np.uint16)
+        deep = np.where(image >= 256, image - low_byte, image + low_byte)  # stays within 0..65535
+        assert cv2.imwrite(str(deep_folder / path.name), deep)
+        assert cv2.imread(str(deep_folder / path.name), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+        assert cv2.imwrite(str(shallow_folder / path.name), (deep >> 8).astype(np.uint8))
+    return deep_folder, shallow_folder
+
+
+def test_daemon_scores_16_bit_frames_exactly_as_score_does(tmp_path, broker, make_collector):
+    frames, shallow = write_frames(tmp_path)
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(write_config(tmp_path, broker.port, frames))
+    assert daemon.wait(60) == 0, daemon.log()[-3000:]
+    files = sorted(frames.glob("*.png"))
+    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/result" for x in m) >= len(files), 10)
+    got = unique_in_order(results(collector))
+    assert [r["image"] for r in got] == [p.name for p in files]
+
+    expected = score_cli(files)
+    for r in got:
+        assert r["score"] == expected[r["image"]]["score"]
+        assert r["verdict"] == expected[r["image"]]["verdict"]
+    failed = [r for r in got if r["verdict"] == "fail"]
+    assert failed  # their heatmaps and evidence are drawn from the 16-bit frames too
+    assert len(collector.payloads(f"{BASE}/heatmap")) == len(failed)
+    assert len(list((tmp_path / "state" / "evidence").glob("*-heat.jpg"))) == len(failed)
+
+    # The low byte matters: read as 8-bit, the same frames would score differently.
+    truncated = score_cli(sorted(shallow.glob("*.png")))
+    assert any(truncated[name]["score"] != expected[name]["score"] for name in expected)
