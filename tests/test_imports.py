@@ -160,3 +160,19 @@ def test_a_real_process_runs_a_device_command_without_trainer_or_tensorflow():
     outcome = _modules_of_a_real_process(MODULES_AFTER_A_DEVICE_COMMAND)
     assert outcome["code"] == 0
     assert _off_device(outcome["modules"]) == []
+
+
+MAX_MODULE_LINES = 400
+MAX_DAEMON_LINES = 150
+
+
+def test_modules_stay_small_enough_to_read():
+    too_long = {str(path.relative_to(ROOT)): n for folder in ("edge", "trainer") for path in (ROOT / folder).rglob("*.py")
+                if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert too_long == {}
+
+
+def test_the_daemon_class_is_lifecycle_and_loop_only():
+    tree = ast.parse((ROOT / "edge" / "daemon.py").read_text(encoding="utf-8"))
+    [daemon] = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Daemon"]
+    assert daemon.end_lineno - daemon.lineno + 1 < MAX_DAEMON_LINES

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
+def write_bytes_atomic(path: Path, data: bytes, make_parents: bool = True) -> None:
     """Write to a unique temporary name beside the target, then rename over it.
 
     The temporary name is unique so two writers never share one; it is created with the process's usual
     permissions (not mkstemp's owner-only), so a service account can read what a deploy wrote.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(temp, "xb") as handle:

@@ -73,7 +73,7 @@ class EvidenceStore:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise OSError(f"could not encode {path.name}")
-        write_bytes_atomic(path, encoded.tobytes())
+        write_bytes_atomic(path, encoded.tobytes(), make_parents=False)  # a vanished folder is an error to report
         self._files.append((path, len(encoded)))
         self._total += len(encoded)
 
