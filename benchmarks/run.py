@@ -17,6 +17,7 @@ import sys
 import time
 
 from benchmarks.common import RESULTS_DIR, log, machine
+from edge.core.files import write_bytes_atomic, write_json_atomic
 from benchmarks.report import markdown
 
 LATEST_JSON = RESULTS_DIR / "latest.json"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import (
     RESULTS_DIR, local_broker, log, machine, median, percentile, rounded, run_daemon, scratch_dir, write_config,
 )
+from edge.core.files import write_json_atomic
 from benchmarks.workloads import MNIST_BUNDLE, conv_bundle, fail_threshold, mnist_frames, part_frames
 
 SOAK_JSON = RESULTS_DIR / "soak.json"

@@ -82,7 +82,9 @@ def fail_threshold(bundle: Path, frames: Path) -> float:
     as often as on a line with a real problem. The few-step benchmark models are not calibrated for that."""
     cache_path = MODELS_DIR / THRESHOLDS_FILE
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    key = f"{bundle.name}:{json.loads((bundle / 'model.json').read_text())['stages'][0]['sha256'][:16]}"
+    from edge.core.bundle import load_bundle
+
+    key = f"{bundle.name}:{load_bundle(bundle).model_sha256[:16]}"
     if key in cache:
         return float(cache[key])
     from edge.core.inspector import Inspector

@@ -5,7 +5,6 @@ A full or read-only disk stops evidence, never verdicts: errors are counted and 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from pathlib import Path
