@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge.core.bundle import load_bundle
+from tests.support.broker import strict_json
 from tests.support.helpers import MNIST_SMALL, run_cli
 from trainer import metrics
 from trainer.evaluate import ScoredSet
@@ -164,7 +164,7 @@ def test_unreachable_target_shows_in_log_bundle_and_report(short_of_good_images)
     out, stderr = short_of_good_images
     assert any(" WARNING " in line and "only 40 good calibration images" in line and "at least 99" in line
                for line in stderr.splitlines())
-    stats = json.loads((out / "model.json").read_text())["calibration"]["stats"]
+    stats = strict_json((out / "model.json").read_text())["calibration"]["stats"]
     assert stats["target_frr_reachable"] is False and stats["min_good_for_target"] == 99
     assert "only 40 good calibration images" in stats["note"]
     readme = (out / "report" / "README.md").read_text()
@@ -176,7 +176,7 @@ def test_unreachable_target_shows_in_log_bundle_and_report(short_of_good_images)
 @pytest.mark.slow
 def test_report_names_the_positive_class_and_the_rates_match_the_scores(short_of_good_images):
     out, _ = short_of_good_images
-    result = json.loads((out / "report" / "metrics.json").read_text())
+    result = strict_json((out / "report" / "metrics.json").read_text())
     rows = list(csv.DictReader((out / "report" / "scores.csv").open()))
     failed = {label: [float(r["score"]) >= result["threshold"] for r in rows if r["label"] == label] for label in "01"}
     assert result["defect_catch_rate"] == pytest.approx(np.mean(failed["1"]))
@@ -195,7 +195,7 @@ def test_report_has_no_warning_when_the_target_was_reachable(short_of_good_image
     bundle = load_bundle(out)
     stats = {k: v for k, v in bundle.calibration.stats.items() if k != "note"}
     bundle.calibration = dataclasses.replace(bundle.calibration, stats={**stats, "target_frr_reachable": True})
-    result = json.loads((out / "report" / "metrics.json").read_text())
+    result = strict_json((out / "report" / "metrics.json").read_text())
     write_pages(tmp_path, bundle, result, [])
     assert "Warning" not in (tmp_path / "README.md").read_text()
     assert "class='warning'" not in (tmp_path / "index.html").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -145,6 +146,8 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
         raise BundleError(f"{manifest_path}: missing; not a model bundle") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
     if data.get("format_version") not in READABLE_VERSIONS:
@@ -152,7 +155,22 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
             f"{manifest_path}: format_version {data.get('format_version')!r} is not supported "
             f"(this lineguard reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
+    where = _first_non_finite(data)
+    if where is not None:
+        raise BundleError(f"{manifest_path}: {where[0]} is {where[1]!r}; every number in a bundle must be finite")
     return upgrade_manifest(data) if data["format_version"] == 1 else data
+
+
+def _first_non_finite(data: Any, where: str = "") -> tuple[str, float] | None:
+    """The dotted name and value of the first NaN or infinity (Python's JSON reader takes NaN, Infinity, 1e400)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "value", data
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:
