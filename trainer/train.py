@@ -28,6 +28,9 @@ TRAINER_VERSION = "0.1.0"
 DENSE_MAX_SIDE = 32  # MNIST-sized images get the study's dense model
 CONV_DEFAULT_SIDE = 128
 PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image anomaly-map pixels: what counts as an anomalous pixel
+# When good images leave (almost) no residual the quantile is 0, which a bundle may not carry (every pixel would
+# count as anomalous): then any residual above the smallest normal float32 counts.
+PIXEL_THRESHOLD_FLOOR = float(np.finfo(np.float32).tiny)
 
 
 @dataclass
@@ -141,7 +144,7 @@ def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarr
         stats.update(_target_reach(good.size, options.target_frr))
     return Calibration(
         threshold=float(threshold), method=method, score_min=score_min, score_max=max(score_max, threshold + 1e-9),
-        pixel_threshold=float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), stats=stats,
+        pixel_threshold=max(float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), PIXEL_THRESHOLD_FLOOR), stats=stats,
     )
 
 
