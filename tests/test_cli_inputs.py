@@ -48,6 +48,21 @@ def test_evaluate_never_replaces_the_bundle_it_reads(tmp_path):
     assert sorted(p.name for p in bundle.iterdir()) == before
 
 
+def test_evaluate_never_writes_inside_the_bundle_it_reads(tmp_path, monkeypatch):
+    bundle = tmp_path / "models" / "mnist-1"
+    shutil.copytree(MNIST_BUNDLE, bundle)
+    before = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    monkeypatch.chdir(bundle)
+    for out in (bundle / "report", bundle / "report" / "new", bundle / "elsewhere"):
+        result = run_cli("evaluate", "--model", bundle, "--data", MNIST_SMALL, "--out", out, "--force")
+        assert result.returncode == EX_CANTCREAT, result.stderr[-2000:]
+        assert last_line(result) == (f"lineguard evaluate: {out}: --out is inside {bundle}, which is only read, "
+                                     "never written; choose a folder outside it")
+        assert "Traceback" not in result.stderr and "scoring" not in result.stderr
+    after = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in bundle.parent.iterdir()) == ["mnist-1"]
+
+
 @pytest.mark.slow
 def test_retraining_into_an_earlier_bundle_replaces_it(tmp_path):
     out = tmp_path / "small-1"

@@ -8,9 +8,11 @@ import logging
 import math
 import os
 
+import cv2
 import numpy as np
 import pytest
 
+from edge.argtypes import MIN_SIDE_PX
 from edge.core.bundle import load_bundle
 from tests.support.broker import strict_json
 from tests.support.helpers import MNIST_SMALL, run_cli
@@ -99,6 +101,16 @@ def _refused_before_training(tmp_path, data, *args):
     assert "Traceback" not in result.stderr and "training a" not in result.stderr
     assert not out.exists() and not (out.parent.exists() and list(out.parent.iterdir()))
     return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (7, 28), (28, 7)])
+def test_images_smaller_than_the_models_can_use_are_refused_up_front(tmp_path, height, width):
+    data = tmp_path / "tiny"
+    (data / "train" / "good").mkdir(parents=True)
+    cv2.imwrite(str(data / "train" / "good" / "only.png"), np.full((height, width), 128, np.uint8))
+    line = _refused_before_training(tmp_path, data, "--val-fraction", "0")
+    assert line == (f"lineguard train: MVTec-layout folder {data}: images of {width}x{height} pixels are too small; "
+                    f"the models need at least {MIN_SIDE_PX}x{MIN_SIDE_PX}")
 
 
 def test_anomaly_class_only_in_training_images_is_refused_up_front(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 
 import cv2
 
+from edge.argtypes import MIN_SIDE_PX
 from edge.core.bundle import IGNORE_MASK_NAME, Bundle, publish_dir, save_manifest, staging_dir
 from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
@@ -64,6 +65,7 @@ class TrainOptions:
 
     def resolved(self, dataset: Dataset) -> TrainOptions:
         """Fill every "auto" from the data, so the bundle records what was really used."""
+        check_image_sizes(dataset)
         out = TrainOptions(**asdict(self))
         out.color = self.color or dataset.color
         out.size = self.size or default_size(dataset)
@@ -85,6 +87,16 @@ class TrainOptions:
             # The study's protocol when anomaly classes were named; good parts only otherwise.
             out.threshold_method = "best-f1" if dataset.anomaly_classes_named else "good-quantile"
         return out
+
+
+def check_image_sizes(dataset: Dataset) -> None:
+    """Images with a side under MIN_SIDE_PX hold nothing a model can learn from, resized or not: refuse them
+    before any training time is spent (a 1x1 image once made a bundle with a threshold of 1e-12)."""
+    small = sorted(size for size in dataset.sizes if min(size) < MIN_SIDE_PX)
+    if small:
+        height, width = small[0]
+        raise DataError(f"{dataset.description}: images of {width}x{height} pixels are too small; the models "
+                        f"need at least {MIN_SIDE_PX}x{MIN_SIDE_PX}")
 
 
 def default_size(dataset: Dataset) -> tuple[int, int]:

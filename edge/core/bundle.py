@@ -273,17 +273,24 @@ class OutputDirError(ValueError):
     """An --out folder that must not be replaced."""
 
 
-def check_output_dir(out: Path, kind: str, force: bool = False, keep: tuple[Path, ...] = ()) -> None:
+def check_output_dir(out: Path, kind: str, force: bool = False, keep: tuple[Path, ...] = (),
+                     sealed: tuple[Path, ...] = ()) -> None:
     """Refuse to replace a folder that is not an earlier output of the same kind (a ``bundle`` or a ``report``).
 
     Publishing replaces the whole folder, so without this a mistyped --out would delete unrelated files.
-    ``keep`` are folders that must survive (the bundle being evaluated, the data), whatever ``force`` says.
-    Call it with an absolute ``out``: "." has no name to publish under.
+    ``keep`` are folders that must survive (the bundle being evaluated, the data), whatever ``force`` says;
+    ``sealed`` are kept folders nothing may be written into either (the bundle being evaluated: its own report
+    is part of what was shipped). Call it with an absolute ``out``: "." has no name to publish under.
     """
-    for kept in keep:
-        out_r, kept_r = out.resolve(), kept.resolve()
+    out_r = out.resolve()
+    for kept in (*keep, *sealed):
+        kept_r = kept.resolve()
         if out_r == kept_r or out_r in kept_r.parents:
             raise OutputDirError(f"{out}: --out would replace {kept}; choose another folder")
+    for folder in sealed:
+        if folder.resolve() in out_r.parents:
+            raise OutputDirError(f"{out}: --out is inside {folder.resolve()}, which is only read, never written; "
+                                 "choose a folder outside it")
     if out.is_symlink():
         raise OutputDirError(f"{out}: is a symbolic link; give the folder it points to, {out.resolve()}")
     if out.exists() and not out.is_dir():
