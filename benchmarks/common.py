@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import signal
@@ -254,7 +255,9 @@ def median(values: list[float]) -> float:
 
 
 def rounded(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
+    """A figure for the results: None (null in JSON) when there is none or it is undefined (NaN), since the
+    results are strict JSON."""
+    return None if value is None or not math.isfinite(value) else round(value, digits)
 
 
 def machine() -> dict:

@@ -133,7 +133,7 @@ def cmd_score(args) -> int:
             print(f"lineguard score: {exc}", file=sys.stderr)
             status = EX_DATAERR
             continue
-        print(json.dumps(score_line(str(path), result)), flush=True)
+        print(score_line(str(path), result), flush=True)
     return status
 
 

@@ -18,7 +18,7 @@ from edge.commands import TriggerCommand
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
-from edge.control import CommandQueue, prepare_reload, reload_outcome, reload_refusal
+from edge.control import CommandQueue, apply_threshold, prepare_reload, reload_outcome, reload_refusal
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
 from edge.notify import SystemdNotifier
 from edge.publish.evidence import EvidenceStore
@@ -143,9 +143,7 @@ class Daemon:
     def _apply(self, command) -> None:
         """Act on a validated threshold or reload command (a trigger is the main loop's own)."""
         if command.name == "threshold":
-            old = self.station.inspector.threshold
-            self.station.inspector.set_threshold(command.args.threshold)
-            self.report.threshold_changed(old, command.args)
+            apply_threshold(self.station.inspector, command.args, self.report)
         elif command.name == "reload":
             self._reload(command.args.request_id)
 

@@ -1,7 +1,6 @@
 """The command line protects what is already on disk and refuses bad options in one line, before any work."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from edge.core.bundle import publish_dir, staging_dir
+from tests.support.broker import strict_json
 from tests.support.helpers import LINEGUARD, MNIST_BUNDLE, MNIST_SMALL, ROOT, SAMPLES, run_cli
 
 EX_USAGE = 2
@@ -48,13 +48,28 @@ def test_evaluate_never_replaces_the_bundle_it_reads(tmp_path):
     assert sorted(p.name for p in bundle.iterdir()) == before
 
 
+def test_evaluate_never_writes_inside_the_bundle_it_reads(tmp_path, monkeypatch):
+    bundle = tmp_path / "models" / "mnist-1"
+    shutil.copytree(MNIST_BUNDLE, bundle)
+    before = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    monkeypatch.chdir(bundle)
+    for out in (bundle / "report", bundle / "report" / "new", bundle / "elsewhere"):
+        result = run_cli("evaluate", "--model", bundle, "--data", MNIST_SMALL, "--out", out, "--force")
+        assert result.returncode == EX_CANTCREAT, result.stderr[-2000:]
+        assert last_line(result) == (f"lineguard evaluate: {out}: --out is inside {bundle}, which is only read, "
+                                     "never written; choose a folder outside it")
+        assert "Traceback" not in result.stderr and "scoring" not in result.stderr
+    after = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in bundle.parent.iterdir()) == ["mnist-1"]
+
+
 @pytest.mark.slow
 def test_retraining_into_an_earlier_bundle_replaces_it(tmp_path):
     out = tmp_path / "small-1"
     for seed in ("1", "2"):
         result = run_cli("train", "--data", MNIST_SMALL, "--out", out, "--steps", "5", "--seed", seed)
         assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((out / "model.json").read_text())["name"] == "small-1"
+    assert strict_json((out / "model.json").read_text())["name"] == "small-1"
     # A bundle is read by the service account: the umask decides, not the temporary folder's 0700.
     assert stat.S_IMODE(out.stat().st_mode) & 0o055 == 0o055 & ~current_umask()
     assert stat.S_IMODE((out / "model.json").stat().st_mode) & 0o044 == 0o044 & ~current_umask()
@@ -102,7 +117,7 @@ def test_score_takes_a_folder_and_reports_why_a_frame_is_unscorable(tmp_path):
     cv2.imwrite(str(frames / "zz-blank.png"), np.zeros((28, 28), np.uint8))  # a lens cap
     result = run_cli("score", "--model", MNIST_BUNDLE, frames)
     assert result.returncode == 0, result.stderr[-2000:]
-    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = [strict_json(line) for line in result.stdout.splitlines()]
     assert [line["image"].rsplit("/", 1)[-1] for line in lines] == sorted(p.name for p in frames.glob("*.png"))
     assert lines[-1]["verdict"] == "unscorable" and lines[-1]["reason"].startswith("blank frame")
     assert all("reason" not in line for line in lines[:-1])
@@ -140,7 +155,7 @@ def test_out_given_as_dot_publishes_into_the_current_folder(tmp_path):
     result = subprocess.run([*LINEGUARD, "evaluate", "--model", str(MNIST_BUNDLE), "--data", str(MNIST_SMALL),
                              "--out", "."], cwd=report, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((report / "metrics.json").read_text())["model"]["name"] == "mnist-1"
+    assert strict_json((report / "metrics.json").read_text())["model"]["name"] == "mnist-1"
     assert not list(tmp_path.glob(".report*"))  # no staging or backup folder left beside it
 
 

@@ -11,6 +11,7 @@ import time
 from tests.support.daemon_harness import (
     BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config,
 )
+from tests.support.broker import strict_json
 from tests.support.helpers import MNIST_BUNDLE, ROOT, run_cli
 
 RESULT_FIELDS = {"id", "seq", "ts", "device_id", "image", "part_id", "score", "score_norm", "threshold", "verdict",
@@ -20,7 +21,7 @@ RESULT_FIELDS = {"id", "seq", "ts", "device_id", "image", "part_id", "score", "s
 def score_cli(paths) -> dict[str, dict]:
     out = run_cli("score", "--model", MNIST_BUNDLE, *paths)
     assert out.returncode == 0, out.stderr
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    lines = [strict_json(line) for line in out.stdout.splitlines()]
     return {line["image"].rsplit("/", 1)[-1]: line for line in lines}
 
 
@@ -44,7 +45,7 @@ def test_folder_replay_gives_one_result_per_frame_equal_to_score(tmp_path, broke
         assert r["model"]["sha256"] == json.loads((MNIST_BUNDLE / "model.json").read_text())["stages"][0]["sha256"]
     failed = [r for r in got if r["verdict"] == "fail"]
     assert failed and all("digit9" in r["image"] for r in failed)
-    alerts = [json.loads(p) for p in collector.payloads(f"{BASE}/alert")]
+    alerts = [strict_json(p) for p in collector.payloads(f"{BASE}/alert")]
     assert [a["id"] for a in alerts] == [r["id"] for r in failed]
     assert len(collector.payloads(f"{BASE}/heatmap")) == len(failed)
     assert collector.payloads(f"{BASE}/status")[-1] == b"stopped"
@@ -149,12 +150,12 @@ def test_malformed_commands_are_refused_and_daemon_keeps_running(tmp_path, broke
     ]
     for name, payload in bad:
         collector.publish(f"{BASE}/cmd/{name}", payload)
-    replies = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/reply")]
+    replies = lambda: [strict_json(p) for p in collector.payloads(f"{BASE}/reply")]
     assert collector.wait_for(lambda m: len(replies()) >= len(bad), 15), replies()
     assert all(r["ok"] is False and r["reason"] for r in replies())
     collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": 123.5, "request_id": "r1"}')
     assert collector.wait_for(lambda m: any(r.get("request_id") == "r1" and r["ok"] for r in replies()), 15)
-    stats = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/stats")]
+    stats = lambda: [strict_json(p) for p in collector.payloads(f"{BASE}/stats")]
     assert collector.wait_for(lambda m: any(s["threshold"] == 123.5 for s in stats()), 15)
     assert daemon.process.poll() is None
     daemon.signal(signal.SIGTERM)
@@ -171,7 +172,7 @@ def test_mqtt_trigger_echoes_the_part_id(tmp_path, broker, make_collector):
     assert results(collector) == []  # nothing inspected without a trigger
     for part in ("P-001", "P-002"):
         collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": part, "request_id": f"r-{part}"}))
-    replies = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/reply")]
+    replies = lambda: [strict_json(p) for p in collector.payloads(f"{BASE}/reply")]
     assert collector.wait_for(lambda m: len(replies()) >= 2 and len(results(collector)) >= 2, 15), daemon.log()[-2000:]
     assert [r["part_id"] for r in results(collector)] == ["P-001", "P-002"]
     seqs = [r["seq"] for r in results(collector)]

@@ -25,8 +25,9 @@ from edge.publish.evidence import EvidenceStore
 from tests.support.daemon_harness import (
     BASE, DaemonProcess, LoggedProcess, results, sample_folder, unique_in_order, write_config,
 )
-from tests.support.helpers import MNIST_BUNDLE, run_cli
 from tests.support import helpers
+from tests.support.broker import strict_json
+from tests.support.helpers import MNIST_BUNDLE, run_cli
 from tests.support.mjpeg import MjpegServer
 
 WAIT_S = 30.0
@@ -50,7 +51,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = WAIT_S) -> bool
 
 
 def json_messages(collector, subtopic: str) -> list[dict]:
-    return [json.loads(p) for p in collector.payloads(f"{BASE}/{subtopic}")]
+    return [strict_json(p) for p in collector.payloads(f"{BASE}/{subtopic}")]
 
 
 def latest(collector, subtopic: str) -> dict:

@@ -22,9 +22,11 @@ from edge.config.errors import ConfigError
 from edge.config.load import load_config, parse_config
 from edge.config.schema import Config
 from edge.config.secrets import resolve_mqtt_password
+from edge.control import threshold_range
 from edge.daemon import Daemon
 from edge.publish.mqtt import MqttLink
 from edge.notify import SystemdNotifier
+from tests.support.broker import strict_json
 from tests.support.daemon_harness import sample_folder, write_config
 from tests.support.helpers import ROOT
 
@@ -264,7 +266,7 @@ class RecordingLink:
         pass
 
     def since(self, count: int, subtopic: str) -> list[dict]:
-        return [json.loads(p) for s, p, _, _ in self.published[count:] if s == subtopic]
+        return [strict_json(p) for s, p, _, _ in self.published[count:] if s == subtopic]
 
 
 @pytest.fixture(scope="module")
@@ -299,10 +301,15 @@ def check_applied(daemon: Daemon, command: Command) -> None:
     daemon._apply(command)
     args = command.args
     if command.name == "threshold":
-        assert daemon.station.inspector.threshold == args.threshold
         [reply] = link.since(before, "reply")
-        assert reply["ok"] is True and reply["request_id"] == args.request_id
+        assert reply["request_id"] == args.request_id
         assert_one_line_reason(reply["reason"])
+        low, high = threshold_range(daemon.station.inspector.calibration)
+        if not low <= args.threshold <= high:  # passes or fails everything: refused, nothing else changes
+            assert reply["ok"] is False and f"outside {low:.6g} .. {high:.6g}" in reply["reason"]
+            assert daemon.station.inspector.threshold != args.threshold and len(link.published) == before + 1
+            return
+        assert daemon.station.inspector.threshold == args.threshold and reply["ok"] is True
         [stats] = link.since(before, "stats")
         assert stats["threshold"] == args.threshold
         [state] = link.since(before, "state")

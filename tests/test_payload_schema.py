@@ -6,6 +6,7 @@ import signal
 
 import jsonschema
 
+from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
 from tests.support.helpers import ROOT
 
@@ -33,7 +34,7 @@ def test_published_payloads_match_the_schema(tmp_path, broker, make_collector):
     for message in collector.messages:
         sub = message.topic[len(BASE) + 1:]
         if sub in kinds:
-            validate(kinds[sub], json.loads(message.payload))
+            validate(kinds[sub], strict_json(message.payload))
             seen.add(sub)
         elif sub.startswith("cmd/"):
             continue  # our own commands, echoed back by the wildcard subscription

@@ -10,6 +10,7 @@ import pytest
 
 from edge.core.inspector import Inspector
 from edge.core.preprocess import read_image
+from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
 from tests.support.helpers import FIXTURES, run_cli
 
@@ -72,7 +73,7 @@ def test_ignore_polygons_apply_identically_from_bundle_or_config(parts_bundle, t
     # polygon (0..40, 0..30) of 64x64 frame -> model pixels (0..20, 0..15) of 32x32
     assert np.all(from_bundle.heat[:15, :20] == 0) and np.any(unmasked.heat[:15, :20] > 0)
     cli = run_cli("score", "--model", parts_bundle, defect)
-    assert json.loads(cli.stdout)["score"] == from_bundle.score
+    assert strict_json(cli.stdout)["score"] == from_bundle.score
 
 
 @pytest.mark.slow
@@ -90,7 +91,7 @@ def test_daemon_config_ignore_polygons_and_unscorable_count(tmp_path, broker, ma
     blank = [r for r in got if r["image"] == "999-blank.png"][0]
     assert blank["verdict"] == "unscorable" and blank["reason"].startswith("blank")
     assert all(r["verdict"] == "pass" for r in got if r is not blank)
-    stats = [json.loads(p) for p in collector.payloads(f"{BASE}/stats")]
+    stats = [strict_json(p) for p in collector.payloads(f"{BASE}/stats")]
     assert stats[-1]["unscorable"] == 1
 
 

@@ -10,12 +10,15 @@ from pathlib import Path
 from edge.core.bundle import MANIFEST_NAME, sha256_of
 from edge.config.load import parse_config
 from edge.control import apply_live_settings
+from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
 from tests.support.helpers import MNIST_BUNDLE
 
 WAIT_S = 30.0
 FPS = 10
 CALIBRATED_THRESHOLD = json.loads((MNIST_BUNDLE / MANIFEST_NAME).read_text())["calibration"]["threshold"]
+CALIBRATION = json.loads((MNIST_BUNDLE / MANIFEST_NAME).read_text())["calibration"]
+LOW, HIGH = CALIBRATION["score_min"] / 10, CALIBRATION["score_max"] * 10  # the range cmd/threshold may set
 QUIET = {"heatmap": "never"}  # fewer messages to sift through; verdicts are what these tests follow
 
 
@@ -35,7 +38,7 @@ def float_bundle(tmp_path: Path) -> Path:
 
 
 def json_messages(collector, subtopic: str) -> list[dict]:
-    return [json.loads(p) for p in collector.payloads(f"{BASE}/{subtopic}")]
+    return [strict_json(p) for p in collector.payloads(f"{BASE}/{subtopic}")]
 
 
 def replies(collector, **match) -> list[dict]:
@@ -63,7 +66,7 @@ def retained_state(make_collector, broker) -> dict:
     assert late.wait_for(1, 10)
     message = late.messages[-1]
     assert message.retain
-    return json.loads(message.payload)
+    return strict_json(message.payload)
 
 
 def sha(bundle: Path) -> str:
@@ -154,13 +157,19 @@ def test_threshold_command_applies_from_the_next_frame_and_is_reported(tmp_path,
     daemon = DaemonProcess(config)
     wait_for_results(collector, daemon, lambda got: any(r["verdict"] == "fail" for r in got))
 
-    collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": 1e9, "request_id": "t1"}')
+    # Far outside the model's scores a threshold passes or fails everything: refused, with the allowed range.
+    for request_id, value in (("huge", "1e308"), ("tiny", "1e-320")):
+        collector.publish(f"{BASE}/cmd/threshold", f'{{"threshold": {value}, "request_id": "{request_id}"}}')
+    collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": 1000, "request_id": "t1"}')
     assert wait_for_reply(collector, daemon, request_id="t1")["ok"] is True
-    changed = lambda: [s for s in json_messages(collector, "stats") if s["threshold"] == 1e9]
+    for request_id in ("huge", "tiny"):
+        refused = wait_for_reply(collector, daemon, request_id=request_id)
+        assert refused["ok"] is False and f"outside {LOW:.6g} .. {HIGH:.6g}" in refused["reason"], refused
+    changed = lambda: [s for s in json_messages(collector, "stats") if s["threshold"] == 1000]
     assert collector.wait_for(lambda _: changed(), 10)
     last_before = changed()[0]["last_seq"]  # published between the last old frame and the first new one
     got = wait_for_results(collector, daemon, lambda got: got and got[-1]["seq"] >= last_before + len(frame_names))
-    assert retained_state(make_collector, broker)["threshold"] == 1e9
+    assert retained_state(make_collector, broker)["threshold"] == 1000
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
 
@@ -168,7 +177,7 @@ def test_threshold_command_applies_from_the_next_frame_and_is_reported(tmp_path,
     before = [r for r in got if r["seq"] <= last_before]
     after = [r for r in got if r["seq"] > last_before]
     assert {r["threshold"] for r in before} == {CALIBRATED_THRESHOLD} and any(r["verdict"] == "fail" for r in before)
-    assert {r["threshold"] for r in after} == {1e9} and {r["verdict"] for r in after} == {"pass"}
+    assert {r["threshold"] for r in after} == {1000} and {r["verdict"] for r in after} == {"pass"}
     assert {r["image"] for r in after} == set(frame_names)  # the 9s among them, which failed before, now pass
 
 

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge.publish.outbox import Outbox
-from tests.support.broker import MessageCollector, free_port, port_accepts_connections
+from tests.support.broker import MessageCollector, free_port, port_accepts_connections, strict_json
 from tests.support.daemon_harness import BASE, DEVICE, PREFIX, DaemonProcess, sample_folder, write_config
 from tests.support.helpers import ROOT, run_cli
 
@@ -199,7 +199,7 @@ def tls_settings(ca: Path, **extra: object) -> dict:
 
 
 def results_of(collector: MessageCollector, device: str) -> list[dict]:
-    return [json.loads(p) for p in collector.payloads(f"{PREFIX}/{device}/result")]
+    return [strict_json(p) for p in collector.payloads(f"{PREFIX}/{device}/result")]
 
 
 def assert_delivered(daemon: DaemonProcess, collector: MessageCollector, device: str, frames: int = FRAMES) -> None:
@@ -408,8 +408,8 @@ def test_commands_act_only_from_the_own_cmd_topic_and_never_when_retained(tmp_pa
             collector.publish(topic, json.dumps({"threshold": value, "request_id": topic}))
         # Same connection, same order: once this one is answered, the ones before it were seen or ignored.
         collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": 666.0, "request_id": "own"}')
-        replies = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/reply")]  # noqa: E731
-        stats = lambda: [json.loads(p)["threshold"] for p in collector.payloads(f"{BASE}/stats")]  # noqa: E731
+        replies = lambda: [strict_json(p) for p in collector.payloads(f"{BASE}/reply")]  # noqa: E731
+        stats = lambda: [strict_json(p)["threshold"] for p in collector.payloads(f"{BASE}/stats")]  # noqa: E731
         assert collector.wait_for(lambda _: 666.0 in stats(), 15), daemon.log()[-3000:]
         assert [(r["request_id"], r["ok"]) for r in replies()] == [("own", True)]
         assert not {111.0, *strangers.values()} & set(stats())
@@ -470,11 +470,11 @@ def test_example_acl_and_broker_config_end_to_end(tmp_path, pki, make_broker, ma
         # The dashboard commands a device; another device cannot read that command.
         dashboard.publish(f"{BASE}/cmd/threshold", b'{"threshold": 321.5, "request_id": "dash-1"}')
         dashboard.publish(f"{PREFIX}/cell-8/cmd/trigger", b"{}")
-        replies = lambda: [json.loads(p) for p in dashboard.payloads(f"{BASE}/reply")]  # noqa: E731
+        replies = lambda: [strict_json(p) for p in dashboard.payloads(f"{BASE}/reply")]  # noqa: E731
         assert dashboard.wait_for(lambda _: replies(), 15), daemon.log()[-3000:]
         assert [(r["request_id"], r["ok"]) for r in replies()] == [("dash-1", True)]
         assert dashboard.wait_for(
-            lambda _: any(json.loads(p)["threshold"] == 321.5 for p in dashboard.payloads(f"{BASE}/stats")), 10)
+            lambda _: any(strict_json(p)["threshold"] == 321.5 for p in dashboard.payloads(f"{BASE}/stats")), 10)
         assert intruder.wait_for(lambda m: any(x.topic == f"{PREFIX}/cell-8/cmd/trigger" for x in m), 10)
         assert not [m.topic for m in intruder.messages if m.topic.startswith(f"{BASE}/")]
     finally:

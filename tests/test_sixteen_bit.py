@@ -1,12 +1,12 @@
 """16-bit image files reach the daemon's folder source exactly as they reach `lineguard score`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, unique_in_order, write_config
 from tests.support.helpers import MNIST_BUNDLE, SAMPLES, run_cli
 
@@ -17,7 +17,7 @@ LOW_BYTE_SEED = 16
 def score_cli(paths) -> dict[str, dict]:
     out = run_cli("score", "--model", MNIST_BUNDLE, *paths)
     assert out.returncode == 0, out.stderr
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    lines = [strict_json(line) for line in out.stdout.splitlines()]
     return {line["image"].rsplit("/", 1)[-1]: line for line in lines}
 
 

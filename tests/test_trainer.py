@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.support.broker import strict_json
 from tests.support.helpers import MNIST_SMALL, make_mvtec, run_cli
 from trainer import metrics
 
@@ -36,17 +36,17 @@ def test_bundle_contents_and_report(mnist_bundle):
     report = mnist_bundle / "report"
     for name in ("metrics.json", "histogram.png", "curves.png", "examples.png", "index.html", "README.md", "scores.csv"):
         assert (report / name).stat().st_size > 0, name
-    result = json.loads((report / "metrics.json").read_text())
+    result = strict_json((report / "metrics.json").read_text())
     assert METRIC_KEYS <= result.keys()
     assert result["image_auroc"] > 0.9  # 300 steps on 400 images already separate 1s from 9s
-    manifest = json.loads((mnist_bundle / "model.json").read_text())
+    manifest = strict_json((mnist_bundle / "model.json").read_text())
     assert manifest["calibration"]["method"] == "best_f1"
     assert manifest["provenance"]["data_fingerprint"]
     assert manifest["input"]["shape"] == [1, 28, 28, 1]
 
 
 def test_int8_threshold_and_parity(mnist_bundle):
-    result = json.loads((mnist_bundle / "report" / "metrics.json").read_text())
+    result = strict_json((mnist_bundle / "report" / "metrics.json").read_text())
     parity = result["parity"]
     assert abs(parity["auroc_delta"]) <= 0.01
     assert parity["verdict_agreement"] >= 0.95
@@ -74,7 +74,7 @@ def test_score_cli_matches_evaluate_exactly(mnist_bundle, tmp_path):
     out = subprocess.run([sys.executable, "-c", probe % (str(mnist_bundle), [str(p) for p in paths])],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    lines = [strict_json(line) for line in out.stdout.splitlines()]
     assert [line["image"] for line in lines] == [str(p) for p in paths]
     for line, row in zip(lines, picks):
         assert line["score"] == float(row["score"])
@@ -87,11 +87,11 @@ def test_conv_autoencoder_on_mvtec_layout_with_masks(tmp_path):
     result = run_cli("train", "--data", data, "--out", out, "--model", "conv", "--steps", "40", "--size", "32",
                      "--residual", "l2", "--smoothing", "1", "--reducer", "max")
     assert result.returncode == 0, result.stderr[-2000:]
-    manifest = json.loads((out / "model.json").read_text())
+    manifest = strict_json((out / "model.json").read_text())
     assert manifest["architecture"]["kind"] == "conv" and manifest["kind"] == "autoencoder"
     assert manifest["preprocess"]["color"] == "rgb"
     assert manifest["calibration"]["method"] == "good_quantile"
-    result = json.loads((out / "report" / "metrics.json").read_text())
+    result = strict_json((out / "report" / "metrics.json").read_text())
     assert result["pixel_auroc"] is not None and result["pro"] is not None
     assert 0 <= result["false_reject_rate_ci95"][0] <= result["false_reject_rate_ci95"][1] <= 1
 
@@ -101,12 +101,12 @@ def test_default_for_larger_images_is_the_segmenter(tmp_path):
     out = tmp_path / "models" / "parts"
     result = run_cli("train", "--data", data, "--out", out, "--steps", "10")
     assert result.returncode == 0, result.stderr[-2000:]
-    manifest = json.loads((out / "model.json").read_text())
+    manifest = strict_json((out / "model.json").read_text())
     assert manifest["architecture"]["kind"] == "segmenter"
     assert manifest["input"]["shape"] == [1, 128, 128, 1]  # 64-px parts: above the dense model's 32 px
     assert manifest["kind"] == "segmenter" and manifest["scoring"]["reducer"] == "max"  # the model outputs its map
     assert manifest["scoring"]["residual"] is None
-    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    metrics = strict_json((out / "report" / "metrics.json").read_text())
     assert metrics["pixel_auroc"] is not None
 
 

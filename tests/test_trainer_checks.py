@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import os
 
+import cv2
 import numpy as np
 import pytest
 
+from edge.argtypes import MIN_SIDE_PX
 from edge.core.bundle import load_bundle
+from tests.support.broker import strict_json
 from tests.support.helpers import MNIST_SMALL, run_cli
 from trainer import metrics
 from trainer.evaluate import ScoredSet
@@ -101,6 +103,16 @@ def _refused_before_training(tmp_path, data, *args):
     return result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("height, width", [(1, 1), (7, 28), (28, 7)])
+def test_images_smaller_than_the_models_can_use_are_refused_up_front(tmp_path, height, width):
+    data = tmp_path / "tiny"
+    (data / "train" / "good").mkdir(parents=True)
+    cv2.imwrite(str(data / "train" / "good" / "only.png"), np.full((height, width), 128, np.uint8))
+    line = _refused_before_training(tmp_path, data, "--val-fraction", "0")
+    assert line == (f"lineguard train: MVTec-layout folder {data}: images of {width}x{height} pixels are too small; "
+                    f"the models need at least {MIN_SIDE_PX}x{MIN_SIDE_PX}")
+
+
 def test_anomaly_class_only_in_training_images_is_refused_up_front(tmp_path):
     data = _write_digits(tmp_path / "digits.npz", train_classes=[1, 7], test_classes=[1, 9])
     line = _refused_before_training(tmp_path, data, "--normal", "1", "--anomaly", "7")
@@ -164,7 +176,7 @@ def test_unreachable_target_shows_in_log_bundle_and_report(short_of_good_images)
     out, stderr = short_of_good_images
     assert any(" WARNING " in line and "only 40 good calibration images" in line and "at least 99" in line
                for line in stderr.splitlines())
-    stats = json.loads((out / "model.json").read_text())["calibration"]["stats"]
+    stats = strict_json((out / "model.json").read_text())["calibration"]["stats"]
     assert stats["target_frr_reachable"] is False and stats["min_good_for_target"] == 99
     assert "only 40 good calibration images" in stats["note"]
     readme = (out / "report" / "README.md").read_text()
@@ -176,7 +188,7 @@ def test_unreachable_target_shows_in_log_bundle_and_report(short_of_good_images)
 @pytest.mark.slow
 def test_report_names_the_positive_class_and_the_rates_match_the_scores(short_of_good_images):
     out, _ = short_of_good_images
-    result = json.loads((out / "report" / "metrics.json").read_text())
+    result = strict_json((out / "report" / "metrics.json").read_text())
     rows = list(csv.DictReader((out / "report" / "scores.csv").open()))
     failed = {label: [float(r["score"]) >= result["threshold"] for r in rows if r["label"] == label] for label in "01"}
     assert result["defect_catch_rate"] == pytest.approx(np.mean(failed["1"]))
@@ -195,7 +207,7 @@ def test_report_has_no_warning_when_the_target_was_reachable(short_of_good_image
     bundle = load_bundle(out)
     stats = {k: v for k, v in bundle.calibration.stats.items() if k != "note"}
     bundle.calibration = dataclasses.replace(bundle.calibration, stats={**stats, "target_frr_reachable": True})
-    result = json.loads((out / "report" / "metrics.json").read_text())
+    result = strict_json((out / "report" / "metrics.json").read_text())
     write_pages(tmp_path, bundle, result, [])
     assert "Warning" not in (tmp_path / "README.md").read_text()
     assert "class='warning'" not in (tmp_path / "index.html").read_text()

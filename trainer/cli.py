@@ -155,7 +155,7 @@ def _load_data(args):
 
 
 def _print_summary(result: dict) -> None:
-    print(json.dumps({k: result.get(k) for k in SUMMARY_KEYS}))
+    print(json.dumps({k: result.get(k) for k in SUMMARY_KEYS}, allow_nan=False))
 
 
 @needs_train_extra
@@ -178,7 +178,7 @@ def cmd_evaluate(args) -> int:
     from trainer.evaluate import evaluate_bundle
 
     args.out = Path(os.path.abspath(args.out))
-    check_output_dir(args.out, "report", force=args.force, keep=(args.model, args.data))
+    check_output_dir(args.out, "report", force=args.force, keep=(args.data,), sealed=(args.model,))
 
     result = evaluate_bundle(args.model, _load_data(args), args.out, threads=args.threads)
     _print_summary(result)

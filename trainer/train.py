@@ -11,6 +11,7 @@ import numpy as np
 
 import cv2
 
+from edge.argtypes import MIN_SIDE_PX
 from edge.core.bundle import IGNORE_MASK_NAME, Bundle, publish_dir, save_manifest, staging_dir
 from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
@@ -28,6 +29,9 @@ TRAINER_VERSION = "0.1.0"
 DENSE_MAX_SIDE = 32  # MNIST-sized images get the study's dense model
 CONV_DEFAULT_SIDE = 128
 PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image anomaly-map pixels: what counts as an anomalous pixel
+# When good images leave (almost) no residual the quantile is 0, which a bundle may not carry (every pixel would
+# count as anomalous): then any residual above the smallest normal float32 counts.
+PIXEL_THRESHOLD_FLOOR = float(np.finfo(np.float32).tiny)
 
 
 @dataclass
@@ -61,6 +65,7 @@ class TrainOptions:
 
     def resolved(self, dataset: Dataset) -> TrainOptions:
         """Fill every "auto" from the data, so the bundle records what was really used."""
+        check_image_sizes(dataset)
         out = TrainOptions(**asdict(self))
         out.color = self.color or dataset.color
         out.size = self.size or default_size(dataset)
@@ -82,6 +87,16 @@ class TrainOptions:
             # The study's protocol when anomaly classes were named; good parts only otherwise.
             out.threshold_method = "best-f1" if dataset.anomaly_classes_named else "good-quantile"
         return out
+
+
+def check_image_sizes(dataset: Dataset) -> None:
+    """Images with a side under MIN_SIDE_PX hold nothing a model can learn from, resized or not: refuse them
+    before any training time is spent (a 1x1 image once made a bundle with a threshold of 1e-12)."""
+    small = sorted(size for size in dataset.sizes if min(size) < MIN_SIDE_PX)
+    if small:
+        height, width = small[0]
+        raise DataError(f"{dataset.description}: images of {width}x{height} pixels are too small; the models "
+                        f"need at least {MIN_SIDE_PX}x{MIN_SIDE_PX}")
 
 
 def default_size(dataset: Dataset) -> tuple[int, int]:
@@ -141,7 +156,7 @@ def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarr
         stats.update(_target_reach(good.size, options.target_frr))
     return Calibration(
         threshold=float(threshold), method=method, score_min=score_min, score_max=max(score_max, threshold + 1e-9),
-        pixel_threshold=float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), stats=stats,
+        pixel_threshold=max(float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), PIXEL_THRESHOLD_FLOOR), stats=stats,
     )
 
 

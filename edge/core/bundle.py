@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -145,6 +146,8 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
         raise BundleError(f"{manifest_path}: missing; not a model bundle") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest (nested too deeply)") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest")
     if data.get("format_version") not in READABLE_VERSIONS:
@@ -152,7 +155,22 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
             f"{manifest_path}: format_version {data.get('format_version')!r} is not supported "
             f"(this lineguard reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
+    where = _first_non_finite(data)
+    if where is not None:
+        raise BundleError(f"{manifest_path}: {where[0]} is {where[1]!r}; every number in a bundle must be finite")
     return upgrade_manifest(data) if data["format_version"] == 1 else data
+
+
+def _first_non_finite(data: Any, where: str = "") -> tuple[str, float] | None:
+    """The dotted name and value of the first NaN or infinity (Python's JSON reader takes NaN, Infinity, 1e400)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "value", data
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def upgrade_manifest(data: dict[str, Any]) -> dict[str, Any]:
@@ -255,17 +273,24 @@ class OutputDirError(ValueError):
     """An --out folder that must not be replaced."""
 
 
-def check_output_dir(out: Path, kind: str, force: bool = False, keep: tuple[Path, ...] = ()) -> None:
+def check_output_dir(out: Path, kind: str, force: bool = False, keep: tuple[Path, ...] = (),
+                     sealed: tuple[Path, ...] = ()) -> None:
     """Refuse to replace a folder that is not an earlier output of the same kind (a ``bundle`` or a ``report``).
 
     Publishing replaces the whole folder, so without this a mistyped --out would delete unrelated files.
-    ``keep`` are folders that must survive (the bundle being evaluated, the data), whatever ``force`` says.
-    Call it with an absolute ``out``: "." has no name to publish under.
+    ``keep`` are folders that must survive (the bundle being evaluated, the data), whatever ``force`` says;
+    ``sealed`` are kept folders nothing may be written into either (the bundle being evaluated: its own report
+    is part of what was shipped). Call it with an absolute ``out``: "." has no name to publish under.
     """
-    for kept in keep:
-        out_r, kept_r = out.resolve(), kept.resolve()
+    out_r = out.resolve()
+    for kept in (*keep, *sealed):
+        kept_r = kept.resolve()
         if out_r == kept_r or out_r in kept_r.parents:
             raise OutputDirError(f"{out}: --out would replace {kept}; choose another folder")
+    for folder in sealed:
+        if folder.resolve() in out_r.parents:
+            raise OutputDirError(f"{out}: --out is inside {folder.resolve()}, which is only read, never written; "
+                                 "choose a folder outside it")
     if out.is_symlink():
         raise OutputDirError(f"{out}: is a symbolic link; give the folder it points to, {out.resolve()}")
     if out.exists() and not out.is_dir():

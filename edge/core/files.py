@@ -28,5 +28,6 @@ def write_bytes_atomic(path: Path, data: bytes, make_parents: bool = True) -> No
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON, indented, with a final newline, written atomically."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    """Strict JSON (no NaN or Infinity, which strict readers refuse), indented, with a final newline, written
+    atomically. A non-finite number raises ValueError before anything is written: undefined figures are None."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8"))

@@ -4,6 +4,7 @@ The model kinds in edge.core.pipelines make the anomaly map; from there on every
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,19 +58,36 @@ class Calibration:
     pixel_threshold: float = 1.0  # anomaly-map value that counts as an anomalous pixel
     stats: dict[str, float] = field(default_factory=dict)  # good/anomalous score statistics, for people
 
+    def __post_init__(self) -> None:
+        # A NaN threshold passes every part (no comparison with NaN is true): refuse it and its kin here,
+        # wherever a calibration comes from (a bundle, the trainer, a test).
+        for name in ("threshold", "pixel_threshold", "score_min", "score_max"):
+            value = getattr(self, name)
+            positive = name in ("threshold", "pixel_threshold")
+            if not math.isfinite(value) or (positive and value <= 0):
+                raise ValueError(f"calibration.{name} is {value!r}; it must be a finite number"
+                                 + (" > 0" if positive else ""))
+        if self.score_max < self.score_min:
+            raise ValueError(f"calibration.score_max ({self.score_max!r}) is below score_min ({self.score_min!r})")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(
-            threshold=float(data["threshold"]),
-            method=str(data.get("method", "best_f1")),
-            score_min=float(data["score_min"]),
-            score_max=float(data["score_max"]),
-            pixel_threshold=float(data["pixel_threshold"]),
-            stats=dict(data.get("stats", {})),
-        )
+        numbers = {name: _number(data, name) for name in ("threshold", "score_min", "score_max", "pixel_threshold")}
+        return cls(method=str(data.get("method", "best_f1")), stats=dict(data.get("stats", {})), **numbers)
+
+
+def _number(data: dict[str, Any], name: str) -> float:
+    """A calibration figure from a manifest: a JSON number (not a string or bool that float() would take)."""
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"calibration.{name} is {value!r}; it must be a number")
+    try:
+        return float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        raise ValueError(f"calibration.{name} is out of range; it must be a finite number") from None
 
 
 def _channel_mean(residual: np.ndarray) -> np.ndarray:
@@ -160,8 +178,9 @@ def normalize_score(score: float, calibration: Calibration) -> float:
 
 
 def fails(scores: np.ndarray | float, threshold: float) -> np.ndarray | bool:
-    """A part fails when its score reaches the threshold: the one place that says so, for one score or many."""
-    return np.greater_equal(scores, threshold)
+    """A part fails when its score reaches the threshold: the one place that says so, for one score or many.
+    A NaN score (no comparison with NaN is true) fails too: what cannot be judged never passes."""
+    return np.greater_equal(scores, threshold) | np.isnan(scores)
 
 
 def verdict(score: float, threshold: float) -> str:

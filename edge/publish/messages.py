@@ -23,7 +23,9 @@ def utc_now() -> str:
 
 
 def to_json(data: dict[str, Any]) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
+    """Compact, strict JSON: NaN and Infinity are not JSON, and dashboards' parsers (JavaScript, Node-RED)
+    refuse them, so a non-finite number raises ValueError here instead of going out."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
 
 def model_ref(bundle) -> dict[str, str]:
@@ -57,10 +59,10 @@ def reply_payload(command: str, ok: bool, reason: str, request_id: str | None) -
             "ts": utc_now()}
 
 
-def score_line(image: str, result) -> dict[str, Any]:
-    """One line of `lineguard score`: the same figures a result payload carries."""
+def score_line(image: str, result) -> str:
+    """One line of `lineguard score`, as strict JSON: the same figures a result payload carries."""
     line = {"image": image, "score": result.score, "score_norm": round(result.score_norm, 6),
             "threshold": result.threshold, "verdict": result.verdict, "regions": result.regions}
     if result.reason:
         line["reason"] = result.reason
-    return line
+    return to_json(line).decode()

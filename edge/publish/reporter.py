@@ -5,7 +5,6 @@ they are no-ops.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -23,7 +22,7 @@ class Reporter:
     def _publish(self, subtopic: str, data: dict, retain: bool = False) -> None:
         link = self.daemon.link
         if link is not None:
-            link.publish(subtopic, json.dumps(data, separators=(",", ":")), qos=1, retain=retain)
+            link.publish(subtopic, messages.to_json(data), qos=1, retain=retain)
 
     def reply(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
         self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id))

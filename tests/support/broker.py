@@ -6,6 +6,8 @@ skip, because CI installs it. Set ``MOSQUITTO_BIN`` to use another binary.
 from __future__ import annotations
 
 import getpass
+import json
+import math
 import os
 import shutil
 import signal
@@ -169,6 +171,27 @@ class MosquittoBroker:
         return f"MosquittoBroker({self.host}:{self.port}, running={self.running})"
 
 
+class NotStrictJSON(ValueError):
+    """A payload that JavaScript's JSON.parse (and so Node-RED or a browser dashboard) would refuse."""
+
+
+def _refuse_constant(name: str):
+    raise NotStrictJSON(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise NotStrictJSON(f"{text} overflows to {value}")
+    return value
+
+
+def strict_json(data: bytes | str):
+    """Parse JSON as strict readers do: NaN, Infinity and numbers beyond a double's range are refused
+    (Python's json.loads takes all three)."""
+    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 class Received(NamedTuple):
     """One message seen by a MessageCollector."""
 
@@ -236,6 +259,10 @@ class MessageCollector:
     def payloads(self, topic: str | None = None) -> list[bytes]:
         """Payloads received so far, optionally only those on ``topic``."""
         return [m.payload for m in self.messages if topic is None or m.topic == topic]
+
+    def json_payloads(self, topic: str) -> list:
+        """The payloads received on ``topic`` so far, each parsed as strict JSON (see strict_json)."""
+        return [strict_json(payload) for payload in self.payloads(topic)]
 
     def wait_for(
         self, condition: int | Callable[[list[Received]], bool], timeout_s: float = DEFAULT_WAIT_S

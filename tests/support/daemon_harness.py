@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support.broker import strict_json
 from tests.support.helpers import MNIST_BUNDLE, ROOT, SAMPLES, wait_until
 
 DEVICE = "cell-7"
@@ -112,7 +113,7 @@ class DaemonProcess(LoggedProcess):
 
 
 def results(collector, topic: str = f"{BASE}/result") -> list[dict]:
-    return [json.loads(p) for p in collector.payloads(topic)]
+    return [strict_json(p) for p in collector.payloads(topic)]
 
 
 def unique_in_order(messages: list[dict]) -> list[dict]:
