@@ -64,6 +64,18 @@ def test_opening_and_asking_reserves_no_seq(outbox_path: Path) -> None:
         assert [m.seq for m in outbox.pending()] == [1, 1, 2, 2]
 
 
+def test_rows_left_by_a_killed_writer_keep_their_seq_once_a_later_start_delivers_them(outbox_path: Path) -> None:
+    with Outbox(outbox_path) as outbox:
+        outbox.put(1, verdict(1))
+        outbox.ack(m.id for m in outbox.pending())
+        for seq in (2, 3):
+            outbox.put(seq, verdict(seq))  # in flight when the writer died
+    with Outbox(outbox_path) as outbox:  # the next start inspects nothing, only delivers
+        assert outbox.ack(m.id for m in outbox.pending()) == 4
+    with Outbox(outbox_path) as outbox:
+        assert outbox.depth() == 0 and outbox.next_seq() == 4
+
+
 def test_put_with_a_higher_seq_moves_next_seq_past_it(outbox_path: Path) -> None:
     with Outbox(outbox_path) as outbox:
         outbox.put(41, verdict(41))

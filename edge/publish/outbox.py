@@ -115,13 +115,12 @@ class Outbox:
         self._lock = threading.Lock()
         self._conn = self._open(SYNC_PRAGMAS[sync])
         try:
-            self._last_seq, self._dropped, self._depth = self._load_counters()
+            self._last_seq, self._stored_seq, self._dropped, self._depth = self._load_counters()
         except OutboxError:
             self._conn.close()
             raise
-        # Highest seq written to meta. put() leaves meta alone while the rows themselves carry their seq;
+        # _stored_seq is the seq in meta. put() leaves meta alone while the rows themselves carry their seq;
         # whatever deletes rows first records the highest seq so far, so a reopen never reuses one.
-        self._stored_seq = self._last_seq
         self._drops_since_warning = 0
         self._last_drop_warning_at = -math.inf
         logger.info(
@@ -254,7 +253,8 @@ class Outbox:
                 conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _load_counters(self) -> tuple[int, int, int]:
+    def _load_counters(self) -> tuple[int, int, int, int]:
+        """Highest seq (in meta or on a row), the seq in meta, dropped, depth."""
         try:
             meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
             max_stored_seq, depth = self._conn.execute(
@@ -262,8 +262,8 @@ class Outbox:
             ).fetchone()
         except sqlite3.Error as exc:
             raise _classify(self.path, exc) from exc
-        last_seq = max(int(meta.get("seq", 0)), int(max_stored_seq))
-        return last_seq, int(meta.get("dropped", 0)), int(depth)
+        stored_seq = int(meta.get("seq", 0))
+        return max(stored_seq, int(max_stored_seq)), stored_seq, int(meta.get("dropped", 0)), int(depth)
 
     # -- helpers (called with self._lock held) -------------------------------
 
