@@ -207,7 +207,7 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
         logger.error("cannot start: %s", exc)
         return EX_CONFIG
     except StorageError as exc:
-        logger.error("cannot start: %s (restarted after a delay under systemd)", exc)
+        logger.error("cannot start: %s (exit 75: systemd starts it again after a delay)", exc)
         return EX_TEMPFAIL
     code = EX_SOFTWARE
     try:
