@@ -648,3 +648,19 @@ def test_idle_trigger_mode_keeps_pinging_the_watchdog(tmp_path, broker, make_col
         assert daemon.wait(30) == 0
     finally:
         daemon.kill()
+
+
+# ---------------------------------------------------------------- the acceptance run, shortened
+
+
+@pytest.mark.slow
+def test_kill_and_outage_run_delivers_exactly_seq_1_to_n(capsys):
+    """benchmarks/kill_outage.py with fewer kills and a shorter outage: the same checks, exit 0 only if they hold."""
+    from benchmarks import kill_outage
+
+    code = kill_outage.main(["--kills", "3", "--outage-s", "5", "--fps", "100", "--no-save"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0, summary
+    assert summary["seq_missing_count"] == 0 and summary["seq_given_twice"] == 0, summary
+    assert summary["duplicates_differing_from_first"] == 0 and summary["sigkills"] == 4, summary
+    assert summary["n"] == summary["outbox_last_seq"] > 0, summary
