@@ -391,14 +391,12 @@ def small_disk(tmp_path) -> Iterator[Path]:
 def fill(disk: Path, leave_bytes: int = 0) -> Path:
     """Fill the file system with one file until ENOSPC, then give back ``leave_bytes``."""
     filler = disk / f"filler-{time.monotonic_ns()}"
-    with open(filler, "wb") as handle:
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: closing has nothing left to write
         try:
             while True:
                 handle.write(bytes(64 * 1024))
-                handle.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
-    # The write that failed may have been partly buffered: the file's real size is what counts.
     if leave_bytes:
         os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
     return filler
