@@ -19,15 +19,15 @@ from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
 from edge.control import CommandQueue, apply_threshold, prepare_reload, reload_outcome, reload_refusal
-from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
+from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.notify import SystemdNotifier
-from edge.publish.evidence import EvidenceStore
 from edge.publish.sender import OutboxSender
 from edge.publish.outputs import build_sinks
 from edge.publish.recorder import VerdictRecorder
 from edge.publish.reporter import Reporter
 from edge.publish.sinks import FanOut, VerdictSink
-from edge.startup import StartupError, broker_link, build_inspector, open_frames, open_outbox, start_link
+from edge.startup import (StartupError, StorageError, broker_link, build_inspector, open_evidence, open_frames,
+                          open_outbox, start_link)
 from edge.station import Station
 from edge.status import StationStatus
 
@@ -57,9 +57,8 @@ class Daemon:
 
     def start(self) -> None:
         cfg, base_topic = self.cfg, f"{self.cfg.mqtt.topic_prefix}/{self.cfg.device_id}"
-        outbox = open_outbox(cfg)
-        inspector = build_inspector(cfg)
-        self.evidence = EvidenceStore(cfg.storage.dir / "evidence", int(cfg.storage.evidence_quota_mb * 1e6))
+        inspector = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (exit 75)
+        outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
         self.source_grayscale = inspector.spec.color == "gray"
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:
@@ -205,6 +204,9 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
     except (StartupError, ConfigError) as exc:
         logger.error("cannot start: %s", exc)
         return EX_CONFIG
+    except StorageError as exc:
+        logger.error("cannot start: %s (exit 75: systemd starts it again after a delay)", exc)
+        return EX_TEMPFAIL
     code = EX_SOFTWARE
     try:
         code = daemon.run()

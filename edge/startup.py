@@ -2,27 +2,36 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 from edge.capture.base import CaptureError, FrameSource
 from edge.capture.registry import open_source, preflight_source
 from edge.config.errors import ConfigError
-from edge.config.schema import Config
+from edge.config.schema import Config, StorageConfig
 from edge.config.secrets import resolve_mqtt_password
 from edge.core.bundle import BundleError
 from edge.core.inspector import Inspector
 from edge.core.preprocess import ImageError, read_image
 from edge.core.runtime import ModelLoadError
+from edge.publish import outbox
+from edge.publish.evidence import EvidenceStore, free_bytes
 from edge.publish.mqtt import MqttLink
-from edge.publish.outbox import Outbox, OutboxError
 from edge.text import one_line
 
 logger = logging.getLogger("lineguard")
 
 OUTBOX_FILE = "outbox.sqlite3"
+EVIDENCE_FOLDER = "evidence"
+PROBE_BYTES = 64 * 1024  # what check-config writes (and removes) to see that storage.dir takes data
 
 
 class StartupError(Exception):
     """Config, bundle or source problem found before inspecting: exit 78, systemd does not restart."""
+
+
+class StorageError(Exception):
+    """storage.dir is full, read-only or unwritable: exit 75, systemd restarts the service after a delay."""
 
 
 def build_inspector(cfg: Config) -> Inspector:
@@ -39,14 +48,48 @@ def build_inspector(cfg: Config) -> Inspector:
         raise StartupError(one_line(str(exc))) from None
 
 
-def open_outbox(cfg: Config) -> Outbox:
+def open_outbox(cfg: Config) -> outbox.Outbox:
+    """The outbox in storage.dir (a damaged one is moved aside and a fresh one started); StorageError if the
+    folder cannot hold it."""
     storage = cfg.storage.dir
     try:
         storage.mkdir(parents=True, exist_ok=True)
-        return Outbox(storage / OUTBOX_FILE, cfg.storage.outbox_max_messages, cfg.storage.outbox_when_full,
-                      cfg.storage.sync)
-    except (OSError, OutboxError) as exc:
-        raise StartupError(f"storage.dir {storage}: {exc}") from None
+        return outbox.open_outbox(storage / OUTBOX_FILE, cfg.storage.outbox_max_messages,
+                                  cfg.storage.outbox_when_full, cfg.storage.sync)
+    except (OSError, outbox.OutboxError) as exc:
+        raise StorageError(f"storage.dir {storage}: {one_line(str(exc))}") from None
+
+
+def open_evidence(storage: StorageConfig) -> EvidenceStore:
+    return EvidenceStore(storage.dir / EVIDENCE_FOLDER, int(storage.evidence_quota_mb * 1e6),
+                         int(storage.evidence_reserve_mb * 1e6))
+
+
+def preflight_storage(storage: StorageConfig) -> list[str]:
+    """What open_outbox would refuse, found without leaving anything behind: the folder (or the nearest one
+    that exists, when run would create it) takes data, and an existing outbox can be opened. A damaged
+    outbox or free space below the evidence reserve are warnings: run goes on with them."""
+    folder = existing = storage.dir
+    try:
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing) as probe:  # unnamed where supported; gone when closed
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+        free = free_bytes(existing)
+        if (folder / OUTBOX_FILE).exists():
+            outbox.check_file(folder / OUTBOX_FILE)
+    except outbox.OutboxCorrupt as exc:
+        logger.warning("%s; run will move it aside (kept) and start a fresh outbox", one_line(str(exc)))
+    except (OSError, outbox.OutboxError) as exc:
+        return [f"storage.dir {folder}: {one_line(str(exc))}"]
+    if free < storage.evidence_reserve_mb * 1e6:
+        logger.warning("storage.dir %s: %.0f MB free, below storage.evidence_reserve_mb %g: evidence is not "
+                       "saved until space is freed", folder, free / 1e6, storage.evidence_reserve_mb)
+    return []
 
 
 def open_frames(cfg: Config, grayscale: bool, on_state) -> FrameSource:
@@ -77,7 +120,7 @@ def preflight(cfg: Config) -> list[str]:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    return problems + preflight_source(cfg.source)
+    return problems + preflight_storage(cfg.storage) + preflight_source(cfg.source)
 
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,11 @@ from tests.support.helpers import MNIST_BUNDLE, ROOT, run_cli
 
 RESULT_FIELDS = {"id", "seq", "ts", "device_id", "image", "part_id", "score", "score_norm", "threshold", "verdict",
                  "regions", "model", "latency_ms"}
+
+
+def assert_consecutive_from_1(got: list[dict]) -> None:
+    """Delivered in order with no seq missing: sorted order alone would not see a gap."""
+    assert [r["seq"] for r in got] == list(range(1, len(got) + 1))
 
 
 def score_cli(paths) -> dict[str, dict]:
@@ -36,7 +42,7 @@ def test_folder_replay_gives_one_result_per_frame_equal_to_score(tmp_path, broke
     assert len(got) == len(files) == len(results(collector))
     assert RESULT_FIELDS <= got[0].keys()
     assert [r["image"] for r in got] == [p.name for p in files]
-    assert [r["seq"] for r in got] == sorted(r["seq"] for r in got)
+    assert_consecutive_from_1(got)
     assert len({r["id"] for r in got}) == len(got)
     expected = score_cli(files)
     for r in got:
@@ -66,7 +72,7 @@ def test_broker_restart_mid_replay_loses_nothing(tmp_path, make_broker, make_col
     assert collector.wait_for(lambda m: len(unique_in_order(results(collector))) >= 20, 20)
     got = unique_in_order(results(collector))
     assert [r["image"] for r in got] == sorted(p.name for p in frames.glob("*.png"))
-    assert [r["seq"] for r in got] == sorted(r["seq"] for r in got)
+    assert_consecutive_from_1(got)
 
 
 def test_outbox_survives_sigkill_while_broker_is_down(tmp_path, make_broker, make_collector):
@@ -86,7 +92,7 @@ def test_outbox_survives_sigkill_while_broker_is_down(tmp_path, make_broker, mak
     assert collector.wait_for(20, 10)
     got = unique_in_order(results(collector))
     assert [r["image"] for r in got] == names
-    assert [r["seq"] for r in got] == sorted(r["seq"] for r in got)
+    assert_consecutive_from_1(got)  # the second start inspected nothing and spent no seq
 
 
 def test_status_offline_on_sigkill_and_stopped_on_sigterm(tmp_path, broker, make_collector):
@@ -165,10 +171,14 @@ def test_malformed_commands_are_refused_and_daemon_keeps_running(tmp_path, broke
 def test_mqtt_trigger_echoes_the_part_id(tmp_path, broker, make_collector):
     frames = sample_folder(tmp_path, count=6)
     config = write_config(tmp_path, broker.port, frames, trigger={"mode": "mqtt"}, source={"fps": 0, "loop": True})
-    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/status", f"{BASE}/reply"])
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/status", f"{BASE}/reply", f"{BASE}/stats"])
     daemon = DaemonProcess(config)
     assert collector.wait_for(lambda m: any(x.payload == b"online" for x in m), 30), daemon.log()[-2000:]
-    time.sleep(0.5)
+    # Stats come from the main loop between frames: two of them with no frame counted mean the loop has
+    # gone round idle, and a frame inspected without a trigger would have been counted first.
+    stats = lambda: [json.loads(p) for p in collector.payloads(f"{BASE}/stats")]
+    assert collector.wait_for(lambda m: len(stats()) >= 2, 30), daemon.log()[-2000:]
+    assert [s["frames"] for s in stats()] == [0] * len(stats())
     assert results(collector) == []  # nothing inspected without a trigger
     for part in ("P-001", "P-002"):
         collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": part, "request_id": f"r-{part}"}))
@@ -176,6 +186,7 @@ def test_mqtt_trigger_echoes_the_part_id(tmp_path, broker, make_collector):
     assert collector.wait_for(lambda m: len(replies()) >= 2 and len(results(collector)) >= 2, 15), daemon.log()[-2000:]
     assert [r["part_id"] for r in results(collector)] == ["P-001", "P-002"]
     seqs = [r["seq"] for r in results(collector)]
+    assert seqs == [1, 2]
     assert [(r["request_id"], r["ok"], r["reason"]) for r in replies()] == [
         (f"r-P-00{i + 1}", True, f"inspected as seq {seq}") for i, seq in enumerate(seqs)]
     daemon.signal(signal.SIGTERM)
@@ -210,3 +221,47 @@ def test_make_demo_works_without_a_broker(tmp_path):
     verdict_lines = [line for line in out.stderr.splitlines() if " PASS " in line or " FAIL " in line]
     assert len(verdict_lines) == len(list((ROOT / "samples" / "mnist").glob("*.png")))
     assert all("digit9" in line for line in verdict_lines if " FAIL " in line)
+
+
+def test_seq_is_exactly_1_to_n_across_every_kind_of_restart(tmp_path, broker, make_collector):
+    """Clean exit, SIGKILL mid-replay, exit 78 (broken bundle, missing source folder) and a SIGTERM while idle in
+    trigger mode: only verdicts get a seq, so subscribers see exactly 1..N."""
+    frames = sample_folder(tmp_path, count=4)
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/status"])
+    config = lambda **sections: write_config(tmp_path, broker.port, frames, **sections)
+    delivered = lambda: unique_in_order(results(collector))
+    starts = []
+
+    def run(expected_code: int, **sections) -> None:
+        daemon = DaemonProcess(config(**sections))
+        starts.append(daemon)
+        assert daemon.wait(90) == expected_code, daemon.log()[-3000:]
+        assert "Traceback" not in daemon.log()
+
+    run(0)  # a clean replay of 4 frames
+    assert collector.wait_for(lambda _: len(delivered()) >= 4, 20)
+
+    looping = DaemonProcess(config(source={"fps": 10, "loop": True}))
+    starts.append(looping)
+    assert collector.wait_for(lambda _: len(delivered()) >= 7, 60), looping.log()[-3000:]
+    looping.kill()  # SIGKILL mid-replay
+
+    broken = tmp_path / "broken-bundle"
+    shutil.copytree(MNIST_BUNDLE, broken)
+    (broken / "model.json").write_text("{}")
+    run(78, model=str(broken))
+    run(78, source={"path": str(tmp_path / "no-such-folder")})
+
+    idle = DaemonProcess(config(trigger={"mode": "mqtt"}, source={"fps": 0, "loop": True}))
+    starts.append(idle)
+    assert idle.wait_for_log("ready:", 60), idle.log()[-3000:]
+    idle.signal(signal.SIGTERM)
+    assert idle.wait(30) == 0, idle.log()[-3000:]
+
+    before_last = len(delivered())
+    run(0)  # a last clean replay, which also delivers whatever the killed one left in the outbox (first)
+    assert collector.wait_for(lambda _: len(delivered()) >= before_last + 4, 30)
+    seqs = sorted(r["seq"] for r in delivered())
+    assert seqs == list(range(1, len(seqs) + 1)), [(r["seq"], r["image"], r["id"][:6]) for r in delivered()]
+    assert len(seqs) >= 4 + 3 + 4
+    assert all("Traceback" not in d.log() for d in starts)

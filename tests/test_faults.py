@@ -6,12 +6,13 @@ full storage.dir, and a hung inference seen through the systemd watchdog.
 from __future__ import annotations
 
 import json
+import errno
 import os
-import resource
 import shutil
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 from edge.core.bundle import MANIFEST_NAME, MODEL_NAME, sha256_of
+from edge.exitcodes import EX_CONFIG, EX_TEMPFAIL
 from edge.publish.evidence import EvidenceStore
 from tests.support.daemon_harness import (
     BASE, DaemonProcess, LoggedProcess, results, sample_folder, unique_in_order, write_config,
@@ -42,6 +44,7 @@ FRAMES_BEFORE_HANG = 15
 HUNG_FOR_S = 3.0  # three watchdog timeouts
 STREAM_FPS = 10.0
 FULL_DISK_S = 2.5
+SMALL_DISK_MB = 16  # room for the outbox's write-ahead log, which grows to about 4 MB before it is reused
 QUIET = {"heatmap": "never"}
 NO_EVIDENCE = {"evidence": "never"}
 
@@ -373,48 +376,217 @@ def test_evidence_quota_cleanup_on_a_vanished_folder_does_not_raise(tmp_path):
     assert store.errors >= 1 and "Not a directory" in store.last_error
 
 
-def set_file_size_limit(pid: int, limit_bytes: int) -> None:
-    """A full disk for one process: writes that would grow a file past the limit fail with EFBIG (Python
-    ignores SIGXFSZ). Only the soft limit moves, so it can be raised again without privileges."""
-    _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit_bytes, hard))
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A real file system of SMALL_DISK_MB (tmpfs), so a full disk is ENOSPC for every writer."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK_MB}m,mode=0755", "tmpfs", str(mount_point)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is refused here ({out.stderr.strip()}); needs root or CAP_SYS_ADMIN")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=False)
+
+
+def fill(disk: Path, leave_bytes: int = 0) -> Path:
+    """Fill the file system with one file until ENOSPC, then give back ``leave_bytes``."""
+    filler = disk / f"filler-{time.monotonic_ns()}"
+    with open(filler, "wb", buffering=0) as handle:  # unbuffered: closing has nothing left to write
+        try:
+            while True:
+                handle.write(bytes(64 * 1024))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    if leave_bytes:
+        os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
+    return filler
+
+
+def remount(disk: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True, capture_output=True)
+
+
+def storage_config(tmp_path: Path, port: int | None, state: Path, frames: Path | None = None, **storage) -> Path:
+    return write_config(tmp_path, port, frames or sample_folder(tmp_path, count=4), mqtt=QUIET,
+                        storage={"dir": str(state), **NO_EVIDENCE, **storage})
+
+
+def one_error_line(log: str, *texts: str) -> str:
+    """The one line that says why it did not start, with one of ``texts`` in it."""
+    errors = log_lines_with(log, "cannot start:")
+    assert len(errors) == 1 and any(text in errors[0] for text in texts), log[-3000:]
+    assert "Traceback" not in log
+    return errors[0]
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_storage_fault_at_start_exits_75_check_config_finds_it_and_a_restart_works_once_it_is_gone(
+        tmp_path, small_disk, broker, make_collector, fault):
+    state = small_disk / "state"
+    config = storage_config(tmp_path, broker.port, state)
+    if fault == "full":
+        filler = fill(small_disk)
+        expected = ("No space left on device", "database or disk is full")  # the OS's words, or SQLite's
+    else:
+        remount(small_disk, "ro")
+        expected = ("Read-only file system", "readonly database")
+
+    checked = run_cli("check-config", config, timeout=60)
+    assert checked.returncode == EX_CONFIG, checked.stderr[-3000:]
+    problems = [line for line in checked.stderr.splitlines() if "storage.dir" in line]
+    assert len(problems) == 1 and str(state) in problems[0], checked.stderr[-3000:]
+    assert any(text in problems[0] for text in expected), problems
+    assert "Traceback" not in checked.stderr
+    assert not state.exists(), "check-config leaves nothing behind"
+
+    out = run_cli("run", "--config", config, timeout=60)
+    assert out.returncode == EX_TEMPFAIL, out.stderr[-3000:]
+    one_error_line(out.stderr, *expected)
+
+    if fault == "full":
+        filler.unlink()
+    else:
+        remount(small_disk, "rw")
+    assert run_cli("check-config", config, timeout=60).returncode == 0
+    collector = make_collector(broker, [f"{BASE}/result"])
+    out = run_cli("run", "--config", config, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= 4, WAIT_S)
+    assert_gap_free_and_in_order(unique_in_order(results(collector)))
+
+
+def test_a_full_disk_with_an_outbox_from_earlier_still_starts_or_exits_75_never_78(tmp_path, small_disk, broker):
+    state = small_disk / "state"
+    config = storage_config(tmp_path, broker.port, state)
+    assert run_cli("run", "--config", config, timeout=60).returncode == 0
+    filler = fill(small_disk)
+    out = run_cli("run", "--config", config, timeout=60)
+    assert out.returncode in (0, EX_TEMPFAIL), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    filler.unlink()
+
+
+CORRUPTIONS = {
+    "garbage": lambda path: path.write_bytes(b"\x00garbage, not a database\n" * 500),
+    "seq-near-int64-max": lambda path: _set_meta_seq(path, 2**63 - 2),
+}
+
+
+def _set_meta_seq(path: Path, value: int) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (value,))
+    db.close()
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS.keys())
+def test_a_corrupt_outbox_is_moved_aside_reported_and_inspection_goes_on(tmp_path, broker, make_collector, corrupt):
+    state = tmp_path / "state"
+    config = storage_config(tmp_path, broker.port, state, evidence="always")
+    assert run_cli("run", "--config", config, timeout=60).returncode == 0  # an outbox of seq 1..4, evidence
+    evidence_before = sorted(p.name for p in state.rglob("*") if "outbox" not in p.name)
+    assert len(evidence_before) > 4
+    outbox_file = state / "outbox.sqlite3"
+    corrupt(outbox_file)
+    damaged = outbox_file.read_bytes()
+
+    checked = run_cli("check-config", config, timeout=60)
+    assert checked.returncode == 0, checked.stderr[-3000:]
+    assert "run will move it aside" in checked.stderr and "Traceback" not in checked.stderr
+    assert outbox_file.read_bytes() == damaged
+
+    collector = make_collector(broker, [f"{BASE}/#"])
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path, count=4), mqtt=QUIET,
+                          source={"fps": FPS, "loop": True}, storage={"dir": str(state), **NO_EVIDENCE})
+    daemon = DaemonProcess(config)
+    try:
+        wait_for_results(collector, daemon.log, 3)
+        stats = lambda: latest(collector, "stats").get("outbox", {})
+        assert collector.wait_for(lambda _: stats().get("recovered_from"), WAIT_S), daemon.log()[-3000:]
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        daemon.kill()
+    kept = state / stats()["recovered_from"]
+    assert kept.read_bytes() == damaged, "the damaged outbox is kept as it was"
+    errors = log_lines_with(daemon.log(), "moved it aside")
+    assert len(errors) == 1 and kept.name in errors[0] and " ERROR " in errors[0], daemon.log()[-3000:]
+    assert "Traceback" not in daemon.log()
+    assert_gap_free_and_in_order(unique_in_order(results(collector)))  # a fresh outbox starts at seq 1
+    assert sorted(p.name for p in state.rglob("*") if "outbox" not in p.name) == evidence_before
 
 
 @pytest.mark.slow
-def test_full_disk_sends_verdicts_without_the_outbox_and_recovers(tmp_path, broker, make_collector, processes):
+def test_full_disk_sends_verdicts_without_the_outbox_and_recovers(tmp_path, small_disk, broker, make_collector):
     frames = sample_folder(tmp_path)
     config = write_config(tmp_path, broker.port, frames, source={"fps": FPS, "loop": True}, mqtt=QUIET,
-                          storage={"dir": str(tmp_path / "state"), "evidence": "always"})
+                          storage={"dir": str(small_disk / "state"), "evidence": "always", "evidence_reserve_mb": 0})
     collector = make_collector(broker, [f"{BASE}/#"])
     daemon = DaemonProcess(config)
-    processes.append(daemon)
     outbox_stats = lambda: latest(collector, "stats").get("outbox", {})
-    wait_for_results(collector, daemon.log, 3)
+    try:
+        wait_for_results(collector, daemon.log, 3)
+        filler = fill(small_disk)
+        full_at = len(unique_in_order(results(collector)))
+        assert daemon.wait_for_log("outbox cannot be written", WAIT_S), daemon.log()[-3000:]
+        threading.Event().wait(FULL_DISK_S)
+        got_while_full = wait_for_results(collector, daemon.log, full_at + 10)
+        assert collector.wait_for(lambda _: outbox_stats().get("published_directly", 0) >= 5
+                                  and outbox_stats().get("errors", 0) >= 5, WAIT_S), outbox_stats()
+        stats = latest(collector, "stats")
+        assert stats["outbox"]["lost"] == 0 and "full" in stats["outbox"]["last_error"]
+        # Evidence sees the file system is full before it writes (with no reserve set, a save must fit).
+        assert stats["evidence"]["low_space"] and stats["evidence"]["skipped_low_space"] >= 1, stats["evidence"]
+        assert daemon.process.poll() is None
 
-    set_file_size_limit(daemon.process.pid, 0)
-    full_at = len(unique_in_order(results(collector)))
-    assert daemon.wait_for_log("outbox cannot be written", WAIT_S), daemon.log()[-3000:]
-    threading.Event().wait(FULL_DISK_S)
-    got_while_full = wait_for_results(collector, daemon.log, full_at + 10)
-    assert collector.wait_for(lambda _: outbox_stats().get("published_directly", 0) >= 5
-                              and outbox_stats().get("errors", 0) >= 5, WAIT_S), outbox_stats()
-    stats = latest(collector, "stats")
-    assert stats["outbox"]["lost"] == 0 and stats["outbox"]["last_error"]
-    assert stats["evidence"]["errors"] >= 1 and "File too large" in stats["evidence"]["last_error"]
-    assert daemon.process.poll() is None
-
-    set_file_size_limit(daemon.process.pid, resource.RLIM_INFINITY)
-    assert daemon.wait_for_log("outbox writable again", WAIT_S), daemon.log()[-3000:]
-    assert collector.wait_for(lambda _: outbox_stats().get("last_error", "") is None, WAIT_S)
-    wait_for_results(collector, daemon.log, len(got_while_full) + 10)
-    daemon.signal(signal.SIGTERM)
-    assert daemon.wait(30) == 0, daemon.log()[-3000:]
+        filler.unlink()
+        assert daemon.wait_for_log("outbox writable again", WAIT_S), daemon.log()[-3000:]
+        assert collector.wait_for(lambda _: outbox_stats().get("last_error", "") is None, WAIT_S)
+        wait_for_results(collector, daemon.log, len(got_while_full) + 10)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        daemon.kill()
 
     # Sent directly, a verdict may overtake one still queued; none is lost or doubled, and seq orders them.
     seqs = [r["seq"] for r in unique_in_order(results(collector))]
     assert sorted(seqs) == list(range(1, len(seqs) + 1))
     assert len(log_lines_with(daemon.log(), "outbox cannot be written")) == 1
     assert "Traceback" not in daemon.log()
+
+
+def test_evidence_pauses_below_the_reserve_and_resumes_when_space_returns(tmp_path, small_disk, broker,
+                                                                           make_collector):
+    reserve_mb = 4
+    frames = sample_folder(tmp_path)
+    config = write_config(tmp_path, broker.port, frames, source={"fps": FPS, "loop": True}, mqtt=QUIET,
+                          storage={"dir": str(small_disk / "state"), "evidence": "always",
+                                   "evidence_reserve_mb": reserve_mb})
+    collector = make_collector(broker, [f"{BASE}/#"])
+    daemon = DaemonProcess(config)
+    evidence = lambda: latest(collector, "stats").get("evidence", {})
+    try:
+        assert collector.wait_for(lambda _: evidence().get("saved", 0) >= 3, WAIT_S), daemon.log()[-3000:]
+        filler = fill(small_disk, leave_bytes=reserve_mb * 1_000_000 // 2)
+        assert collector.wait_for(lambda _: evidence().get("low_space") and evidence()["skipped_low_space"] >= 5,
+                                  WAIT_S), evidence()
+        paused_at = evidence()["saved"]
+        wait_for_results(collector, daemon.log, len(unique_in_order(results(collector))) + 10)
+        stats = latest(collector, "stats")
+        assert stats["evidence"]["errors"] == 0 and stats["outbox"]["errors"] == 0, stats
+        assert stats["evidence"]["saved"] <= paused_at + 1  # at most one save was under way
+        assert os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize > reserve_mb * 1_000_000 // 4
+
+        filler.unlink()
+        assert collector.wait_for(lambda _: not evidence().get("low_space") and evidence()["saved"] > paused_at + 3,
+                                  WAIT_S), evidence()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        daemon.kill()
+    assert len(log_lines_with(daemon.log(), "evidence paused")) == 1
+    assert len(log_lines_with(daemon.log(), "evidence saving resumed")) == 1
+    assert_gap_free_and_in_order(unique_in_order(results(collector)))
 
 
 # ---------------------------------------------------------------- the systemd watchdog
@@ -475,3 +647,19 @@ def test_idle_trigger_mode_keeps_pinging_the_watchdog(tmp_path, broker, make_col
         assert daemon.wait(30) == 0
     finally:
         daemon.kill()
+
+
+# ---------------------------------------------------------------- the acceptance run, shortened
+
+
+@pytest.mark.slow
+def test_kill_and_outage_run_delivers_exactly_seq_1_to_n(capsys):
+    """benchmarks/kill_outage.py with fewer kills and a shorter outage: the same checks, exit 0 only if they hold."""
+    from benchmarks import kill_outage
+
+    code = kill_outage.main(["--kills", "3", "--outage-s", "5", "--fps", "100", "--no-save"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0, summary
+    assert summary["seq_missing_count"] == 0 and summary["seq_given_twice"] == 0, summary
+    assert summary["duplicates_differing_from_first"] == 0 and summary["sigkills"] == 4, summary
+    assert summary["n"] == summary["outbox_last_seq"] > 0, summary

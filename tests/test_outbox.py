@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -10,13 +11,16 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.publish.outbox import Outbox, OutboxError, OutboxMessage
+from edge.publish.outbox import (
+    MAX_SEQ, Outbox, OutboxCorrupt, OutboxError, OutboxMessage, check_file, open_outbox,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_TOPIC = "lg/dev1/result"
@@ -35,17 +39,41 @@ def outbox_path(tmp_path: Path) -> Path:
 
 def test_seq_is_monotonic_across_reopen_even_when_everything_was_acked(outbox_path: Path) -> None:
     with Outbox(outbox_path) as outbox:
-        seqs = [outbox.next_seq() for _ in range(3)]
-        for seq in seqs:
-            outbox.put(seq, verdict(seq))
+        seqs = []
+        for _ in range(3):
+            seqs.append(outbox.next_seq())
+            outbox.put(seqs[-1], verdict(seqs[-1]))
         outbox.ack(m.id for m in outbox.pending())
         assert outbox.depth() == 0
     assert seqs == [1, 2, 3]
 
     with Outbox(outbox_path) as outbox:
-        assert outbox.next_seq() == 4
+        assert outbox.last_seq == 3 and outbox.next_seq() == 4
+
+
+def test_opening_and_asking_reserves_no_seq(outbox_path: Path) -> None:
+    """A start that inspects nothing must not spend a seq: the next verdict after it is exactly last + 1."""
     with Outbox(outbox_path) as outbox:
-        assert outbox.next_seq() == 5
+        outbox.put(outbox.next_seq(), verdict(1))
+    for _ in range(3):
+        with Outbox(outbox_path) as outbox:
+            assert outbox.next_seq() == 2
+            assert outbox.next_seq() == 2
+    with Outbox(outbox_path) as outbox:
+        outbox.put(outbox.next_seq(), verdict(2))
+        assert [m.seq for m in outbox.pending()] == [1, 1, 2, 2]
+
+
+def test_rows_left_by_a_killed_writer_keep_their_seq_once_a_later_start_delivers_them(outbox_path: Path) -> None:
+    with Outbox(outbox_path) as outbox:
+        outbox.put(1, verdict(1))
+        outbox.ack(m.id for m in outbox.pending())
+        for seq in (2, 3):
+            outbox.put(seq, verdict(seq))  # in flight when the writer died
+    with Outbox(outbox_path) as outbox:  # the next start inspects nothing, only delivers
+        assert outbox.ack(m.id for m in outbox.pending()) == 4
+    with Outbox(outbox_path) as outbox:
+        assert outbox.depth() == 0 and outbox.next_seq() == 4
 
 
 def test_put_with_a_higher_seq_moves_next_seq_past_it(outbox_path: Path) -> None:
@@ -53,7 +81,15 @@ def test_put_with_a_higher_seq_moves_next_seq_past_it(outbox_path: Path) -> None
         outbox.put(41, verdict(41))
         assert outbox.next_seq() == 42
     with Outbox(outbox_path) as outbox:
-        assert outbox.next_seq() == 43
+        assert outbox.next_seq() == 42
+
+
+def test_a_seq_outside_the_json_safe_range_is_refused(outbox_path: Path) -> None:
+    with Outbox(outbox_path) as outbox:
+        for seq in (0, -1, MAX_SEQ + 1, 2**63):
+            with pytest.raises(ValueError, match="outside"):
+                outbox.put(seq, verdict(1))
+        assert outbox.depth() == 0 and outbox.last_seq == 0
 
 
 def test_put_pending_ack_keep_insertion_order(outbox_path: Path) -> None:
@@ -121,8 +157,10 @@ def test_reject_new_refuses_whole_verdicts_and_counts(outbox_path: Path) -> None
         outbox.ack([outbox.pending()[0].id])
         outbox.put(5, [(RESULT_TOPIC, b"r5", 1)])
         assert [m.seq for m in outbox.pending()] == [1, 2, 2, 5]
+        outbox.put(6, verdict(6))  # refused, but its seq was a verdict's: never given again
     with Outbox(outbox_path, max_messages=5, when_full="reject_new") as outbox:
-        assert outbox.dropped == 4
+        assert outbox.dropped == 6
+        assert outbox.next_seq() == 7
 
 
 def test_full_outbox_warnings_are_rate_limited(outbox_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -178,7 +216,7 @@ def test_closed_outbox_raises_outbox_error(outbox_path: Path) -> None:
     outbox = Outbox(outbox_path)
     outbox.close()
     with pytest.raises(OutboxError):
-        outbox.next_seq()
+        outbox.put(1, verdict(1))
 
 
 def test_concurrent_writer_and_sender_threads(outbox_path: Path) -> None:
@@ -284,9 +322,125 @@ def test_survives_sigkill_in_the_middle_of_writes(tmp_path: Path, outbox_path: P
             row for seq in range(1, last_seq + 1) for row in _expected_rows(seq)
         ]
         assert [m.id for m in stored] == sorted(m.id for m in stored)
-        # next_seq may have been committed for a verdict whose put was cut off: never reuse either.
-        assert outbox.next_seq() in (last_seq + 1, last_seq + 2)
+        # Only a verdict's put records a seq: the next one follows the last committed verdict exactly.
+        assert outbox.next_seq() == last_seq + 1
 
 
 def _expected_rows(seq: int) -> list[tuple[int, str, bytes]]:
     return [(seq, topic, payload) for topic, payload, _ in verdict(seq)]
+
+
+# ---------------------------------------------------------------- a damaged outbox is moved aside, kept
+
+
+def foreign_database(path: Path) -> None:
+    # The one place outside edge/publish/outbox.py that needs sqlite3: crafting files.
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body TEXT)")
+        conn.execute("INSERT INTO messages (body) VALUES ('someone else''s')")
+    conn.close()
+
+
+def outbox_with_meta(value: object) -> Callable[[Path], None]:
+    def craft(path: Path) -> None:
+        with Outbox(path) as outbox:
+            outbox.put(1, verdict(1))
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (value,))
+        conn.close()
+    craft.__name__ = f"meta_seq_{value}"
+    return craft
+
+
+def outbox_with_message_seq(value: object) -> Callable[[Path], None]:
+    def craft(path: Path) -> None:
+        with Outbox(path) as outbox:
+            outbox.put(1, verdict(1))
+        with sqlite3.connect(path) as conn:
+            conn.execute("UPDATE messages SET seq = ?", (value,))
+        conn.close()
+    craft.__name__ = f"message_seq_{value}"
+    return craft
+
+
+def newer_version(path: Path) -> None:
+    with Outbox(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+
+
+DAMAGED = {
+    "text": lambda path: path.write_bytes(b"this is not a database, just some text\n" * 200),
+    "damaged-header": lambda path: path.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096),
+    "foreign": foreign_database,
+    "newer-version": newer_version,
+    "meta-seq-int64-max": outbox_with_meta(2**63 - 1),
+    "meta-seq-negative": outbox_with_meta(-5),
+    "meta-seq-text": outbox_with_meta("many"),
+    "message-seq-beyond-json": outbox_with_message_seq(2**53),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_outbox_is_refused_by_outbox_and_moved_aside_by_open_outbox(
+        outbox_path: Path, damage, caplog: pytest.LogCaptureFixture) -> None:
+    outbox_path.parent.mkdir(parents=True)
+    damage(outbox_path)
+    before = outbox_path.read_bytes()
+    with pytest.raises(OutboxCorrupt, match="not a usable outbox database"):
+        Outbox(outbox_path)
+    with pytest.raises(OutboxCorrupt):
+        check_file(outbox_path)
+    assert outbox_path.read_bytes() == before, "refusing a file changes nothing in it"
+
+    with caplog.at_level("ERROR", logger="edge.publish.outbox"):
+        outbox = open_outbox(outbox_path)
+    with outbox:
+        assert outbox.recovered_from is not None
+        assert re.fullmatch(r"outbox\.sqlite3\.corrupt-\d{8}T\d{6}Z", outbox.recovered_from)
+        assert outbox.depth() == 0 and outbox.next_seq() == 1
+        outbox.put(1, verdict(1))
+    kept = outbox_path.parent / outbox.recovered_from
+    assert kept.read_bytes() == before, "the damaged file is kept as it was"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and outbox.recovered_from in errors[0] and "not a usable outbox" in errors[0]
+    assert sorted(p.name for p in outbox_path.parent.iterdir() if "corrupt" in p.name) == [kept.name]
+    with Outbox(outbox_path) as reopened:  # the fresh outbox is a good one
+        assert reopened.recovered_from is None and [m.seq for m in reopened.pending()] == [1, 1]
+
+
+def test_a_second_recovery_in_the_same_second_keeps_both_files(outbox_path: Path) -> None:
+    outbox_path.parent.mkdir(parents=True)
+    kept = []
+    for content in (b"first damaged file" * 100, b"second damaged file" * 100):
+        outbox_path.write_bytes(content)
+        Path(f"{outbox_path}-wal").unlink(missing_ok=True)
+        Path(f"{outbox_path}-shm").unlink(missing_ok=True)
+        with open_outbox(outbox_path) as outbox:
+            kept.append(outbox.recovered_from)
+    assert len(set(kept)) == 2
+    assert {(outbox_path.parent / name).read_bytes()[:5] for name in kept} == {b"first", b"secon"}
+
+
+def test_a_healthy_outbox_is_opened_not_moved(outbox_path: Path) -> None:
+    with Outbox(outbox_path) as outbox:
+        outbox.put(1, verdict(1))
+    with open_outbox(outbox_path) as outbox:
+        assert outbox.recovered_from is None and outbox.depth() == 2
+    assert [p.name for p in outbox_path.parent.iterdir() if "corrupt" in p.name] == []
+
+
+def test_check_file_reads_without_creating_or_changing_anything(outbox_path: Path) -> None:
+    with Outbox(outbox_path) as outbox:
+        outbox.put(1, verdict(1))
+    listing = lambda: {p.name: p.read_bytes() for p in outbox_path.parent.iterdir()}
+    before = listing()
+    assert set(before) == {outbox_path.name}  # a clean close leaves no side files
+    check_file(outbox_path)
+    assert listing() == before
+    with Outbox(outbox_path) as running:  # a running daemon has it open, with its write-ahead log
+        running.put(2, verdict(2))
+        check_file(outbox_path)
+        assert running.depth() == 4

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from edge.exitcodes import EX_CONFIG, EX_TEMPFAIL
+
 UNIT_PATH = Path(__file__).resolve().parents[1] / "systemd" / "lineguard.service"
 MAX_EXPOSURE = 2.0
 ANALYZE_TIMEOUT_S = 60
@@ -96,9 +98,16 @@ def test_notify_and_watchdog(service: dict[str, list[str]]) -> None:
 
 
 def test_restart_policy(service: dict[str, list[str]]) -> None:
+    # on-failure restarts on every non-zero exit code not listed below, EX_TEMPFAIL among them.
     assert service["Service.Restart"] == ["on-failure"]
     # EX_CONFIG: an invalid config must not crash-loop.
-    assert "78" in service["Service.RestartPreventExitStatus"][0].split()
+    prevented = service["Service.RestartPreventExitStatus"][0].split()
+    assert str(EX_CONFIG) in prevented
+    # EX_TEMPFAIL: full or read-only storage at start; the station must come back once the disk does.
+    assert str(EX_TEMPFAIL) not in prevented
+    assert "Service.SuccessExitStatus" not in service
+    delay = service["Service.RestartSec"][0]
+    assert delay.endswith("s") and int(delay[:-1]) >= 1, "a delay between attempts, not a tight loop"
     # Stopping waits up to 5 s for the broker's ack of "stopped", plus thread joins: leave room before SIGKILL.
     assert service["Service.TimeoutStopSec"][0].endswith("s") and int(service["Service.TimeoutStopSec"][0][:-1]) >= 15
 

@@ -227,6 +227,13 @@ class StorageConfig(BaseModel):
     evidence_quota_mb: float = Field(
         500.0, gt=0, strict=True, description="Disk space for evidence images; oldest are deleted first."
     )
+    evidence_reserve_mb: float = Field(
+        200.0,
+        ge=0,
+        strict=True,
+        description="Free space evidence never takes: below it on storage.dir's file system, evidence pauses "
+        "(verdicts continue, the outbox keeps room) until space is back.",
+    )
     drain_timeout_s: float = Field(
         30.0,
         ge=0,

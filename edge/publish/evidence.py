@@ -1,6 +1,8 @@
 """Evidence images of inspected parts under storage.dir, within a size quota, oldest removed first.
 
-A full or read-only disk stops evidence, never verdicts: errors are counted and reported.
+A full or read-only disk stops evidence, never verdicts: errors are counted and reported. Evidence never
+takes the last free space: below a reserve (storage.evidence_reserve_mb) on its file system it pauses,
+so the outbox keeps room for verdicts, and resumes once space is back.
 """
 from __future__ import annotations
 
@@ -23,11 +25,14 @@ RETRY_AFTER_ERROR_S = 60.0
 class EvidenceStore:
     """Writes <seq>-<name>.jpg and <seq>-<name>-heat.jpg; deletes the oldest files past the quota."""
 
-    def __init__(self, folder: Path, quota_bytes: int) -> None:
+    def __init__(self, folder: Path, quota_bytes: int, reserve_bytes: int = 0) -> None:
         self.folder = folder
         self.quota_bytes = quota_bytes
+        self.reserve_bytes = reserve_bytes
         self.errors = 0
         self.saved = 0
+        self.skipped_low_space = 0  # saves left out because free space was below the reserve
+        self.low_space = False
         self.last_error: str | None = None
         self._files: deque[tuple[Path, int]] = deque()
         self._total = 0
@@ -58,8 +63,11 @@ class EvidenceStore:
             self.errors += 1
             return
         try:
-            for suffix, image in images.items():
-                self._write(self.folder / f"{stem}{suffix}.jpg", image)
+            encoded = {suffix: _encode(stem + suffix, image) for suffix, image in images.items()}
+            if not self._room_for(sum(map(len, encoded.values()))):
+                return
+            for suffix, data in encoded.items():
+                self._write(self.folder / f"{stem}{suffix}.jpg", data)
             self.saved += 1
             if self.last_error is not None:
                 logger.info("evidence saving works again")
@@ -68,13 +76,25 @@ class EvidenceStore:
             self._fail(exc)
         self._enforce_quota()
 
-    def _write(self, path: Path, image: np.ndarray) -> None:
-        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise OSError(f"could not encode {path.name}")
-        write_bytes_atomic(path, encoded.tobytes(), make_parents=False)  # a vanished folder is an error to report
-        self._files.append((path, len(encoded)))
-        self._total += len(encoded)
+    def _room_for(self, size: int) -> bool:
+        """Whether saving ``size`` bytes leaves the reserve free; logs when that changes."""
+        free = free_bytes(self.folder)
+        low = free - size < self.reserve_bytes
+        if low != self.low_space:
+            self.low_space = low
+            if low:
+                logger.warning("evidence paused: %.0f MB free on the file system of %s, below the reserve of "
+                               "%.0f MB (storage.evidence_reserve_mb); verdicts continue", free / 1e6,
+                               self.folder, self.reserve_bytes / 1e6)
+            else:
+                logger.info("evidence saving resumed: %.0f MB free", free / 1e6)
+        self.skipped_low_space += low
+        return not low
+
+    def _write(self, path: Path, data: bytes) -> None:
+        write_bytes_atomic(path, data, make_parents=False)  # a vanished folder is an error to report
+        self._files.append((path, len(data)))
+        self._total += len(data)
 
     def _enforce_quota(self) -> None:
         while self._total > self.quota_bytes and self._files:
@@ -87,4 +107,18 @@ class EvidenceStore:
                 return
 
     def stats(self) -> dict:
-        return {"saved": self.saved, "errors": self.errors, "bytes": self._total, "last_error": self.last_error}
+        return {"saved": self.saved, "errors": self.errors, "bytes": self._total, "last_error": self.last_error,
+                "low_space": self.low_space, "skipped_low_space": self.skipped_low_space}
+
+
+def _encode(name: str, image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise OSError(f"could not encode {name}.jpg")
+    return encoded.tobytes()
+
+
+def free_bytes(folder: Path) -> int:
+    """Space an unprivileged writer may still use on the file system holding ``folder``."""
+    stat = os.statvfs(folder)
+    return stat.f_bavail * stat.f_frsize

@@ -35,7 +35,7 @@ class VerdictRecorder:
         self.link = link
         self.sender = sender
         self.health = OutboxHealth()
-        self.last_seq = outbox.next_seq() - 1
+        self.last_seq = outbox.last_seq  # nothing reserved: a start that inspects nothing spends no seq
 
     def next_seq(self) -> int:
         """The next verdict's seq. Outbox.put records it with the verdict, in one transaction, so a kill
@@ -83,4 +83,5 @@ class VerdictRecorder:
 
     def stats(self) -> dict:
         return {"depth": self.outbox.depth(), "dropped": self.outbox.dropped, **asdict(self.health),
-                "discarded": self.sender.discarded if self.sender is not None else 0}
+                "discarded": self.sender.discarded if self.sender is not None else 0,
+                "recovered_from": self.outbox.recovered_from}
