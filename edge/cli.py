@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
 from edge.argtypes import POSITIVE_INT, number
-from edge.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_OK
+from edge.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
 
 # Commands that other packages plug in, e.g. the trainer's train and evaluate. Each entry point names a
 # function that takes argparse's subparsers, adds its command and sets `handler` (args -> exit code) on it.
@@ -140,17 +140,19 @@ def cmd_score(args) -> int:
 def cmd_check_config(args) -> int:
     from edge.config.errors import ConfigError
     from edge.config.load import load_config
-    from edge.startup import preflight
+    from edge.startup import preflight, preflight_storage
 
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the verdict is the output, not the model's load log
     try:
-        problems = [f"{args.path}: {problem}" for problem in preflight(load_config(args.path))]
+        cfg = load_config(args.path)
     except ConfigError as exc:
-        problems = exc.errors
-    if problems:
-        print("\n".join(problems), file=sys.stderr)
+        print("\n".join(exc.errors), file=sys.stderr)
         return EX_CONFIG
+    problems, storage = preflight(cfg), preflight_storage(cfg.storage)
+    if problems or storage:
+        print("\n".join(f"{args.path}: {problem}" for problem in problems + storage), file=sys.stderr)
+        return EX_CONFIG if problems else EX_TEMPFAIL  # the same codes run would exit with
     print(f"{args.path}: OK")
     return EX_OK
 

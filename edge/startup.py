@@ -107,7 +107,9 @@ def start_link(link: MqttLink) -> None:
 
 
 def preflight(cfg: Config) -> list[str]:
-    """What `run` would refuse at start-up, found without opening a camera or a broker connection."""
+    """What `run` would refuse at start-up for a person to fix (config, bundle, source, broker files), found
+    without opening a camera or a broker connection. Storage is checked apart (preflight_storage): run
+    exits 75 on it, and systemd retries."""
     problems = []
     try:
         build_inspector(cfg)
@@ -120,7 +122,7 @@ def preflight(cfg: Config) -> list[str]:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    return problems + preflight_storage(cfg.storage) + preflight_source(cfg.source)
+    return problems + preflight_source(cfg.source)
 
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:

@@ -7,6 +7,7 @@ so the outbox keeps room for verdicts, and resumes once space is back.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from pathlib import Path
