@@ -152,7 +152,8 @@ def test_check_config_finds_what_run_would_refuse_in_the_source_and_tls_files(tm
         if gstreamer_available():
             pytest.skip("this OpenCV build has GStreamer: nothing to refuse")
         source = "source:\n  kind: gstreamer\n  url: videotestsrc ! videoconvert ! appsink\n"
-        expected = "source.kind: gstreamer source 'videotestsrc ! videoconvert ! appsink': this OpenCV build has no GStreamer"
+        expected = ("source.kind: gstreamer source 'videotestsrc ! videoconvert ! appsink': "
+                    "this OpenCV build has no GStreamer")
     elif case == "tls ca":
         (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
         mqtt += "  tls:\n    enabled: true\n    ca_file: ca.pem\n"

@@ -190,7 +190,8 @@ def _tiff_size(data: bytes) -> tuple[int, int] | None:
         if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3), LONG (4) or LONG8 (16)
             value_at = entry + (12 if big else 8)
             value_format = {3: "H", 4: "I", 16: "Q"}[kind]
-            found[tag] = struct.unpack(order + value_format, data[value_at:value_at + struct.calcsize(value_format)])[0]
+            value_end = value_at + struct.calcsize(value_format)
+            found[tag] = struct.unpack(order + value_format, data[value_at:value_end])[0]
     return (found[256], found[257]) if len(found) == 2 else None
 
 
