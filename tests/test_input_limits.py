@@ -11,6 +11,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -224,3 +225,15 @@ def test_score_refuses_image_files_that_are_no_regular_files_or_too_large(tmp_pa
         f"lineguard score: {device}: a device, not a regular file",
         f"lineguard score: {huge}: {MAX_IMAGE_FILE_BYTES + 1:,} bytes, above the limit of {MAX_IMAGE_FILE_BYTES:,}",
     ]
+
+
+def test_opencv_itself_refuses_the_bomb_once_lineguard_is_imported(bomb):
+    """The second guard: OpenCV's own pixel limit, set before any lineguard module loads cv2."""
+    code = ("import sys, numpy as np, edge.core.inspector, cv2\n"
+            "try:\n    image = cv2.imdecode(np.fromfile(sys.argv[1], np.uint8), cv2.IMREAD_GRAYSCALE)\n"
+            "except cv2.error as exc:\n    print('refused' if 'CV_IO_MAX_IMAGE_PIXELS' in str(exc) else exc)\n"
+            "else:\n    print('decoded', image.shape)\n")
+    env = {key: value for key, value in os.environ.items() if key != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    result = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, cwd=ROOT,
+                            env=env, timeout=CLI_TIMEOUT_S)
+    assert result.stdout.strip() == "refused", result.stdout + result.stderr[-2000:]
