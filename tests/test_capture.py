@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge.capture import template
-from edge.capture.base import CaptureError, Frame, FrameSource, redact_url
+from edge.capture.base import CaptureError, Frame, FrameSource
 from edge.capture.folder import FolderSource
 from edge.capture.live import LiveSource, gstreamer_available
 from edge.capture.registry import SOURCE_KINDS, open_source, preflight_source
@@ -398,11 +400,20 @@ def test_close_during_backoff_is_immediate(mjpeg_server: MjpegServer, open_sourc
 
 
 def test_close_during_a_stalled_read_is_bounded_by_read_timeout(mjpeg_server: MjpegServer, open_sources):
-    read_timeout_s = 0.5
+    read_timeout_s = 2.0
     source = open_sources(stream_config(mjpeg_server.url, read_timeout_s=read_timeout_s))
-    assert read_frame(source) is not None
+    newest = [capture_counter(read_frame(source))]
+    assert newest[0] >= 0
     mjpeg_server.paused.set()
-    threading.Event().wait(0.1)  # let the grabber block inside the read
+    assert mjpeg_server.stalled.wait(WAIT_LIMIT_S)
+    last_sent = mjpeg_server.sent - 1
+
+    def took_the_last_frame() -> bool:
+        newest.append(capture_counter(source.read(timeout_s=0.1)))
+        return max(newest) >= last_sent
+
+    # Once the grabber has the last frame sent, its next read finds no data and blocks in the driver.
+    assert wait_until(took_the_last_frame), (max(newest), last_sent)
 
     started_s = time.monotonic()
     source.close()
@@ -413,8 +424,12 @@ def test_close_during_a_stalled_read_is_bounded_by_read_timeout(mjpeg_server: Mj
 # ---------------------------------------------------------------- reconnect policy, cameras, errors
 
 
-def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path):
-    """Drives the grabber with a real capture that fails to open, then one that plays a file."""
+def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path, caplog: pytest.LogCaptureFixture):
+    """Drives the grabber with a real capture that fails to open, then one that plays a file.
+
+    The backoff chosen before each reopen is read from the grabber's own log line; the clock only confirms
+    that it waited at least that long (a loaded machine can only make the gaps longer).
+    """
     script = ["fail", "fail", "fail", "fail", "play", "fail", "fail"]
     open_times_s: list[float] = []
     all_opened = threading.Event()
@@ -427,17 +442,21 @@ def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path):
         return cv2.VideoCapture(str(video_file)) if step == "play" else cv2.VideoCapture()
 
     config = SourceConfig(kind="stream", url="rtsp://scripted.invalid/", reconnect_initial_s=0.4, reconnect_max_s=1.2)
+    caplog.set_level(logging.WARNING, logger="edge.capture.live")
     source = LiveSource(config, scripted_opener)
     try:
         assert all_opened.wait(4 * WAIT_LIMIT_S)  # the gaps add up to 4.8 s
     finally:
         source.close()
 
-    gaps_s = np.diff(open_times_s[: len(script)])
     # fail->fail: 0.4, 0.8, 1.2 (capped), 1.2; play: frames came, so back to 0.4, then 0.8.
     expected_s = [0.4, 0.8, 1.2, 1.2, 0.4, 0.8]
+    announced_s = [float(match) for record in caplog.records
+                   for match in re.findall(r"reopening in (\d+\.\d) s", record.getMessage())]
+    assert announced_s[: len(expected_s)] == expected_s
+    gaps_s = np.diff(open_times_s[: len(script)])
     for gap_s, want_s in zip(gaps_s, expected_s):
-        assert want_s * 0.9 <= gap_s <= want_s + 0.35
+        assert gap_s >= want_s - 0.01
     assert source.stats()["reconnects"] >= len(script) - 1
 
 
@@ -472,10 +491,6 @@ def test_configuration_that_can_never_work_is_refused():
     with pytest.raises(ValidationError, match="url"):
         SourceConfig(kind="stream")
 
-
-def test_redact_url_hides_passwords():
-    assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
-    assert redact_url("http://127.0.0.1:8080/stream") == "http://127.0.0.1:8080/stream"
 
 
 def test_sources_satisfy_the_frame_source_protocol(image_folder: Path):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.capture.live import gstreamer_available
 from edge.core.bundle import publish_dir, staging_dir
 from tests.support.broker import strict_json
 from tests.support.helpers import LINEGUARD, MNIST_BUNDLE, MNIST_SMALL, ROOT, SAMPLES, run_cli
@@ -147,6 +148,46 @@ def test_check_config_finds_what_run_would_refuse(tmp_path):
     result = run_cli("check-config", config)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{config}: OK"
+
+
+def self_signed(folder, name: str) -> tuple:
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.parametrize("case", ["gstreamer", "tls ca", "tls key pair"])
+def test_check_config_finds_what_run_would_refuse_in_the_source_and_tls_files(tmp_path, case):
+    """Each problem: check-config names it (exit 78) and run refuses to start for the same reason (exit 78)."""
+    source = f"source:\n  kind: folder\n  path: {SAMPLES}\n"
+    mqtt = "mqtt:\n  port: 1\n"
+    if case == "gstreamer":
+        if gstreamer_available():
+            pytest.skip("this OpenCV build has GStreamer: nothing to refuse")
+        source = "source:\n  kind: gstreamer\n  url: videotestsrc ! videoconvert ! appsink\n"
+        expected = ("source.kind: gstreamer source 'videotestsrc ! videoconvert ! appsink': "
+                    "this OpenCV build has no GStreamer")
+    elif case == "tls ca":
+        (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+        mqtt += "  tls:\n    enabled: true\n    ca_file: ca.pem\n"
+        expected = "mqtt.tls: "
+    else:
+        cert, _ = self_signed(tmp_path, "client")
+        _, other_key = self_signed(tmp_path, "other")
+        mqtt += f"  tls:\n    enabled: true\n    cert_file: {cert}\n    key_file: {other_key}\n"
+        expected = "mqtt.tls: [X509: KEY_VALUES_MISMATCH]"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {MNIST_BUNDLE}\n{source}{mqtt}storage:\n  dir: {tmp_path / 'state'}\n")
+
+    check = run_cli("check-config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
+    assert check.returncode == EX_CONFIG, check.stderr
+    assert last_line(check).startswith(f"{config}: {expected}"), last_line(check)
+    run = run_cli("run", "--config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
+    assert run.returncode == EX_CONFIG, run.stderr[-2000:]
+    refusal = last_line(run).partition("cannot start: ")[2]
+    assert refusal and last_line(check).endswith(refusal), (last_line(run), last_line(check))
 
 
 def test_out_given_as_dot_publishes_into_the_current_folder(tmp_path):

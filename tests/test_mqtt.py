@@ -22,6 +22,7 @@ from edge.publish.mqtt import MqttLink
 from edge.publish.sender import OutboxSender
 from edge.publish.outbox import Outbox
 from tests.support.broker import MosquittoBroker, Received
+from tests.support.helpers import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_TOPIC = "lg/dev1"
@@ -254,7 +255,8 @@ def test_refused_connection_is_reported_and_the_password_never_logged(
     assert "right-pass" not in caplog.text
 
 
-def test_tls_never_falls_back_to_plain_text(broker, make_link, tmp_path: Path) -> None:
+def test_tls_never_falls_back_to_plain_text(broker, make_link, tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValidationError, match="no such file"):
         MqttConfig(tls={"enabled": True, "ca_file": tmp_path / "missing-ca.pem"})
     not_a_certificate = tmp_path / "ca.pem"
@@ -262,9 +264,17 @@ def test_tls_never_falls_back_to_plain_text(broker, make_link, tmp_path: Path) -
     with pytest.raises(OSError):
         MqttLink(MqttConfig(tls={"enabled": True, "ca_file": not_a_certificate}), BASE_TOPIC,
                  client_id="lineguard-test").start()
-    # The broker only speaks plain MQTT: a TLS link must keep failing, not downgrade.
-    link = make_link(settings_for(broker, tls={"enabled": True}))
-    assert not link.wait_connected(0.5)
+    # The broker only speaks plain MQTT: a TLS link must keep failing, not downgrade. Wait for proof that
+    # attempts were made and failed (the link's report and the broker's log of the handshakes it rejected)
+    # rather than for a time that a slow first attempt could outlast.
+    with caplog.at_level(logging.WARNING, logger="edge.publish.mqtt"):
+        link = make_link(settings_for(broker, tls={"enabled": True},
+                                      reconnect_min_s=0.1, reconnect_max_s=0.2))
+        assert not link.wait_first_attempt(WAIT_S)
+        assert any("cannot connect to broker" in record.getMessage() for record in caplog.records)
+    rejected = lambda: broker.log_text().count("New connection from")  # noqa: E731
+    assert wait_until(lambda: rejected() >= 2, WAIT_S), broker.log_text()
+    assert not link.connected and "New client connected" not in broker.log_text()
 
 
 # -- outbox sender ------------------------------------------------------------
@@ -335,7 +345,7 @@ def test_start_returns_at_once_with_the_broker_down_and_connects_later(
     sender = OutboxSender(link, outbox)
     sender.start()
     try:
-        assert not link.wait_connected(0.3)
+        assert not link.wait_first_attempt(WAIT_S)  # the attempt was made, and failed
         assert outbox.depth() == 20
 
         later.start()

@@ -16,7 +16,7 @@ import pytest
 from edge.exitcodes import EX_CONFIG, EX_TEMPFAIL
 
 UNIT_PATH = Path(__file__).resolve().parents[1] / "systemd" / "lineguard.service"
-MAX_EXPOSURE = 2.0
+MAX_EXPOSURE = 1.3
 ANALYZE_TIMEOUT_S = 60
 MISSING_EXECUTABLE = "/opt/lineguard/bin/lineguard"
 _OVERALL_PATTERN = re.compile(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)")
@@ -131,3 +131,17 @@ def test_devices_are_allow_listed(service: dict[str, list[str]]) -> None:
 def test_proc_subset_stays_unset(service: dict[str, list[str]]) -> None:
     # ProcSubset=pid hides /proc/cpuinfo, which XNNPACK's CPU detection reads on arm64.
     assert "Service.ProcSubset" not in service
+
+
+def megabytes(value: str) -> int:
+    match = re.fullmatch(r"(\d+)([KMG])", value)
+    assert match, f"not a size in K, M or G: {value!r}"
+    return int(match.group(1)) * {"K": 1 / 1024, "M": 1, "G": 1024}[match.group(2)]
+
+
+def test_memory_is_capped_with_headroom_over_the_measured_peak(service: dict[str, list[str]]) -> None:
+    # The daemon peaks near 145 MB on 5-megapixel frames and 410 MB on 49-megapixel ones (see the unit).
+    maximum = megabytes(service["Service.MemoryMax"][-1])
+    high = megabytes(service["Service.MemoryHigh"][-1])
+    assert 410 < high < maximum <= 768, (high, maximum)
+    assert service["Service.MemorySwapMax"] == ["0"]

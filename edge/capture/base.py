@@ -15,7 +15,17 @@ STATE_RUNNING = "running"
 STATE_RECONNECTING = "reconnecting"
 STATE_ENDED = "ended"
 
-_USERINFO_PATTERN = re.compile(r"(//[^/:@]*):[^/]*@")  # greedy to the last '@': passwords may contain '@'
+# Credentials in a source URL or GStreamer pipeline, wherever they stand in a text (a URL, a pipeline, an error
+# message quoting either): the password of a URL's userinfo, greedy to the last '@' of the URL because
+# passwords may contain '@' ...
+_USERINFO_PATTERN = re.compile(r"(?P<keep>//[^/:@\s'\"]*:)[^\s'\"]*@")
+# ... and the value of any query parameter or pipeline property whose name holds one of these words
+# (password, passwd, pwd, pass, token, secret, key, auth; GStreamer's user-pw and proxy-pw): up to '&',
+# whitespace or the end, or the whole quoted value.
+_SECRET_NAME = r"[\w.-]*(?:pass|pwd|token|secret|key|auth|\bpw|[-_]pw)[\w.-]*"
+_SECRET_VALUE_PATTERN = re.compile(
+    rf"(?P<keep>(?<![\w.-]){_SECRET_NAME}=)(?:\"[^\"]*\"?|'[^']*'?|[^&\s'\"]*)", re.IGNORECASE)
+REDACTED = "***"
 
 StateCallback = Callable[[str, str], None]
 
@@ -58,17 +68,22 @@ class FrameSource(Protocol):
         ...
 
 
-def redact_url(url: str) -> str:
-    """The url with any password replaced, safe for logs and status messages."""
-    return _USERINFO_PATTERN.sub(r"\1:***@", url)
+def redact_url(text: str) -> str:
+    """``text`` (a source URL, a GStreamer pipeline or a message quoting one) with every credential replaced.
+
+    The one redaction for source URLs: whatever names a source in a log line, a payload or `check-config`
+    output passes through here first.
+    """
+    text = _USERINFO_PATTERN.sub(rf"\g<keep>{REDACTED}@", text)
+    return _SECRET_VALUE_PATTERN.sub(rf"\g<keep>{REDACTED}", text)
 
 
 def notify(on_state: StateCallback | None, state: str, detail: str) -> None:
-    """Report a state change; a faulty listener must not stop capture."""
+    """Report a state change; a faulty listener must not stop capture. The detail goes out redacted."""
     if on_state is None:
         return
     try:
-        on_state(state, detail)
+        on_state(state, redact_url(detail))
     except Exception:
         logger.exception("on_state callback failed for state %s", state)
 

@@ -198,6 +198,7 @@ class LiveSource:
         backoff_s = self._config.reconnect_initial_s
         while not self._stop.is_set():
             why, got_frames = self._capture_session()
+            why = redact_url(why)  # OpenCV's error text may quote the url or pipeline
             if self._stop.is_set():
                 break
             if got_frames:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from edge.capture import folder, live, video
-from edge.capture.base import CaptureError, FrameSource, StateCallback
+from edge.capture.base import CaptureError, FrameSource, StateCallback, redact_url
 
 if TYPE_CHECKING:
     from edge.config.schema import SourceConfig
@@ -62,7 +62,7 @@ def check_url(kind: str, value: str) -> None:
 
 def preflight_source(config: SourceConfig) -> list[str]:
     """What would stop this source from opening, as "source.key: message" lines, without opening it."""
-    return [f"source.{key}: {message}" for key, message in source_kind(config.kind).problems(config)]
+    return [f"source.{key}: {redact_url(message)}" for key, message in source_kind(config.kind).problems(config)]
 
 
 def open_source(config: SourceConfig, grayscale: bool = False, on_state: StateCallback | None = None) -> FrameSource:
@@ -74,5 +74,5 @@ def open_source(config: SourceConfig, grayscale: bool = False, on_state: StateCa
     kind = source_kind(config.kind)
     problems = kind.problems(config)
     if problems:
-        raise CaptureError("; ".join(message for _, message in problems))
+        raise CaptureError(redact_url("; ".join(message for _, message in problems)))
     return kind.open(config, grayscale, on_state)

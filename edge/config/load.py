@@ -9,6 +9,10 @@ from pydantic import BaseModel, ValidationError
 from edge.config.errors import ConfigError
 from edge.config.schema import Config
 from edge.config.yaml_reader import YamlReader, format_errors
+from edge.core.files import read_limited
+
+# A config file is a few kilobytes; anything this large is not one (and is never read whole).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 def _fill_sections(data: dict, model: type[BaseModel]) -> None:
@@ -53,12 +57,12 @@ def load_config(path: str | os.PathLike) -> Config:
     """Read and validate the config file at ``path``.
 
     Relative paths inside it are resolved against the file's directory.
-    Raises ConfigError, also when the file cannot be read.
+    Raises ConfigError, also when the file cannot be read, is not a regular file or exceeds MAX_CONFIG_BYTES.
     """
     name = os.fspath(path)
     try:
-        # utf-8-sig: tolerate the byte-order mark some Windows editors add.
-        text = Path(name).read_text(encoding="utf-8-sig")
+        # utf-8-sig: tolerate the byte-order mark some Windows editors add. A FIFO or device is refused.
+        text = read_limited(name, MAX_CONFIG_BYTES).decode("utf-8-sig")
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read config file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:

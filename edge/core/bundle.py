@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.core.files import write_json_atomic
-from edge.core.preprocess import PreprocessSpec
+from edge.core.files import read_limited, write_json_atomic
+from edge.core.preprocess import ImageError, PreprocessSpec, read_image
 from edge.core.quality import QualityLimits
 from edge.core.scoring import Calibration, ScoringSpec
 
@@ -27,6 +27,7 @@ FORMAT_NAME = "lineguard-bundle"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "model.json"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a manifest is a few kilobytes; larger is not one, and is not read
 MODEL_NAME = "model.tflite"  # the usual file of a single-stage bundle
 FLOAT_MODEL_NAME = "model_float.tflite"
 IGNORE_MASK_NAME = "ignore.png"
@@ -85,12 +86,10 @@ class Bundle:
         """The bundle's ignore mask image (non-zero = ignored), covering the whole frame, or None."""
         if not self.has_ignore_mask:
             return None
-        import cv2
-
-        mask = cv2.imread(str(self.path / IGNORE_MASK_NAME), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise BundleError(f"{self.path / IGNORE_MASK_NAME}: missing or unreadable ignore mask")
-        return mask
+        try:
+            return read_image(self.path / IGNORE_MASK_NAME, "gray")
+        except ImageError as exc:
+            raise BundleError(f"ignore mask {exc}") from None
 
     @property
     def model_sha256(self) -> str:
@@ -141,10 +140,16 @@ def _read_manifest(manifest_path: Path) -> dict[str, Any]:
     if not manifest_path.parent.is_dir():
         raise BundleError(f"{manifest_path.parent}: no such bundle folder")
     try:
-        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        text = read_limited(manifest_path, MAX_MANIFEST_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise BundleError(f"{manifest_path}: missing; not a model bundle") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:  # a FIFO, device or folder, or too large: refused before reading it
+        raise BundleError(f"{manifest_path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path}: not valid JSON: {exc}") from None
     except RecursionError:
         raise BundleError(f"{manifest_path}: not a {FORMAT_NAME} manifest (nested too deeply)") from None

@@ -1,8 +1,10 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one."""
+"""Atomic file writes (readers see the old file or the new one, never half of one) and bounded reads."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,3 +33,41 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Strict JSON (no NaN or Infinity, which strict readers refuse), indented, with a final newline, written
     atomically. A non-finite number raises ValueError before anything is written: undefined figures are None."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8"))
+
+
+def _not_regular(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    return "not a regular file"
+
+
+def read_limited(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The whole content of a regular file of at most ``max_bytes``, without blocking or reading more.
+
+    A FIFO, device (/dev/zero) or folder is refused before anything is read; opening is non-blocking, so a
+    FIFO without a writer cannot hang the caller. Raises OSError whose strerror says what is wrong.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, _not_regular(info.st_mode), os.fspath(path))
+        if info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"{info.st_size:,} bytes, above the limit of {max_bytes:,}", os.fspath(path))
+        # A file that reports no size (/proc) or grows while read is caught by reading one byte past the limit.
+        chunks, total = [], 0
+        while total <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    finally:
+        os.close(fd)
+    if total > max_bytes:
+        raise OSError(errno.EFBIG, f"more than the limit of {max_bytes:,} bytes", os.fspath(path))
+    return b"".join(chunks)

@@ -6,6 +6,8 @@ so a dark frame is not stretched.
 """
 from __future__ import annotations
 
+import re
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,18 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge import MAX_IMAGE_PIXELS
+from edge.core.files import read_limited
+
+# Limits on what read_image decodes, checked before decoding: a small file can declare a huge image (a 389 KB
+# PNG of 20000x20000 decodes to 400 MB). MAX_IMAGE_PIXELS (50 megapixels) is above any line camera this runs
+# with; the file limit covers an uncompressed 16-bit colour TIFF of 20 megapixels.
+MAX_IMAGE_FILE_BYTES = 128 * 1024 * 1024
+
 COLOR_MODES = ("gray", "rgb")  # what a model takes
 DECODE_COLORS = (*COLOR_MODES, "bgr")  # what a file is decoded to; capture sources deliver BGR
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
+FORMATS = "PNG, JPEG, BMP, TIFF, PNM (PGM/PPM) or WebP"
 
 
 class ImageError(ValueError):
@@ -72,19 +83,28 @@ def read_image(path: str | Path, color: str) -> np.ndarray:
     """Decode an image file as gray (HxW), RGB or BGR (HxWx3), keeping its depth (uint8 or uint16).
 
     The one decoder for image files: `lineguard score`, the trainer and the folder source all call it, so a
-    16-bit file gives the same model input everywhere. Raises ImageError naming the file.
+    16-bit file gives the same model input everywhere. Before decoding, the file must be a regular file of at
+    most MAX_IMAGE_FILE_BYTES in one of FORMATS, and its header must declare at most MAX_IMAGE_PIXELS.
+    Raises ImageError naming the file.
     """
     if color not in DECODE_COLORS:
         raise ValueError(f"color must be one of {DECODE_COLORS}, got {color!r}")
-    file = Path(path)
-    if not file.is_file():
-        raise ImageError(f"{path}: {'a folder, not an image file' if file.is_dir() else 'no such image file'}")
+    try:
+        data = read_limited(path, MAX_IMAGE_FILE_BYTES)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such image file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: {exc.strerror or exc}") from None
+    size = image_size(data)
+    if size is None:
+        raise ImageError(f"{path}: not a readable image (not a {FORMATS} file)")
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageError(f"{path}: {width}x{height} pixels is above the limit of {MAX_IMAGE_PIXELS:,} pixels; "
+                         "not decoded")
     flags = cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_GRAYSCALE if color == "gray" else cv2.IMREAD_COLOR)
     try:
-        data = np.fromfile(file, dtype=np.uint8)
-        image = cv2.imdecode(data, flags) if data.size else None
-    except OSError as exc:  # removed or unreadable since the check above
-        raise ImageError(f"{path}: {exc.strerror or exc}") from None
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
     except cv2.error:
         image = None
     if image is None:
@@ -92,6 +112,128 @@ def read_image(path: str | Path, color: str) -> np.ndarray:
     if color == "rgb":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image
+
+
+# ---------------------------------------------------------------- image size from the file header
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the header of an image file declares it, or None for any other content.
+
+    OpenCV picks the decoder by content, not by name, so the content decides here too.
+    """
+    try:
+        for magic, reader in _HEADER_READERS:
+            if data.startswith(magic):
+                return reader(data)
+    except (struct.error, IndexError, KeyError, ValueError):
+        return None
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+# JPEG start-of-frame markers (SOF0-SOF15 without DHT, JPG and DAC) carry the frame's size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM
+# Real files have a few dozen markers before the frame header; a crafted one may not make the search long.
+_JPEG_MAX_MARKERS = 10_000
+_TIFF_MAX_TAGS = 1_000
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    position = 2
+    for _ in range(_JPEG_MAX_MARKERS):
+        if position + 4 > len(data):
+            return None
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_NO_LENGTH:
+            position += 2
+            continue
+        if marker in _JPEG_SOF:
+            height, width = struct.unpack(">HH", data[position + 5:position + 9])
+            return width, height
+        if marker == 0xDA:  # image data before any frame header
+            return None
+        position += 2 + struct.unpack(">H", data[position + 2:position + 4])[0]
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+        return struct.unpack("<HH", data[18:22])
+    width, height = struct.unpack("<ii", data[18:26])
+    return abs(width), abs(height)  # a negative height means top-down rows
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """Width and length of the first image (the one OpenCV decodes); classic TIFF and BigTIFF."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = struct.unpack(order + "H", data[2:4])[0] == 43
+    offset_format, count_format, entry_size = ("Q", "Q", 20) if big else ("I", "H", 12)
+    ifd = struct.unpack(order + offset_format, data[8:16] if big else data[4:8])[0]
+    count_size = struct.calcsize(count_format)
+    entries = struct.unpack(order + count_format, data[ifd:ifd + count_size])[0]
+    found = {}
+    for number in range(min(entries, _TIFF_MAX_TAGS)):
+        entry = ifd + count_size + number * entry_size
+        tag, kind = struct.unpack(order + "HH", data[entry:entry + 4])
+        if tag in (256, 257):  # ImageWidth, ImageLength: SHORT (3), LONG (4) or LONG8 (16)
+            value_at = entry + (12 if big else 8)
+            value_format = {3: "H", 4: "I", 16: "Q"}[kind]
+            value_end = value_at + struct.calcsize(value_format)
+            found[tag] = struct.unpack(order + value_format, data[value_at:value_end])[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+_PNM_TOKEN = re.compile(rb"(?:\s|#[^\n]*\n?)*(\d{1,10})")
+_PAM_FIELD = re.compile(rb"^(WIDTH|HEIGHT)\s+(\d+)", re.MULTILINE)
+
+
+def _pnm_size(data: bytes) -> tuple[int, int] | None:
+    """P1-P6 (PBM, PGM, PPM) and PF/Pf (PFM): width and height follow the magic; P7 (PAM) names them."""
+    if data[:2] == b"P7":
+        fields = {name: int(value) for name, value in _PAM_FIELD.findall(data[:4096])}
+        return (fields[b"WIDTH"], fields[b"HEIGHT"]) if len(fields) == 2 else None
+    if data[1:2] not in b"123456Ff" or not data[2:3].isspace():
+        return None
+    width = _PNM_TOKEN.match(data, 2)
+    height = _PNM_TOKEN.match(data, width.end()) if width else None
+    return (int(width.group(1)), int(height.group(1))) if height else None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    if data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit width-1 and height-1
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L":  # lossless: 14-bit width-1 and height-1 after the signature byte
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: 14-bit sizes after the start code
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
+_HEADER_READERS = (
+    (b"\x89PNG\r\n\x1a\n", _png_size),
+    (b"\xff\xd8", _jpeg_size),
+    (b"BM", _bmp_size),
+    (b"II*\x00", _tiff_size), (b"MM\x00*", _tiff_size), (b"II+\x00", _tiff_size), (b"MM\x00+", _tiff_size),
+    (b"P", _pnm_size),
+    (b"RIFF", _webp_size),
+)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

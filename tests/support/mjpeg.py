@@ -35,25 +35,31 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
 class _MjpegHttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, fps: float, paused: threading.Event) -> None:
+    def __init__(self, port: int, fps: float, paused: threading.Event, stalled: threading.Event) -> None:
         super().__init__(("127.0.0.1", port), _MjpegHandler)
         self.closing = threading.Event()
         self.paused = paused
+        self.stalled = stalled
+        self.sent = 0  # frames written on the current connection
         self.period_s = 1.0 / fps
 
     def stream_frames(self, out: BinaryIO) -> None:
         counter = 0
+        self.sent = 0
         try:
             while not self.closing.is_set():
                 if self.paused.is_set():
+                    self.stalled.set()  # from here on no byte flows until paused is cleared
                     self.closing.wait(POLL_INTERVAL_S)
                     continue
+                self.stalled.clear()
                 _, jpeg = cv2.imencode(".jpg", solid_image(counter))
                 data = jpeg.tobytes()
                 out.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
                 out.write(data + b"\r\n")
                 out.flush()
                 counter += 1
+                self.sent = counter
                 self.closing.wait(self.period_s)
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -68,13 +74,19 @@ class MjpegServer:
         self._thread: threading.Thread | None = None
         self.port = 0
         self.paused = threading.Event()
+        self.stalled = threading.Event()  # set once the server has seen `paused` and stopped writing
+
+    @property
+    def sent(self) -> int:
+        """Frames written on the current connection so far."""
+        return self._server.sent if self._server is not None else 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/stream.mjpg"
 
     def start(self) -> None:
-        self._server = _MjpegHttpServer(self.port, self._fps, self.paused)
+        self._server = _MjpegHttpServer(self.port, self._fps, self.paused, self.stalled)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="mjpeg-server", daemon=True
