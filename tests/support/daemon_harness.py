@@ -61,8 +61,8 @@ def write_config(tmp_path: Path, port: int | None, frames: Path, **sections) -> 
 class LoggedProcess:
     """A process whose output is copied through a pipe into a log file.
 
-    Through a pipe, the output is not subject to the process's own RLIMIT_FSIZE, so its log survives a
-    simulated full disk.
+    The log file lives apart from the daemon's storage, so it survives the full or read-only disks the fault
+    tests give the daemon.
     """
 
     def __init__(self, code: str, args: list[str], log_path: Path, extra_env: dict | None = None) -> None:
