@@ -229,7 +229,7 @@ def test_folder_close_interrupts_a_paced_wait(image_folder: Path):
 
     started_s = time.monotonic()
     assert source.read(timeout_s=5.0) is None
-    assert time.monotonic() - started_s < 1.0
+    assert time.monotonic() - started_s < 2.5  # half the 5 s slot: only an interrupted wait ends this soon
 
 
 # ---------------------------------------------------------------- video
