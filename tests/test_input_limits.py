@@ -12,7 +12,6 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import zlib
 from pathlib import Path
 
@@ -52,17 +51,22 @@ def bomb(tmp_path_factory) -> Path:
     return path
 
 
+# Linux keeps a process's peak RSS across exec, and a child forked from this (large) test process starts with
+# this process's RSS: so the command is started by a small fresh Python, and that one reports its peak.
+MEASURE_PEAK = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n"
+)
+
+
 def run_measured(*args: str) -> tuple[int, str, int]:
     """Run `lineguard ARGS`; its exit code, stderr and peak resident memory in KB (from wait4)."""
-    process = subprocess.Popen([*LINEGUARD, *map(str, args)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    stderr: list[str] = []
-    reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
-    reader.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    reader.join(10)
-    return process.returncode, "".join(stderr), usage.ru_maxrss
+    out = subprocess.run([sys.executable, "-c", MEASURE_PEAK, *LINEGUARD, *map(str, args)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    code, peak_kb = (int(v) for v in out.stdout.split())
+    return code, out.stderr, peak_kb
 
 
 def problem_lines(stderr: str) -> list[str]:
