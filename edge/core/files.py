@@ -35,6 +35,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n").encode("utf-8"))
 
 
+READ_STEP_MIN_BYTES = 64 * 1024
+
+
 def _not_regular(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a folder, not a file"
@@ -59,9 +62,10 @@ def read_limited(path: str | os.PathLike, max_bytes: int) -> bytes:
         if info.st_size > max_bytes:
             raise OSError(errno.EFBIG, f"{info.st_size:,} bytes, above the limit of {max_bytes:,}", os.fspath(path))
         # A file that reports no size (/proc) or grows while read is caught by reading one byte past the limit.
-        chunks, total = [], 0
+        # Reads are sized by what the file says it holds: os.read allocates its whole request up front.
+        chunks, total, step = [], 0, max(info.st_size + 1, READ_STEP_MIN_BYTES)
         while total <= max_bytes:
-            chunk = os.read(fd, max_bytes + 1 - total)
+            chunk = os.read(fd, min(step, max_bytes + 1 - total))
             if not chunk:
                 break
             chunks.append(chunk)
