@@ -151,7 +151,7 @@ class FanOut:
             worker.submit("on_delivered", seqs, acked_s)
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
-        for worker in self._workers:
+        for worker in reversed(self._workers):  # in reverse order of start, like the rest of shutdown
             worker.close(timeout_s)
 
     def stats(self) -> dict[str, dict[str, int]]:
