@@ -22,14 +22,13 @@ from edge.publish.sinks import VerdictEvent, VerdictSink
 
 CAPACITY_ENV = "LINEGUARD_PROBE_CAPACITY"
 DEFAULT_CAPACITY = 200_000  # verdicts; three float64 each, allocated before the daemon starts
-QUEUE_EVENTS = 100_000  # the probe's handler is trivial; a deep queue means it never drops one
 
 
 class ProbeSink(VerdictSink):
     """Arrival, durable and acknowledgement time per verdict seq; CPU spent while inspecting."""
 
     name = "probe"
-    queue_events = QUEUE_EVENTS
+    inline = True  # two array stores per verdict: a thread of its own would cost more than it measures
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity

@@ -102,3 +102,22 @@ def test_delivered_events_reach_only_sinks_that_want_them(tmp_path):
     fanout.delivered([3, 4])
     fanout.close()
     assert acks.seen == [3, 4] and plain.seqs == []
+
+
+def test_an_inline_sink_runs_in_the_frame_loop_and_its_errors_are_counted(tmp_path):
+    class Inline(VerdictSink):
+        name = "inline"
+        inline = True
+
+        def __init__(self) -> None:
+            self.threads: set[str] = set()
+
+        def on_verdict(self, event) -> None:
+            self.threads.add(threading.current_thread().name)
+            if event.seq == 2:
+                raise RuntimeError("one bad event")
+
+    inline = Inline()
+    daemon = run_replay(tmp_path, [inline])
+    assert inline.threads == {threading.main_thread().name}
+    assert daemon.station.fanout.stats()["inline"] == {"dropped": 0, "errors": 1}

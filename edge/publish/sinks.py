@@ -62,6 +62,9 @@ class VerdictSink:
 
     name = "sink"
     queue_events = DEFAULT_QUEUE_EVENTS
+    # True only for sinks that do a few microseconds of work and never block (a counter, a timestamp):
+    # they run in the frame loop itself and are spared a thread wake-up per frame.
+    inline = False
 
     def wants(self, event: VerdictEvent) -> bool:
         """Cheap filter, run in the frame loop: False skips the queue altogether."""
@@ -127,11 +130,30 @@ class _SinkWorker:
             logger.exception("sink %s failed to close", self.sink.name)
 
 
+class _InlineWorker:
+    """An inline sink, called in the caller's thread; its errors are counted and logged like a threaded one's."""
+
+    def __init__(self, sink: VerdictSink) -> None:
+        self.sink = sink
+        self.dropped = 0
+        self.errors = 0
+
+    def submit(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.sink, method)(*args)
+        except Exception:
+            self.errors += 1
+            logger.exception("sink %s failed on %s", self.sink.name, method)
+
+    def close(self, timeout_s: float) -> None:
+        self.submit("close")
+
+
 class FanOut:
     """Hands each verdict to every sink that wants it, without waiting for any of them."""
 
     def __init__(self, sinks: list[VerdictSink]) -> None:
-        self._workers = [_SinkWorker(sink) for sink in sinks]
+        self._workers = [(_InlineWorker if sink.inline else _SinkWorker)(sink) for sink in sinks]
         # Only sinks that want acknowledgements get them, so they never crowd verdicts out of a queue.
         self._ack_workers = [w for w in self._workers if type(w.sink).on_delivered is not VerdictSink.on_delivered]
 
