@@ -23,10 +23,6 @@ from edge.text import one_line
 logger = logging.getLogger("lineguard")
 
 COMMAND_QUEUE_SIZE = 64
-# cmd/threshold is accepted only within the running bundle's calibration scores, widened by this factor both
-# ways: [min(score_min, threshold) / F, max(score_max, threshold) * F]. Beyond it a threshold passes or fails
-# everything, which is a broken station, not a setting.
-THRESHOLD_RANGE_FACTOR = 10.0
 # What a reload changes while inspecting: whole sections, and single keys of the others.
 LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger")
 LIVE_KEYS = {"mqtt": ("heatmap", "stats_interval_s"), "storage": ("evidence", "evidence_quota_mb", "drain_timeout_s")}
@@ -58,19 +54,11 @@ class CommandQueue:
             return None
 
 
-def threshold_range(calibration) -> tuple[float, float]:
-    """The thresholds a command may set for a bundle of this calibration (a score_min <= 0 is left out)."""
-    lowest = min(calibration.threshold, calibration.score_min) if calibration.score_min > 0 else calibration.threshold
-    return lowest / THRESHOLD_RANGE_FACTOR, max(calibration.score_max, calibration.threshold) * THRESHOLD_RANGE_FACTOR
-
-
 def apply_threshold(inspector: Inspector, args, report) -> None:
     """Act on a validated threshold command: within the model's range it applies from the next frame and is
     reported (edge.publish.reporter); outside it the reply refuses it and names the range."""
-    low, high = threshold_range(inspector.calibration)
-    if not low <= args.threshold <= high:
-        reason = (f"threshold {args.threshold:.6g} is outside {low:.6g} .. {high:.6g}, the range allowed for model "
-                  f"{inspector.bundle.name} (its calibration scores, widened {THRESHOLD_RANGE_FACTOR:g}x)")
+    reason = inspector.calibration.threshold_problem(args.threshold, inspector.bundle.name)
+    if reason is not None:
         logger.warning("command 'threshold' refused: %s", reason)
         report.reply("threshold", False, reason, args.request_id)
         return

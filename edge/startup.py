@@ -41,11 +41,16 @@ def build_inspector(cfg: Config) -> Inspector:
         if cfg.inference.ignore_mask is not None:
             mask = read_image(cfg.inference.ignore_mask, "gray")
         roi = tuple(cfg.inference.roi) if cfg.inference.roi else None
-        return Inspector(cfg.model, threads=cfg.inference.threads, roi=roi, ignore_mask=mask,
-                         ignore_polygons=cfg.inference.ignore_polygons, threshold=cfg.inference.threshold,
-                         min_region_px=cfg.inference.min_region_px, quality_gate=cfg.inference.quality_gate)
+        inspector = Inspector(cfg.model, threads=cfg.inference.threads, roi=roi, ignore_mask=mask,
+                              ignore_polygons=cfg.inference.ignore_polygons, threshold=cfg.inference.threshold,
+                              min_region_px=cfg.inference.min_region_px, quality_gate=cfg.inference.quality_gate)
     except (BundleError, ModelLoadError, ImageError) as exc:
         raise StartupError(one_line(str(exc))) from None
+    override = cfg.inference.threshold
+    problem = None if override is None else inspector.calibration.threshold_problem(override, inspector.bundle.name)
+    if problem is not None:
+        raise StartupError(f"inference.threshold: {problem}")
+    return inspector
 
 
 def open_outbox(cfg: Config) -> outbox.Outbox:

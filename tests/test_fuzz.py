@@ -22,7 +22,6 @@ from edge.config.errors import ConfigError
 from edge.config.load import load_config, parse_config
 from edge.config.schema import Config
 from edge.config.secrets import resolve_mqtt_password
-from edge.control import threshold_range
 from edge.daemon import Daemon
 from edge.publish.mqtt import MqttLink
 from edge.notify import SystemdNotifier
@@ -304,7 +303,7 @@ def check_applied(daemon: Daemon, command: Command) -> None:
         [reply] = link.since(before, "reply")
         assert reply["request_id"] == args.request_id
         assert_one_line_reason(reply["reason"])
-        low, high = threshold_range(daemon.station.inspector.calibration)
+        low, high = daemon.station.inspector.calibration.threshold_range()
         if not low <= args.threshold <= high:  # passes or fails everything: refused, nothing else changes
             assert reply["ok"] is False and f"outside {low:.6g} .. {high:.6g}" in reply["reason"]
             assert daemon.station.inspector.threshold != args.threshold and len(link.published) == before + 1

@@ -109,6 +109,22 @@ def test_config_threshold_override_must_be_finite_and_positive(tmp_path, value):
     assert line.startswith(f"{config}:") and "inference.threshold" in line
 
 
+@pytest.mark.parametrize("value, accepted", [(1e6, False), (0.01, False), (30.0, True)])
+def test_config_threshold_override_must_lie_within_the_bundles_range(tmp_path, value, accepted):
+    """As for cmd/threshold: mnist-1 allows 0.25 .. 1369; beyond, every part would pass or every part fail."""
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=1), mqtt={"enabled": False},
+                          inference={"threshold": value})
+    checked = run_cli("check-config", config)
+    if accepted:
+        assert checked.returncode == 0, checked.stderr
+        return
+    assert checked.returncode == EX_CONFIG
+    [line] = [line for line in checked.stderr.splitlines() if line.startswith(f"{config}:")]  # not LiteRT's INFO
+    assert line.startswith(f"{config}: model: inference.threshold: threshold {value:.6g} is outside 0.250334 .. 1368.96")
+    ran = run_cli("run", "--config", config)
+    assert ran.returncode == EX_CONFIG and "inference.threshold" in ran.stderr and "Traceback" not in ran.stderr
+
+
 def test_a_nan_score_fails_the_part():
     assert verdict(math.nan, 21.7) == "fail"
     assert verdict(21.6, 21.7) == "pass" and verdict(21.7, 21.7) == "fail"

@@ -47,6 +47,12 @@ class ScoringSpec:
         return cls(**{k: data[k] for k in ("residual", "reducer", "smoothing_sigma", "topk_fraction") if k in data})
 
 
+# A threshold set on the device (cmd/threshold, inference.threshold) must lie within the bundle's calibration
+# scores, widened by this factor both ways: [min(score_min, threshold) / F, max(score_max, threshold) * F].
+# Beyond it a threshold passes or fails everything, which is a broken station, not a setting.
+THRESHOLD_RANGE_FACTOR = 10.0
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Threshold and score statistics, fixed at training time and shipped in the bundle."""
@@ -72,6 +78,19 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def threshold_range(self) -> tuple[float, float]:
+        """The thresholds the device may set for this calibration (a score_min <= 0 is left out)."""
+        lowest = min(self.threshold, self.score_min) if self.score_min > 0 else self.threshold
+        return lowest / THRESHOLD_RANGE_FACTOR, max(self.score_max, self.threshold) * THRESHOLD_RANGE_FACTOR
+
+    def threshold_problem(self, threshold: float, model_name: str) -> str | None:
+        """Why a threshold set on the device is refused for this model, or None when it is within range."""
+        low, high = self.threshold_range()
+        if low <= threshold <= high:
+            return None
+        return (f"threshold {threshold:.6g} is outside {low:.6g} .. {high:.6g}, the range allowed for model "
+                f"{model_name} (its calibration scores, widened {THRESHOLD_RANGE_FACTOR:g}x)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
