@@ -10,7 +10,7 @@ import time
 
 
 from tests.support.daemon_harness import (
-    BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config,
+    BASE, DaemonProcess, replay_to_end, results, sample_folder, score_cli, unique_in_order, write_config,
 )
 from tests.support.broker import strict_json
 from tests.support.helpers import MNIST_BUNDLE, ROOT, run_cli
@@ -24,21 +24,10 @@ def assert_consecutive_from_1(got: list[dict]) -> None:
     assert [r["seq"] for r in got] == list(range(1, len(got) + 1))
 
 
-def score_cli(paths) -> dict[str, dict]:
-    out = run_cli("score", "--model", MNIST_BUNDLE, *paths)
-    assert out.returncode == 0, out.stderr
-    lines = [strict_json(line) for line in out.stdout.splitlines()]
-    return {line["image"].rsplit("/", 1)[-1]: line for line in lines}
-
-
 def test_folder_replay_gives_one_result_per_frame_equal_to_score(tmp_path, broker, make_collector):
     frames = sample_folder(tmp_path)
     collector = make_collector(broker, [f"{BASE}/#"])
-    daemon = DaemonProcess(write_config(tmp_path, broker.port, frames))
-    assert daemon.wait(60) == 0, daemon.log()[-3000:]
-    files = sorted(frames.glob("*.png"))
-    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/result" for x in m) >= len(files), 10)
-    got = unique_in_order(results(collector))
+    files, got = replay_to_end(write_config(tmp_path, broker.port, frames), collector)
     assert len(got) == len(files) == len(results(collector))
     assert RESULT_FIELDS <= got[0].keys()
     assert [r["image"] for r in got] == [p.name for p in files]

@@ -6,19 +6,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tests.support.broker import strict_json
-from tests.support.daemon_harness import BASE, DaemonProcess, results, unique_in_order, write_config
-from tests.support.helpers import MNIST_BUNDLE, SAMPLES, run_cli
+from tests.support.daemon_harness import BASE, replay_to_end, score_cli, write_config
+from tests.support.helpers import SAMPLES
 
 UINT8_TO_UINT16 = 257  # 255 * 257 = 65535: the same brightness at 16 bits
 LOW_BYTE_SEED = 16
-
-
-def score_cli(paths) -> dict[str, dict]:
-    out = run_cli("score", "--model", MNIST_BUNDLE, *paths)
-    assert out.returncode == 0, out.stderr
-    lines = [strict_json(line) for line in out.stdout.splitlines()]
-    return {line["image"].rsplit("/", 1)[-1]: line for line in lines}
 
 
 def write_frames(tmp_path) -> tuple[Path, Path]:
@@ -40,11 +32,7 @@ def write_frames(tmp_path) -> tuple[Path, Path]:
 def test_daemon_scores_16_bit_frames_exactly_as_score_does(tmp_path, broker, make_collector):
     frames, shallow = write_frames(tmp_path)
     collector = make_collector(broker, [f"{BASE}/#"])
-    daemon = DaemonProcess(write_config(tmp_path, broker.port, frames))
-    assert daemon.wait(60) == 0, daemon.log()[-3000:]
-    files = sorted(frames.glob("*.png"))
-    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/result" for x in m) >= len(files), 10)
-    got = unique_in_order(results(collector))
+    files, got = replay_to_end(write_config(tmp_path, broker.port, frames), collector)
     assert [r["image"] for r in got] == [p.name for p in files]
 
     expected = score_cli(files)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from tests.support.broker import strict_json
-from tests.support.helpers import MNIST_BUNDLE, ROOT, SAMPLES, wait_until
+from tests.support.helpers import MNIST_BUNDLE, ROOT, SAMPLES, run_cli, wait_until
 
 DEVICE = "cell-7"
 PREFIX = "lineguard"
@@ -125,3 +125,20 @@ def unique_in_order(messages: list[dict]) -> list[dict]:
             continue
         seen[message["id"]] = message
     return list(seen.values())
+
+
+def replay_to_end(config: Path, collector) -> tuple[list[Path], list[dict]]:
+    """Run a finite folder replay to its clean end; the frame files in name order and the results received."""
+    daemon = DaemonProcess(config)
+    assert daemon.wait(60) == 0, daemon.log()[-3000:]
+    files = sorted(Path(json.loads(config.read_text())["source"]["path"]).glob("*.png"))
+    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/result" for x in m) >= len(files), 10)
+    return files, unique_in_order(results(collector))
+
+
+def score_cli(paths) -> dict[str, dict]:
+    """`lineguard score` of these files with the bundled model, by file name."""
+    out = run_cli("score", "--model", MNIST_BUNDLE, *paths)
+    assert out.returncode == 0, out.stderr
+    lines = [strict_json(line) for line in out.stdout.splitlines()]
+    return {line["image"].rsplit("/", 1)[-1]: line for line in lines}
