@@ -341,26 +341,23 @@ def foreign_database(path: Path) -> None:
     conn.close()
 
 
-def outbox_with_meta(value: object) -> Callable[[Path], None]:
+def outbox_updated(statement: str, value: object) -> Callable[[Path], None]:
+    """A valid one-verdict outbox, then ``statement`` run on it with ``value``."""
     def craft(path: Path) -> None:
         with Outbox(path) as outbox:
             outbox.put(1, verdict(1))
         with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (value,))
+            conn.execute(statement, (value,))
         conn.close()
-    craft.__name__ = f"meta_seq_{value}"
     return craft
+
+
+def outbox_with_meta(value: object) -> Callable[[Path], None]:
+    return outbox_updated("UPDATE meta SET value = ? WHERE key = 'seq'", value)
 
 
 def outbox_with_message_seq(value: object) -> Callable[[Path], None]:
-    def craft(path: Path) -> None:
-        with Outbox(path) as outbox:
-            outbox.put(1, verdict(1))
-        with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE messages SET seq = ?", (value,))
-        conn.close()
-    craft.__name__ = f"message_seq_{value}"
-    return craft
+    return outbox_updated("UPDATE messages SET seq = ?", value)
 
 
 def newer_version(path: Path) -> None:
