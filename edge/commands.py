@@ -92,8 +92,10 @@ def _parse(name: str, payload: bytes) -> Command:
         data = json.loads(payload.decode("utf-8")) if payload.strip() else {}
     except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, too many digits
         raise CommandRefused(f"payload is not JSON: {str(exc)[:100]}") from None
+    if name == "threshold" and isinstance(data, (int, float)) and not isinstance(data, bool):
+        data = {"threshold": data}  # a bare number, as a dashboard slider sends it
     if not isinstance(data, dict):
-        raise CommandRefused("payload must be a JSON object")
+        raise CommandRefused("payload must be a JSON object" + (" or a number" if name == "threshold" else ""))
     try:
         return Command(name, COMMANDS[name].model_validate(data))
     except ValidationError as exc:

@@ -87,7 +87,7 @@ class Daemon:
         if self.sender is not None:
             self.sender.stop()
         if self.link is not None:
-            self.report.stats()
+            self.report.final(clean)
             self.link.stop(clean=clean)
         if self.station is not None:
             self.station.recorder.outbox.close()

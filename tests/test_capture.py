@@ -201,13 +201,14 @@ def test_folder_pacing_absorbs_work_time_instead_of_adding_it(image_folder: Path
     assert elapsed_s < 5 / fps + (sleep_after_work_s - 5 / fps) / 2
 
 
-def test_folder_reports_end_through_on_state(image_folder: Path):
+def test_folder_reports_running_then_end_through_on_state(image_folder: Path):
     log = StateLog()
     source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0), on_state=log)
+    assert log.states == []  # nothing flows before the first read
     while source.read(timeout_s=1.0) is not None:
         pass
 
-    assert log.states == ["ended"]
+    assert log.states == ["running", "ended"]
 
 
 def test_folder_missing_raises_capture_error_and_empty_ends_at_once(tmp_path: Path):

@@ -43,7 +43,7 @@ def test_folder_replay_gives_one_result_per_frame_equal_to_score(tmp_path, broke
     alerts = [strict_json(p) for p in collector.payloads(f"{BASE}/alert")]
     assert [a["id"] for a in alerts] == [r["id"] for r in failed]
     assert len(collector.payloads(f"{BASE}/heatmap")) == len(failed)
-    assert collector.payloads(f"{BASE}/status")[-1] == b"stopped"
+    assert collector.payloads(f"{BASE}/status")[-1] == b"offline"
     evidence = list((tmp_path / "state" / "evidence").glob("*-heat.jpg"))
     assert len(evidence) == len(failed)
 
@@ -84,21 +84,27 @@ def test_outbox_survives_sigkill_while_broker_is_down(tmp_path, make_broker, mak
     assert_consecutive_from_1(got)  # the second start inspected nothing and spent no seq
 
 
-def test_status_offline_on_sigkill_and_stopped_on_sigterm(tmp_path, broker, make_collector):
+def test_status_offline_on_sigkill_and_on_sigterm_and_state_tells_them_apart(tmp_path, broker, make_collector):
     frames = sample_folder(tmp_path, count=4)
     config = write_config(tmp_path, broker.port, frames, source={"fps": 5, "loop": True})
     collector = make_collector(broker, [f"{BASE}/status"])
+    live_state = make_collector(broker, [f"{BASE}/state"])
     daemon = DaemonProcess(config)
     assert collector.wait_for(lambda m: m and m[-1].payload == b"online", 30), daemon.log()[-2000:]
+    assert live_state.wait_for(lambda m: any(strict_json(x.payload)["source"] == "running" for x in m), 30)
     daemon.kill()
     assert collector.wait_for(lambda m: m[-1].payload == b"offline", 10)
+    state = make_collector(broker, [f"{BASE}/state"])  # the retained state a crash left behind
+    assert state.wait_for(lambda m: m and strict_json(m[0].payload)["source"] == "running", 10)
     daemon = DaemonProcess(config)
     assert collector.wait_for(lambda m: m[-1].payload == b"online", 30)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
-    assert collector.wait_for(lambda m: m[-1].payload == b"stopped", 10)
-    retained = make_collector(broker, [f"{BASE}/status"])
-    assert retained.wait_for(lambda m: m and m[0].retain and m[0].payload == b"stopped", 10)
+    assert collector.wait_for(lambda m: m[-1].payload == b"offline", 10)
+    retained = make_collector(broker, [f"{BASE}/status", f"{BASE}/state"])
+    assert retained.wait_for(lambda m: len(m) >= 2, 10)
+    final = {m.topic.rsplit("/", 1)[1]: m.payload for m in retained.messages if m.retain}
+    assert final["status"] == b"offline" and strict_json(final["state"])["source"] == "stopped"
 
 
 def test_check_config_reports_four_errors_with_lines(tmp_path):

@@ -126,7 +126,7 @@ def test_status_is_retained_online_after_connect(broker, make_collector, make_li
     assert live.wait_for(lambda ms: any(m.topic == f"{BASE_TOPIC}/stats" for m in ms), WAIT_S)
 
 
-@pytest.mark.parametrize(("clean", "final_status"), [(True, b"stopped"), (False, b"offline")])
+@pytest.mark.parametrize(("clean", "final_status"), [(True, b"offline"), (False, b"offline")])
 def test_stop_leaves_a_retained_final_status(broker, make_collector, clean: bool, final_status: bytes) -> None:
     live = make_collector(broker, [STATUS_TOPIC])
     link = MqttLink(settings_for(broker), BASE_TOPIC, client_id="lineguard-test")

@@ -481,4 +481,4 @@ def test_example_acl_and_broker_config_end_to_end(tmp_path, pki, make_broker, ma
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.log()[-3000:]
     assert "refused" not in daemon.log()
-    assert dashboard.wait_for(lambda _: dashboard.payloads(f"{BASE}/status")[-1:] == [b"stopped"], 10)
+    assert dashboard.wait_for(lambda _: dashboard.payloads(f"{BASE}/status")[-1:] == [b"offline"], 10)

@@ -108,7 +108,7 @@ def test_restart_policy(service: dict[str, list[str]]) -> None:
     assert "Service.SuccessExitStatus" not in service
     delay = service["Service.RestartSec"][0]
     assert delay.endswith("s") and int(delay[:-1]) >= 1, "a delay between attempts, not a tight loop"
-    # Stopping waits up to 5 s for the broker's ack of "stopped", plus thread joins: leave room before SIGKILL.
+    # Stopping waits up to 5 s for the broker's ack of "offline", plus thread joins: leave room before SIGKILL.
     assert service["Service.TimeoutStopSec"][0].endswith("s") and int(service["Service.TimeoutStopSec"][0][:-1]) >= 15
 
 

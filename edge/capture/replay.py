@@ -83,6 +83,8 @@ class ReplaySource:
         if self._grayscale:
             image = to_gray(image)
         frame = Frame(image=image, name=name, index=self._delivered, arrival_s=time.monotonic())
+        if self._delivered == 0:
+            notify(self._on_state, STATE_RUNNING, "frames flowing")  # until now the station says "starting"
         self._delivered += 1
         self._pacer.mark_delivered()
         return frame

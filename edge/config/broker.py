@@ -97,6 +97,11 @@ class MqttConfig(BaseModel):
         validate_default=True,
         description="Longest delay between reconnect attempts.",
     )
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT protocol version: 5 tags each heatmap with its result's id and seq (user properties); "
+        "3.1.1 for brokers that do not speak 5. Subscribers may use either.",
+    )
     heatmap: Literal["never", "fail", "always"] = Field(
         "fail", description="When to publish the JPEG heatmap overlay."
     )

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from edge.core import scoring
+from edge.core.overlay import overlay_scale
 from edge.core.bundle import Bundle, BundleError, load_bundle
 from edge.core.pipelines import open_pipeline
 from edge.core.preprocess import ImageError, PreprocessSpec, crop, read_image, scale, to_pixels
@@ -130,7 +131,8 @@ class Inspector:
         elif decision == "fail":
             scale_xy, offset_xy = self._geometry(frame_shape)
             regions = scoring.anomalous_regions(
-                heat, self.calibration.pixel_threshold, self.min_region_px, scale_xy, offset_xy
+                heat, self.calibration.pixel_threshold, self.min_region_px, scale_xy, offset_xy,
+                image_scale=overlay_scale(self.spec),
             )
         return Inspection(
             score=score,

@@ -10,11 +10,16 @@ from edge.core.scoring import heat_colors
 OVERLAY_MIN_SIDE_PX = 256  # small model inputs are enlarged so a person can see the defect
 
 
+def overlay_scale(spec: PreprocessSpec) -> int:
+    """Overlay pixels per model pixel: the heatmap image is the model's grid enlarged by this whole factor."""
+    return max(1, OVERLAY_MIN_SIDE_PX // max(spec.width, spec.height))
+
+
 def render_overlay(image: np.ndarray, heat: np.ndarray, spec: PreprocessSpec, pixel_threshold: float) -> np.ndarray:
     """BGR image of the model's view of the frame with the heatmap blended in, at least 256 px on a side."""
     colors = heat_colors(heat, pixel_threshold)
     base = cv2.resize(to_uint8(image), (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     base = cv2.cvtColor(base, cv2.COLOR_GRAY2BGR) if base.ndim == 2 else base
     blended = cv2.addWeighted(base, 0.5, colors, 0.5, 0)
-    factor = max(1, OVERLAY_MIN_SIDE_PX // max(spec.width, spec.height))
+    factor = overlay_scale(spec)
     return cv2.resize(blended, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST) if factor > 1 else blended

@@ -214,8 +214,10 @@ def anomalous_regions(
     scale_xy: tuple[float, float] = (1.0, 1.0),
     offset_xy: tuple[int, int] = (0, 0),
     max_regions: int = 16,
+    image_scale: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Bounding boxes of connected areas above the pixel threshold, in source-frame pixels, largest first."""
+    """Bounding boxes of connected areas above the pixel threshold, in source-frame pixels, largest first.
+    With ``image_scale`` (overlay pixels per model pixel), each also gives its box in the published heatmap image."""
     mask = (heat >= pixel_threshold).astype(np.uint8)
     if not mask.any():
         return []
@@ -235,6 +237,9 @@ def anomalous_regions(
             "w": max(1, int(round(w * sx))), "h": max(1, int(round(h * sy))),
             "area_px": area, "peak": round(peak, 6),
         })
+        if image_scale is not None:
+            regions[-1]["heatmap"] = {"x": x * image_scale, "y": y * image_scale,
+                                      "w": w * image_scale, "h": h * image_scale}
     return regions
 
 

@@ -44,6 +44,13 @@ def result_payload(seq: int, device_id: str, image: str, part_id: str | None, re
     })
 
 
+def heatmap_properties(seq: int, result_payload: bytes) -> list[tuple[str, str]]:
+    """MQTT 5 user properties of a <base>/heatmap JPEG: the `id` and `seq` of its result, and its verdict, so a
+    dashboard matches picture and verdict (user property values are strings)."""
+    result = json.loads(result_payload)
+    return [("id", result["id"]), ("seq", str(seq)), ("verdict", result["verdict"])]
+
+
 def state_payload(source_state: str, detail: str, bundle, threshold: float, last_reload_error: str | None,
                   restart_required: list[str]) -> dict[str, Any]:
     """The retained <base>/state: source health, running model and threshold, reload outcome."""

@@ -1,8 +1,8 @@
 """The daemon's MQTT link (paho-mqtt 2.x).
 
 :class:`MqttLink` owns the only broker connection: it keeps the retained
-``<base>/status`` topic truthful (``online`` / ``stopped``, ``offline`` as the
-last will), receives commands under ``<base>/cmd/`` and reconnects with
+``<base>/status`` topic truthful (``online``, else ``offline``: on a clean stop
+and as the last will, the payloads Home Assistant's availability expects), receives commands under ``<base>/cmd/`` and reconnects with
 backoff on its own. edge.publish.sender drains the durable outbox through it.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -27,7 +28,6 @@ _paho_logger = logging.getLogger(f"{__name__}.paho")
 STATUS_SUBTOPIC = "status"
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
-STATUS_STOPPED = "stopped"
 STATUS_QOS = 1
 COMMAND_SUBTOPIC = "cmd"
 COMMAND_QOS = 1
@@ -104,7 +104,8 @@ class MqttLink:
         # publish_in_session needs the client.
         self._client = client
         try:
-            client.connect_async(config.host, config.port, keepalive=config.keepalive_s)
+            client.connect_async(config.host, config.port, keepalive=config.keepalive_s,
+                                 clean_start=True if config.protocol == "5" else mqtt.MQTT_CLEAN_START_FIRST_ONLY)
             client.loop_start()
         except Exception:
             self._client = None
@@ -117,10 +118,10 @@ class MqttLink:
     def stop(self, clean: bool = True, timeout_s: float = 5.0) -> None:
         """Disconnect and stop the network thread.
 
-        ``clean=True`` first publishes a retained ``stopped`` status and waits up
-        to ``timeout_s`` for the broker to acknowledge it. ``clean=False`` (a
-        stop caused by a fault) marks the device ``offline``, as the last will
-        would, without waiting.
+        Both publish a retained ``offline`` status, as the last will would;
+        ``clean=True`` waits up to ``timeout_s`` for the broker to acknowledge it,
+        ``clean=False`` (a stop caused by a fault) does not wait. Whether a stop
+        was planned shows on the retained state topic (edge.publish.reporter).
         """
         client = self._client
         if client is None:
@@ -159,18 +160,26 @@ class MqttLink:
 
     # -- publishing -----------------------------------------------------------
 
-    def publish(self, subtopic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
-        """Fire-and-forget publish on ``<base_topic>/<subtopic>``.
+    def publish(self, subtopic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
+                user_properties: list[tuple[str, str]] = ()) -> bool:
+        """Fire-and-forget publish on ``<base_topic>/<subtopic>``, for status, stats, heatmaps and replies.
 
-        For status, stats, heatmaps and command replies. Dropped (returns False)
-        while disconnected; anything that must not be lost goes through the outbox.
-        """
-        topic = f"{self.base_topic}/{subtopic}"
+        Dropped (returns False) while disconnected; anything that must not be lost goes through the outbox.
+        ``user_properties`` go out with MQTT 5 only (a 3.1.1 link has nowhere to put them)."""
+        return self.publish_topic(f"{self.base_topic}/{subtopic}", payload, qos, retain, user_properties)
+
+    def publish_topic(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
+                      user_properties: list[tuple[str, str]] = ()) -> bool:
+        """:meth:`publish` on a full topic (Home Assistant's discovery topics live outside the base topic)."""
         client = self._client
         if client is None or not self.connected:
             logger.debug("not connected, dropping message on %s", topic)
             return False
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        properties = None
+        if user_properties and self.config.protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = list(user_properties)
+        info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             logger.debug("publish on %s failed: %s", topic, mqtt.error_string(info.rc))
             return False
@@ -212,12 +221,11 @@ class MqttLink:
 
     def _make_client(self) -> mqtt.Client:
         config = self.config
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
+        # MQTT 5 has no clean_session flag: connect_async's clean_start and a session expiry of 0 do the same.
+        version5 = config.protocol == "5"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=None if version5 else True,
+                             protocol=mqtt.MQTTv5 if version5 else mqtt.MQTTv311)
         # A bug in a callback must be logged (see _on_log), never end the network thread.
         client.suppress_exceptions = True
         client.on_log = self._on_log
@@ -324,14 +332,8 @@ class MqttLink:
             except Exception:
                 logger.exception("connection listener failed")
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties,
-    ) -> None:
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: ReasonCode,
+                    properties: Properties) -> None:
         accepted = not reason_code.is_failure
         session = self._session
         for listener in list(self._publish_listeners):
@@ -340,14 +342,8 @@ class MqttLink:
             except Exception:
                 logger.exception("publish listener failed")
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: object,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties,
-    ) -> None:
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: list[ReasonCode],
+                      properties: Properties) -> None:
         if any(code.is_failure for code in reason_codes):
             logger.error("broker refused the command subscription %s/%s/#: %s",
                          self.base_topic, COMMAND_SUBTOPIC, ", ".join(map(str, reason_codes)))
@@ -375,7 +371,7 @@ class MqttLink:
             logger.exception("command handler failed for %s", topic)
 
     def _publish_final_status(self, client: mqtt.Client, clean: bool, timeout_s: float) -> None:
-        status = STATUS_STOPPED if clean else STATUS_OFFLINE
+        status = STATUS_OFFLINE
         info = client.publish(self.status_topic, status, qos=STATUS_QOS, retain=True)
         if not clean:
             return

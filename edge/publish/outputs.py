@@ -22,7 +22,7 @@ def _wanted(policy: str, event: VerdictEvent) -> bool:
 
 
 class HeatmapSink(VerdictSink):
-    """Publishes the overlay JPEG on <base>/heatmap at QoS 0, for live views."""
+    """Publishes the overlay JPEG on <base>/heatmap at QoS 0, for live views; over MQTT 5 it names its result."""
 
     name = "heatmap"
     queue_events = HEATMAP_QUEUE_EVENTS
@@ -37,7 +37,8 @@ class HeatmapSink(VerdictSink):
     def on_verdict(self, event: VerdictEvent) -> None:
         ok, jpeg = cv2.imencode(".jpg", event.overlay())
         if ok:
-            self.link.publish(messages.HEATMAP, jpeg.tobytes(), qos=0)
+            self.link.publish(messages.HEATMAP, jpeg.tobytes(), qos=0,
+                              user_properties=messages.heatmap_properties(event.seq, event.payload))
 
 
 class EvidenceSink(VerdictSink):

@@ -12,6 +12,8 @@ from edge.publish import messages
 
 logger = logging.getLogger("lineguard")
 
+STOPPED = "stopped"  # the state's source after a clean stop
+
 
 class Reporter:
     """Publishes what a running daemon (edge.daemon.Daemon) has to say about itself."""
@@ -48,6 +50,17 @@ class Reporter:
             last_seq=station.recorder.last_seq, delivered=daemon.sender.delivered if daemon.sender else 0,
             evidence=daemon.evidence.stats(), mqtt_connected=bool(daemon.link.connected),
             sinks=station.fanout.stats()))
+
+    def final(self, clean: bool) -> None:
+        """Before the link closes: last stats and, on a clean stop, the retained state `stopped`. The status
+        topic then says `offline` for any stop; `state` tells a planned stop from a crash (where it keeps the
+        last source state)."""
+        self.stats()
+        status = self.daemon.status
+        if clean:
+            status.source_detail = f"clean stop; the source was {status.source_state} {status.source_detail}".strip()
+            status.source_state = STOPPED
+            self.state()
 
     def stats_if_due(self, next_due_s: float) -> float:
         """Publish stats when they are due; the next due time."""
