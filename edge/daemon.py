@@ -21,6 +21,7 @@ from edge.config.schema import Config
 from edge.control import CommandQueue, apply_threshold, prepare_reload, reload_outcome, reload_refusal
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.notify import SystemdNotifier
+from edge.publish.metrics import serve_metrics
 from edge.publish.sender import OutboxSender
 from edge.publish.outputs import build_sinks
 from edge.publish.recorder import VerdictRecorder
@@ -51,7 +52,7 @@ class Daemon:
         self.status = StationStatus()
         self.report = Reporter(self)
         self.commands = CommandQueue(self.report.reply)
-        self.link = self.sender = self.source = self.station = None
+        self.link = self.sender = self.source = self.station = self.metrics = None
 
     # --- start-up and shutdown, in reverse order of each other ---
 
@@ -68,6 +69,7 @@ class Daemon:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
         recorder = VerdictRecorder(outbox, base_topic, self.link, self.sender)
         self.station = Station(cfg, inspector, recorder, fanout, self.status)
+        self.metrics = serve_metrics(self)  # before the link starts: its first connection counts
         if self.link is not None:
             start_link(self.link)
             self.sender.start()
@@ -91,6 +93,8 @@ class Daemon:
             self.link.stop(clean=clean)
         if self.station is not None:
             self.station.recorder.outbox.close()
+        if self.metrics is not None:
+            self.metrics.close()
 
     # --- callbacks from other threads: they only queue work or publish ---
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 from edge.publish.messages import model_ref, utc_now
 
 LATENCY_WINDOW = 2048  # verdicts whose latency the percentiles cover
+# Upper bounds of the cumulative latency histogram (Prometheus buckets), in ms; one more bucket holds the rest.
+LATENCY_BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
 CPU_TEMP_PATH = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
@@ -22,6 +25,8 @@ class Counters:
     alerts: int = 0
     errors: int = 0
     unscorable: int = 0  # frames the quality gate refused to judge
+    reloads: int = 0  # reloads applied (SIGHUP or cmd/reload)
+    reload_failures: int = 0  # reloads refused: the running config and model stayed
 
 
 def cpu_temperature_c() -> float | None:
@@ -37,6 +42,8 @@ class StationStatus:
     def __init__(self) -> None:
         self.counters = Counters()
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # every verdict since start, not a window
+        self.latency_sum_ms = 0.0
         self.started_s = time.monotonic()
         self.source_state = "starting"
         self.source_detail = ""
@@ -46,6 +53,8 @@ class StationStatus:
     def count(self, verdict: str, latency_ms: float, alert: bool) -> None:
         counters = self.counters
         self.latencies_ms.append(latency_ms)
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
+        self.latency_sum_ms += latency_ms
         counters.frames += 1
         counters.failed += verdict == "fail"
         counters.passed += verdict == "pass"
@@ -54,7 +63,7 @@ class StationStatus:
 
     def stats_payload(self, device_id: str, bundle, threshold: float, *, source: dict, outbox: dict,
                       last_seq: int, delivered: int, evidence: dict, mqtt_connected: bool, sinks: dict) -> dict:
-        latencies = np.fromiter(self.latencies_ms, dtype=float)
+        latencies = np.array(tuple(self.latencies_ms), dtype=float)  # one atomic copy: /metrics reads from its thread
         uptime = time.monotonic() - self.started_s
         p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]).round(3).tolist() if latencies.size else [None] * 3)
         c = self.counters
@@ -68,4 +77,5 @@ class StationStatus:
             "source": source, "evidence": evidence, "sinks": sinks, "mqtt_connected": mqtt_connected,
             "model": model_ref(bundle), "threshold": threshold, "last_reload_error": self.last_reload_error,
             "restart_required": self.restart_required, "cpu_temp_c": cpu_temperature_c(),
+            "reloads": c.reloads, "reload_failures": c.reload_failures,
         }

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edge.capture.registry import SOURCE_KINDS, check_url, required_key
 from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
+from edge.config.integrations import HomeAssistantConfig, MetricsConfig
 
 SourceKind = Literal[SOURCE_KINDS]  # the kinds registered in edge.capture.registry
 
@@ -273,6 +274,9 @@ class Config(BaseModel):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alert debouncing.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local state.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
+                                               description="Home Assistant MQTT discovery.")
 
     @field_validator("model")
     @classmethod

@@ -40,16 +40,19 @@ class Reporter:
             status.last_reload_error, status.restart_required), retain=True)
 
     def stats(self) -> None:
+        if self.daemon.link is not None and self.daemon.station is not None:
+            self._publish(messages.STATS, self.stats_data())
+
+    def stats_data(self) -> dict:
+        """The <base>/stats payload as of now; also what /metrics shows (edge.publish.metrics), from any thread."""
         daemon = self.daemon
-        if daemon.link is None or daemon.station is None:
-            return
         station = daemon.station
-        self._publish(messages.STATS, daemon.status.stats_payload(
+        return daemon.status.stats_payload(
             daemon.cfg.device_id, station.inspector.bundle, station.inspector.threshold,
             source=daemon.source.stats() if daemon.source is not None else {}, outbox=station.recorder.stats(),
             last_seq=station.recorder.last_seq, delivered=daemon.sender.delivered if daemon.sender else 0,
-            evidence=daemon.evidence.stats(), mqtt_connected=bool(daemon.link.connected),
-            sinks=station.fanout.stats()))
+            evidence=daemon.evidence.stats(), mqtt_connected=bool(daemon.link and daemon.link.connected),
+            sinks=station.fanout.stats())
 
     def final(self, clean: bool) -> None:
         """Before the link closes: last stats and, on a clean stop, the retained state `stopped`. The status
@@ -89,6 +92,9 @@ class Reporter:
         """After a reload or its refusal: systemd status, then stats and state, then the reply, so a reply
         means the state is current."""
         self.daemon.notifier.ready(status)
+        counters = self.daemon.status.counters
+        counters.reloads += ok
+        counters.reload_failures += not ok
         self.stats()
         self.state()
         self.reply("reload", ok, reason, request_id)
