@@ -107,7 +107,7 @@ class Daemon:
 
     def _on_connection(self, connected: bool, detail: str) -> None:
         if connected:
-            self.report.state()  # changes while disconnected were dropped, and the retained one may be stale
+            self.report.connected()  # discovery and state: changes while disconnected were dropped
 
     # --- the main loop ---
 

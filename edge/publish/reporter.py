@@ -9,6 +9,7 @@ import logging
 import time
 
 from edge.publish import messages
+from edge.publish.discovery import discovery_messages
 
 logger = logging.getLogger("lineguard")
 
@@ -28,6 +29,23 @@ class Reporter:
 
     def reply(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
         self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id))
+
+    def connected(self) -> None:
+        """On every (re)connect: Home Assistant discovery, then state (changes while disconnected were dropped,
+        and the retained one may be stale)."""
+        self.announce()
+        self.state()
+
+    def announce(self) -> None:
+        """The retained Home Assistant discovery configs, when homeassistant.enabled (edge.publish.discovery)."""
+        daemon = self.daemon
+        if not daemon.cfg.homeassistant.enabled or daemon.link is None or daemon.station is None:
+            return
+        inspector = daemon.station.inspector
+        for topic, payload in discovery_messages(
+                daemon.cfg.homeassistant.discovery_prefix, daemon.cfg.mqtt.topic_prefix, daemon.cfg.device_id,
+                inspector.bundle.name, inspector.threshold, inspector.calibration.threshold_range()):
+            daemon.link.publish_topic(topic, payload, qos=1, retain=True)
 
     def state(self) -> None:
         """The retained <base>/state; nothing before a model is loaded."""
@@ -95,6 +113,8 @@ class Reporter:
         counters = self.daemon.status.counters
         counters.reloads += ok
         counters.reload_failures += not ok
+        if ok:
+            self.announce()  # the threshold's range follows the model
         self.stats()
         self.state()
         self.reply("reload", ok, reason, request_id)
