@@ -51,6 +51,10 @@ class Mqtt5Collector:
         with self._changed:
             return self._changed.wait_for(lambda: condition(self._messages), timeout_s)
 
+    def publish(self, topic: str, payload: bytes | str) -> None:
+        """Publish at QoS 1 through this connection and wait until it is sent."""
+        self._client.publish(topic, payload, qos=1).wait_for_publish(SUBSCRIBE_TIMEOUT_S)
+
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
