@@ -8,6 +8,10 @@ import signal
 
 import jinja2
 import jsonschema
+import pytest
+
+from edge.config.errors import ConfigError
+from edge.config.load import parse_config
 
 from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
@@ -97,3 +101,10 @@ def test_no_discovery_unless_enabled(tmp_path, broker, make_collector):
     daemon = DaemonProcess(config)
     assert daemon.wait(60) == 0, daemon.log()[-3000:]
     assert home_assistant.messages == []
+
+
+def test_discovery_without_mqtt_is_a_config_error_with_its_line(tmp_path):
+    text = "source:\n  kind: folder\n  path: .\nmqtt:\n  enabled: false\nhomeassistant:\n  enabled: true\n"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text, "config.yaml", tmp_path)
+    assert "config.yaml:6: homeassistant: enabled needs mqtt.enabled" in str(refused.value)

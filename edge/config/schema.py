@@ -283,6 +283,14 @@ class Config(BaseModel):
     def _resolve_model(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve(value, info)
 
+    @field_validator("homeassistant")
+    @classmethod
+    def _discovery_needs_mqtt(cls, value: HomeAssistantConfig, info: ValidationInfo) -> HomeAssistantConfig:
+        mqtt = info.data.get("mqtt")
+        if value.enabled and mqtt is not None and not mqtt.enabled:
+            raise ValueError("enabled needs mqtt.enabled: discovery goes through the broker")
+        return value
+
     @property
     def mqtt_client_id(self) -> str:
         """The broker client id: mqtt.client_id, or 'lineguard-<device_id>' when unset."""

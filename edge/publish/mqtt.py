@@ -271,6 +271,10 @@ class MqttLink:
         # OutboxSender from the outbox, in order; a replay by paho as well would
         # interleave two streams.
         client.drop_out_messages()
+        # MQTT 5 brokers state how many unacknowledged QoS 1 messages they take and paho does not hold to it. Its
+        # setter refuses an open connection; here nothing is in flight yet (dropped above), so set it directly.
+        if self.config.protocol == "5":  # absent: 65,535, the protocol's default
+            client._max_inflight_messages = min(self.config.max_inflight, getattr(properties, "ReceiveMaximum", 65535))
         # Subscribe first: the broker handles a client's packets in order, so a
         # dashboard that sees "online" can send a command and it is not missed.
         client.subscribe(f"{self.base_topic}/{COMMAND_SUBTOPIC}/#", qos=COMMAND_QOS)
