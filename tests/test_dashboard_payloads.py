@@ -8,6 +8,8 @@ import signal
 import cv2
 import numpy as np
 
+from edge.core.overlay import overlay_scale, render_overlay
+from edge.core.preprocess import PreprocessSpec
 from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, unique_in_order, write_config
 from tests.support.helpers import SAMPLES
@@ -92,3 +94,19 @@ def test_threshold_takes_a_bare_number(tmp_path, broker, make_collector):
     finally:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.log()[-3000:]
+
+
+def test_the_heatmap_shows_the_part_of_the_frame_the_model_saw():
+    frame = np.zeros((40, 80), np.uint8)
+    frame[:, 40:] = 255  # left half dark, right half bright
+    heat = np.zeros((28, 28), np.float32)  # no heat: the overlay differs only by the frame under it
+    spec = PreprocessSpec(color="gray", height=28, width=28)
+    brightness = lambda image: float(image.mean())  # noqa: E731
+    right = render_overlay(frame, heat, spec, 1.0, frame_roi=(40, 0, 40, 40))
+    left = render_overlay(frame, heat, spec, 1.0, frame_roi=(0, 0, 40, 40))
+    whole = render_overlay(frame, heat, spec, 1.0)
+    assert brightness(left) < brightness(whole) < brightness(right)
+    # the bundle's own ROI applies after the device's, as in inspection
+    bundle_roi = PreprocessSpec(color="gray", height=28, width=28, roi=(20, 0, 20, 40))
+    assert brightness(render_overlay(frame, heat, bundle_roi, 1.0, frame_roi=(20, 0, 40, 40))) == brightness(right)
+    assert right.shape[:2] == (28 * overlay_scale(spec),) * 2

@@ -42,6 +42,7 @@ class VerdictEvent:
     recorded_s: float  # time.monotonic() when the verdict was durable in the outbox
     spec: Any  # the model's PreprocessSpec, for the overlay
     pixel_threshold: float
+    frame_roi: tuple[int, int, int, int] | None = None  # the device's crop (inference.roi), for the overlay
     _overlay: np.ndarray | None = field(default=None, repr=False)
     _overlay_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -53,7 +54,8 @@ class VerdictEvent:
         """The frame blended with its heatmap, rendered once however many sinks ask."""
         with self._overlay_lock:
             if self._overlay is None:
-                self._overlay = render_overlay(self.image, self.result.heat, self.spec, self.pixel_threshold)
+                self._overlay = render_overlay(self.image, self.result.heat, self.spec, self.pixel_threshold,
+                                               self.frame_roi)
             return self._overlay
 
 
