@@ -55,3 +55,25 @@ def test_user_properties_go_out_over_mqtt5_only(broker, protocol, expected):
         link.stop(timeout_s=1.0)
         subscriber.close()
     assert subscriber.messages[0].user_properties == expected
+
+
+@pytest.mark.parametrize(("protocol", "kept"), [("5", 20), ("3.1.1", 0)])
+def test_a_publish_the_brokers_acl_refuses_stays_in_the_outbox_over_mqtt5(tmp_path, make_broker, protocol, kept):
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic write {BASE}/status\n")  # results are not allowed
+    broker = make_broker(config_lines=[f"acl_file {acl}"])
+    link = MqttLink(MqttConfig(host=broker.host, port=broker.port, protocol=protocol), BASE, client_id="lg-acl")
+    with Outbox(tmp_path / "outbox.sqlite3") as outbox:
+        for _ in range(20):
+            seq = outbox.next_seq()
+            outbox.put(seq, [(f"{BASE}/result", b"%d" % seq, 1)])
+        sender = OutboxSender(link, outbox)
+        link.start()
+        sender.start()
+        try:
+            # 5: "not authorized" for each, kept for a later try; 3.1.1: acknowledged as if delivered, and gone.
+            assert wait_until(lambda: sender.refused == kept and outbox.depth() == kept, 15), (sender.refused,
+                                                                                               outbox.depth())
+        finally:
+            sender.stop()
+            link.stop(timeout_s=1.0)

@@ -50,6 +50,7 @@ class OutboxSender:
         self._on_delivered = on_delivered
         self._delivered = 0
         self.discarded = 0  # rows that could never be published (invalid topic/qos/size)
+        self.refused = 0  # acknowledgements with a failure code (MQTT 5), for the log
 
     @property
     def delivered(self) -> int:
@@ -145,8 +146,11 @@ class OutboxSender:
             if accepted:
                 self._acked_unsaved.append(row_id)
                 self._acked_seqs.append(seq)
-            else:
-                logger.warning("broker refused outbox message %d; it is re-sent after reconnecting", row_id)
+            else:  # over MQTT 5, e.g. "not authorized" by the broker's ACL: logged once per 1000, not per frame
+                self.refused += 1
+                if self.refused == 1 or self.refused % 1000 == 0:
+                    logger.warning("broker refused outbox message %d (%d so far); it stays in the outbox and is "
+                                   "re-sent after reconnecting", row_id, self.refused)
         if self._acked_unsaved:
             # Under the lock, so a waiter never sees an empty outbox with an old count.
             with self._progress:
