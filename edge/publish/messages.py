@@ -1,6 +1,7 @@
 """Every MQTT topic and payload the station publishes, and the `score` line: built here, in one place.
 
-docs/mqtt-payloads.schema.json is the contract; tests check these builders against it.
+docs/mqtt-payloads.schema.json is the contract; tests check these builders against it. Home Assistant's discovery
+configs, which live outside the station's topics, are built in edge.publish.discovery.
 """
 from __future__ import annotations
 
