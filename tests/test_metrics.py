@@ -2,15 +2,16 @@
 and equal to the stats payload published over MQTT at the same moment; the exposition also mounts on Starlette."""
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
 import urllib.request
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from starlette.testclient import TestClient
 
 from edge.core.bundle import load_bundle
 from edge.publish.metrics import StationMetrics
@@ -129,8 +130,12 @@ def test_the_exposition_mounts_on_a_starlette_server():
         "cell-1", bundle, 20.0, source={}, outbox={"depth": 2, "dropped": 0}, last_seq=3, delivered=1, evidence={},
         mqtt_connected=False, sinks={})
     metrics = StationMetrics(stats, status)
-    client = TestClient(Starlette(routes=[Mount("/metrics", app=metrics.asgi_app())]))
-    response = client.get("/metrics")
+    async def get():
+        transport = httpx.ASGITransport(app=Starlette(routes=[Mount("/metrics", app=metrics.asgi_app())]))
+        async with httpx.AsyncClient(transport=transport, base_url="http://station", follow_redirects=True) as client:
+            return await client.get("/metrics")
+
+    response = asyncio.run(get())
     assert response.status_code == 200
     mounted = samples(response.text)
     body, content_type = metrics.render()
