@@ -2,8 +2,10 @@
 
 :class:`MqttLink` owns the only broker connection: it keeps the retained
 ``<base>/status`` topic truthful (``online``, else ``offline``: on a clean stop
-and as the last will, the payloads Home Assistant's availability expects), receives commands under ``<base>/cmd/`` and reconnects with
-backoff on its own. edge.publish.sender drains the durable outbox through it.
+and as the last will, the payloads Home Assistant's availability expects),
+receives commands under ``<base>/cmd/`` and reconnects with backoff on its own.
+edge.publish.sender drains the durable outbox through it. MQTT 5 by default
+(``mqtt.protocol``), so heatmaps can carry user properties; 3.1.1 on request.
 """
 from __future__ import annotations
 
@@ -271,9 +273,8 @@ class MqttLink:
         # OutboxSender from the outbox, in order; a replay by paho as well would
         # interleave two streams.
         client.drop_out_messages()
-        # MQTT 5 brokers state how many unacknowledged QoS 1 messages they take and paho does not hold to it. Its
-        # setter refuses an open connection; here nothing is in flight yet (dropped above), so set it directly.
-        if self.config.protocol == "5":  # absent: 65,535, the protocol's default
+        # paho ignores an MQTT 5 broker's Receive Maximum (absent: 65,535), and its setter refuses an open link:
+        if self.config.protocol == "5":  # nothing is in flight yet (dropped above), so set it directly
             client._max_inflight_messages = min(self.config.max_inflight, getattr(properties, "ReceiveMaximum", 65535))
         # Subscribe first: the broker handles a client's packets in order, so a
         # dashboard that sees "online" can send a command and it is not missed.
