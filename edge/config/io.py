@@ -30,7 +30,8 @@ class GpioConfig(BaseModel):
     pull: Literal["up", "down", "none"] = Field(
         "down", description="Internal pull resistor on trigger_pin; none for a driven (push-pull) signal.")
     debounce_ms: float = Field(5.0, ge=0, le=1000, strict=True,
-                               description="Edges on trigger_pin closer together than this are one trigger.")
+                               description="A trigger edge less than this after the previous one is contact bounce, "
+                               "not a trigger (milliseconds).")
     reject_pin: _Pin = Field(None, ge=0, le=53, strict=True,
                              description="BCM number of the reject output: pulses for fail, unscorable, and a "
                              "trigger that found no frame; null = none.")

@@ -41,6 +41,7 @@ class GpioLines:
 
     def __init__(self, config: GpioConfig, on_trigger: Callable[[Trigger], bool]) -> None:
         self.config, self.on_trigger = config, on_trigger
+        self._last_edge_s = float("-inf")
         self.factory = load_pin_factory(config.pin_factory)
         self._devices = []
         try:
@@ -55,8 +56,9 @@ class GpioLines:
     def _input(self, config: GpioConfig) -> DigitalInputDevice:
         pull_up = PULLS[config.pull]
         # With a pull resistor gpiozero makes the idle level inactive; without one, active means high.
+        # Debounce is ours (_edge), the same on every pin library and without delaying the edge.
         line = DigitalInputDevice(config.trigger_pin, pull_up=pull_up, active_state=True if pull_up is None else None,
-                                  bounce_time=config.debounce_ms / 1000.0 or None, pin_factory=self.factory)
+                                  pin_factory=self.factory)
         self._devices.append(line)
         rising_is_activation = line.active_state if pull_up is None else not pull_up
         edge_event = "when_activated" if (config.trigger_edge == "rising") == rising_is_activation else "when_deactivated"
@@ -71,7 +73,13 @@ class GpioLines:
         return line
 
     def _edge(self) -> None:
-        self.on_trigger(Trigger("gpio", time.monotonic()))
+        now = time.monotonic()
+        if (now - self._last_edge_s) * 1000.0 < self.config.debounce_ms:
+            logger.debug("gpio: trigger edge %.1f ms after the last one ignored (debounce)",
+                         (now - self._last_edge_s) * 1000.0)
+            return
+        self._last_edge_s = now
+        self.on_trigger(Trigger("gpio", now))
 
     # --- what the station shows ---
 
