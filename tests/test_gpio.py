@@ -8,12 +8,13 @@ import time
 
 import pytest
 
+from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.daemon import Daemon
 from edge.notify import SystemdNotifier
 from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
-from tests.support.helpers import wait_until
+from tests.support.helpers import MNIST_BUNDLE, run_cli, wait_until
 
 TRIGGER_PIN, REJECT_PIN, PASS_PIN, READY_PIN, BUSY_PIN = 17, 22, 27, 5, 6
 PULSE_MS = 120.0
@@ -111,3 +112,24 @@ def test_a_pin_factory_that_cannot_run_here_stops_start_up_with_the_key(tmp_path
     daemon = DaemonProcess(config)
     assert daemon.wait(60) == 78, daemon.log()[-3000:]
     assert "io.gpio.pin_factory: lgpio cannot run here" in daemon.log()
+
+
+def test_check_config_names_a_pin_factory_that_cannot_run_here(tmp_path):
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=1), mqtt={"enabled": False},
+                          io=gpio_config(pin_factory="lgpio"))
+    out = run_cli("check-config", str(config))
+    assert out.returncode == 78, out.stdout + out.stderr
+    assert "io.gpio.pin_factory: lgpio cannot run here" in out.stdout + out.stderr
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=1), mqtt={"enabled": False},
+                          io=gpio_config())  # mock: loads anywhere
+    assert run_cli("check-config", str(config)).returncode == 0
+
+
+def test_one_pin_for_two_lines_is_refused_with_its_line_number(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"model: {MNIST_BUNDLE}\nsource: {{path: {tmp_path}}}\n"
+                      "io:\n  gpio:\n    enabled: true\n    trigger_pin: 17\n    reject_pin: 17\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    [error] = info.value.errors
+    assert "io.gpio" in error and "pin 17 is used for more than one line (trigger_pin, reject_pin)" in error, error

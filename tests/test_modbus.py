@@ -10,7 +10,7 @@ from pymodbus.client import ModbusTcpClient
 
 from tests.support.broker import free_port, strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
-from tests.support.helpers import wait_until
+from tests.support.helpers import run_cli, wait_until
 
 # The register map, as README.md documents it (read here from the README's numbers, not from edge/).
 IR_VERDICT, IR_SCORE_X100, IR_SCORE_NORM_X100, IR_SEQ = 0, 1, 2, 3
@@ -124,6 +124,8 @@ def test_a_modbus_port_that_is_taken_stops_start_up_with_the_key(tmp_path):
         port = taken.getsockname()[1]
         config = write_config(tmp_path, None, sample_folder(tmp_path, count=1), mqtt={"enabled": False},
                               io={"modbus": {"enabled": True, "port": port}})
+        checked = run_cli("check-config", str(config))
         daemon = DaemonProcess(config)
         assert daemon.wait(60) == 78, daemon.log()[-3000:]
     assert f"io.modbus: cannot listen on 127.0.0.1:{port}" in daemon.log()
+    assert checked.returncode == 78 and f"io.modbus: cannot listen on 127.0.0.1:{port}" in checked.stdout + checked.stderr

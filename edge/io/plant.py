@@ -7,6 +7,7 @@ source's state (ready). With both interfaces disabled it does nothing, and neith
 from __future__ import annotations
 
 import logging
+import socket
 
 from edge.config.io import IoConfig
 from edge.io import IoError
@@ -121,3 +122,23 @@ def split(value: int) -> list[int]:
 
 def clamp16(value: float) -> int:
     return min(max(round(value), 0), UINT16_MAX)
+
+
+def preflight_io(config: IoConfig) -> list[str]:
+    """What would stop the plant IO from opening, found without keeping anything: the GPIO pin library loads,
+    the Modbus address can be bound. One line per problem, naming the key."""
+    problems = []
+    if config.gpio.enabled:
+        from edge.io.gpio import load_pin_factory
+        try:
+            load_pin_factory(config.gpio.pin_factory).close()
+        except IoError as exc:
+            problems.append(str(exc))
+    if config.modbus.enabled:
+        modbus = config.modbus
+        try:
+            with socket.create_server((modbus.host, modbus.port)):
+                pass
+        except OSError as exc:
+            problems.append(f"io.modbus: cannot listen on {modbus.host}:{modbus.port}: {exc.strerror or exc}")
+    return problems
