@@ -133,3 +133,30 @@ def test_one_pin_for_two_lines_is_refused_with_its_line_number(tmp_path):
         load_config(config)
     [error] = info.value.errors
     assert "io.gpio" in error and "pin 17 is used for more than one line (trigger_pin, reject_pin)" in error, error
+
+
+@pytest.mark.parametrize("pull", ["up", "down", "none"])
+@pytest.mark.parametrize("trigger_edge", ["rising", "falling"])
+def test_the_configured_edge_and_only_it_triggers(pull, trigger_edge):
+    """GpioLines on the mock factory (as the config names it): whatever the pull, the electrical edge decides."""
+    from edge.config.io import GpioConfig
+    from edge.io.gpio import GpioLines
+
+    triggers = []
+    lines = GpioLines(GpioConfig(enabled=True, pin_factory="mock", trigger_pin=TRIGGER_PIN, pull=pull,
+                                 trigger_edge=trigger_edge, debounce_ms=0.0), triggers.append)
+    try:
+        pin = lines.factory.pin(TRIGGER_PIN)
+        idle_high = pull == "up"
+        if pin.state != idle_high:
+            (pin.drive_high if idle_high else pin.drive_low)()
+        triggers.clear()
+        first, second = (pin.drive_low, pin.drive_high) if idle_high else (pin.drive_high, pin.drive_low)
+        first()
+        after_first = len(triggers)
+        second()
+        wanted_first = (trigger_edge == "rising") != idle_high  # leaving a low idle level is a rising edge
+        assert (after_first, len(triggers)) == ((1, 1) if wanted_first else (0, 1))
+        assert all(t.origin == "gpio" for t in triggers)
+    finally:
+        lines.close()

@@ -128,4 +128,5 @@ def test_a_modbus_port_that_is_taken_stops_start_up_with_the_key(tmp_path):
         daemon = DaemonProcess(config)
         assert daemon.wait(60) == 78, daemon.log()[-3000:]
     assert f"io.modbus: cannot listen on 127.0.0.1:{port}" in daemon.log()
-    assert checked.returncode == 78 and f"io.modbus: cannot listen on 127.0.0.1:{port}" in checked.stdout + checked.stderr
+    assert checked.returncode == 78
+    assert f"io.modbus: cannot listen on 127.0.0.1:{port}" in checked.stdout + checked.stderr

@@ -60,9 +60,9 @@ class GpioLines:
         line = DigitalInputDevice(config.trigger_pin, pull_up=pull_up, active_state=True if pull_up is None else None,
                                   pin_factory=self.factory)
         self._devices.append(line)
-        rising_is_activation = line.active_state if pull_up is None else not pull_up
-        edge_event = "when_activated" if (config.trigger_edge == "rising") == rising_is_activation else "when_deactivated"
-        setattr(line, edge_event, self._edge)
+        rising_activates = pull_up is not True  # with a pull-up, gpiozero makes low the active level
+        activation = (config.trigger_edge == "rising") == rising_activates
+        setattr(line, "when_activated" if activation else "when_deactivated", self._edge)
         return line
 
     def _output(self, pin: int | None) -> DigitalOutputDevice | None:

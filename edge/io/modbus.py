@@ -43,6 +43,12 @@ IR_LAST_ANSWER_SEQ = 14  # (32-bit) seq the last trigger was inspected as; 0 whe
 IR_READY = 16  # 1 while the station is inspecting (started, source not away)
 IR_BUSY = 17  # 1 from an accepted trigger until its answer
 REGISTER_COUNT = 18
+REGISTER_ADDRESSES = {
+    "verdict": IR_VERDICT, "score_x100": IR_SCORE_X100, "score_norm_x100": IR_SCORE_NORM_X100, "seq": IR_SEQ,
+    "pass_count": IR_PASS_COUNT, "fail_count": IR_FAIL_COUNT, "busy_count": IR_BUSY_COUNT,
+    "answer_count": IR_ANSWER_COUNT, "last_answer": IR_LAST_ANSWER, "last_answer_seq": IR_LAST_ANSWER_SEQ,
+    "ready": IR_READY, "busy": IR_BUSY,
+}
 
 # Function codes as pymodbus hands them to the access hook.
 READ_DISCRETE_INPUTS, READ_HOLDING, READ_INPUT = 2, 3, 4
@@ -71,10 +77,10 @@ class ModbusSlave:
     # --- what the station shows (main loop and trigger threads) ---
 
     def update(self, **words: int | list[int]) -> None:
-        """Set registers by name (the IR_ constants without the prefix, lower case), all in one step."""
+        """Set registers by name (REGISTER_ADDRESSES; a list fills consecutive words), all in one step."""
         with self._lock:
             for name, value in words.items():
-                address = globals()[f"IR_{name.upper()}"]
+                address = REGISTER_ADDRESSES[name]
                 values = value if isinstance(value, list) else [value]
                 self._words[address:address + len(values)] = values
 
@@ -121,7 +127,8 @@ class ModbusSlave:
                       values: list | None) -> None:
         """pymodbus calls this before each read or write: fill reads from the snapshot, act on a trigger write."""
         if values is not None and function_code in WRITE_COILS:
-            if values[COIL_TRIGGER - address] if address <= COIL_TRIGGER < address + len(values) else False:
+            writes_trigger = address <= COIL_TRIGGER < address + len(values)
+            if writes_trigger and values[COIL_TRIGGER - address]:
                 self.on_trigger(Trigger("modbus", time.monotonic()))
                 values[COIL_TRIGGER - address] = False  # taken: the coil reads back 0
         elif function_code in (READ_INPUT, READ_HOLDING):

@@ -91,7 +91,7 @@ class PlantIo:
     def answered(self, answer: Answer) -> None:
         if self.modbus is not None:
             counts = self.triggers.stats()
-            answers = counts["inspected"] + counts[BUSY] + counts[NO_FRAME] + counts[NOT_INSPECTED]
+            answers = counts[INSPECTED] + counts[BUSY] + counts[NO_FRAME] + counts[NOT_INSPECTED]
             self.modbus.update(answer_count=split(answers), busy_count=split(counts[BUSY]),
                                last_answer=ANSWER_CODES[answer.outcome], last_answer_seq=split(answer.seq or 0))
         if self.gpio is not None and answer.outcome not in (INSPECTED, BUSY):

@@ -81,7 +81,7 @@ class TriggerDesk:
         self.listeners: list = []
         self._lock = threading.Lock()
         self._engaged = False
-        self.counts = {"received": 0, "inspected": 0, BUSY: 0, NO_FRAME: 0, NOT_INSPECTED: 0, "stale_skipped": 0}
+        self.counts = {"received": 0, INSPECTED: 0, BUSY: 0, NO_FRAME: 0, NOT_INSPECTED: 0, "stale_skipped": 0}
         commands.on_trigger = self.offer  # MQTT triggers come here from the command queue
 
     @property
@@ -116,7 +116,7 @@ class TriggerDesk:
         else:
             answer = Answer(trigger, INSPECTED, seq, f"inspected as seq {seq}")
         with self._lock:
-            self.counts[answer.outcome if answer.outcome != INSPECTED else "inspected"] += 1
+            self.counts[answer.outcome] += 1
             self.counts["stale_skipped"] += skipped
         if skipped:
             logger.debug("trigger from %s: %d frame(s) older than the trigger skipped", trigger.origin, skipped)
