@@ -1,6 +1,6 @@
 """Run the benchmarks and write benchmarks/results/latest.json and latest.md.
 
-    python -m benchmarks.run --all      # every case, at most 10 minutes on 2 cores (make bench)
+    python -m benchmarks.run --all      # every case (1-5, 7), at most 10 minutes on 2 cores (make bench)
     python -m benchmarks.run --quick    # case 1 only, at most 60 s (make bench-quick)
     python -m benchmarks.run --case 3   # one case
     python -m benchmarks.run --report   # rewrite latest.md from latest.json and soak.json, measuring nothing
