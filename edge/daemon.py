@@ -81,11 +81,9 @@ class Daemon:
         logger.info("ready: model %s (threshold %.6g), source %s, %d message(s) pending from earlier",
                     inspector.bundle.name, inspector.threshold, cfg.source.kind, outbox.depth())
         self.notifier.ready(f"inspecting with {inspector.bundle.name}")
-        self.io.set_ready(True)
 
     def shutdown(self, clean: bool) -> None:
         self.notifier.stopping()
-        self.io.close()
         if self.source is not None:
             self.source.close()
         if self.station is not None:

@@ -64,7 +64,8 @@ def edge(pins, high: bool) -> None:
 
 def test_a_trigger_edge_inspects_and_pulses_the_output_of_its_verdict(station):
     daemon, collector, pins = station
-    assert pins(READY_PIN).state is True and pins(BUSY_PIN).state is False
+    assert wait_until(lambda: pins(READY_PIN).state is True, 10)  # once the frame loop runs
+    assert pins(BUSY_PIN).state is False
     for count in range(1, 7):  # the sample frames hold good parts and defects: both outputs are exercised
         for pin in (REJECT_PIN, PASS_PIN, BUSY_PIN):
             pins(pin).clear_states()

@@ -11,6 +11,7 @@ from pymodbus.client import ModbusTcpClient
 from tests.support.broker import free_port, strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
 from tests.support.helpers import run_cli, wait_until
+from tests.support.mjpeg import MjpegServer
 
 # The register map, as README.md documents it (read here from the README's numbers, not from edge/).
 IR_VERDICT, IR_SCORE_X100, IR_SCORE_NORM_X100, IR_SEQ = 0, 1, 2, 3
@@ -71,6 +72,7 @@ def station(tmp_path, broker, make_collector):
 
 def test_the_trigger_coil_inspects_and_the_registers_hold_that_result(station):
     daemon, collector, plc = station
+    assert wait_until(lambda: plc.registers()[IR_READY] == 1, 10)  # once the frame loop runs
     words = plc.registers()
     assert (words[IR_READY], words[IR_BUSY], uint32(words, IR_ANSWER_COUNT)) == (1, 0, 0)
     assert plc.inputs() == [True, False, False, False]  # ready, not busy, no verdict yet
@@ -130,3 +132,27 @@ def test_a_modbus_port_that_is_taken_stops_start_up_with_the_key(tmp_path):
     assert f"io.modbus: cannot listen on 127.0.0.1:{port}" in daemon.log()
     assert checked.returncode == 78
     assert f"io.modbus: cannot listen on 127.0.0.1:{port}" in checked.stdout + checked.stderr
+
+
+def test_ready_drops_while_the_camera_is_away(tmp_path, broker):
+    camera = MjpegServer(fps=20.0)
+    camera.start()
+    port = free_port()
+    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url, "path": None,
+                                                                   "reconnect_initial_s": 0.2},
+                          trigger={"mode": "triggered"}, io={"modbus": {"enabled": True, "port": port}})
+    daemon = DaemonProcess(config)
+    try:
+        assert daemon.wait_for_log("ready:", 60), daemon.log()[-3000:]
+        plc = Plc(port)
+        assert wait_until(lambda: plc.registers()[IR_READY] == 1 and camera.sent > 3, 15)
+        camera.stop()  # the camera goes away: the source reconnects, the station cannot inspect
+        assert wait_until(lambda: plc.registers()[IR_READY] == 0, 15), daemon.log()[-3000:]
+        assert plc.inputs()[0] is False
+        camera.start()  # back on the same port
+        assert wait_until(lambda: plc.registers()[IR_READY] == 1, 30), daemon.log()[-3000:]
+        plc.client.close()
+    finally:
+        camera.stop()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]

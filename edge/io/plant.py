@@ -35,8 +35,14 @@ class PlantSink(VerdictSink):
     def wants(self, event: VerdictEvent) -> bool:
         return bool(self.plant.outputs)
 
+    def on_start(self) -> None:
+        self.plant.set_ready(True)  # start-up is over: the station inspects from now on
+
     def on_verdict(self, event: VerdictEvent) -> None:
         self.plant.show_verdict(event)
+
+    def close(self) -> None:
+        self.plant.close()  # the station stops: ready goes low, the port and the lines are released
 
 
 class PlantIo:
