@@ -144,8 +144,18 @@ def soak_rows() -> list[tuple[str, str, str, str, str]]:
     ]
 
 
+def trigger_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
+    trigger = r.get("trigger_latency") or {}
+    if not trigger:
+        return []
+    return [("7. Trigger -> answer, Modbus coil / MQTT cmd/trigger, p50; p99",
+             f"{_fmt(_get(trigger, 'modbus_ms', 'p50'))} / {_fmt(_get(trigger, 'mqtt_ms', 'p50'))}; "
+             f"{_fmt(_get(trigger, 'modbus_ms', 'p99'))} / {_fmt(_get(trigger, 'mqtt_ms', 'p99'))} ms "
+             f"({trigger.get('source')})", "", "", "`python -m benchmarks.run --case 7`")]
+
+
 def markdown(results: dict) -> str:
-    rows = headline_rows(results) + footprint_rows(results) + soak_rows()
+    rows = headline_rows(results) + footprint_rows(results) + soak_rows() + trigger_rows(results)
     table = ["| figure | value | goal | | command |", "|---|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     machine = results.get("machine") or {}

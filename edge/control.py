@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from edge.config.load import load_config
 from edge.config.schema import Config
 from edge.config.secrets import resolve_mqtt_password
 from edge.core.inspector import Inspector
+from edge.io.triggers import Trigger
 from edge.startup import StartupError, build_inspector
 from edge.text import one_line
 
@@ -36,15 +38,30 @@ class CommandQueue:
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
         self.queue: queue.Queue[Command] = queue.Queue(maxsize=COMMAND_QUEUE_SIZE)
+        self.on_trigger = None  # set by edge.io.triggers.TriggerDesk: it queues a trigger or answers it busy
 
     def on_command(self, name: str, payload: bytes) -> None:
+        received_s = time.monotonic()  # a trigger's time: its frame is one captured after it
         try:
-            self.queue.put_nowait(parse_command(name, payload))
+            command = parse_command(name, payload)
+            if command.name == "trigger" and self.on_trigger is not None:
+                args = command.args
+                self.on_trigger(Trigger("mqtt", received_s, args.part_id, args.request_id))
+                return
+            self.queue.put_nowait(command)
         except CommandRefused as exc:
             logger.warning("command %r refused: %s", name[:64], exc)
             self.reply(name, False, str(exc), request_id_of(payload))
         except queue.Full:
             self.reply(name, False, "busy: too many queued commands", request_id_of(payload))
+
+    def put(self, command: Command) -> bool:
+        """Queue a command from another interface; False when the queue is full."""
+        try:
+            self.queue.put_nowait(command)
+            return True
+        except queue.Full:
+            return False
 
     def next(self, wait_s: float | None) -> Command | None:
         """The next command, waiting up to wait_s (None: do not wait)."""

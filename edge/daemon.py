@@ -14,12 +14,13 @@ import threading
 import time
 from pathlib import Path
 
-from edge.commands import TriggerCommand
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
 from edge.control import CommandQueue, apply_threshold, prepare_reload, reload_outcome, reload_refusal
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
+from edge.io.plant import PlantIo
+from edge.io.triggers import Trigger, TriggerDesk, frame_after
 from edge.notify import SystemdNotifier
 from edge.publish.metrics import serve_metrics
 from edge.publish.sender import OutboxSender
@@ -52,6 +53,8 @@ class Daemon:
         self.status = StationStatus()
         self.report = Reporter(self)
         self.commands = CommandQueue(self.report.reply)
+        self.triggers = TriggerDesk(self.commands, self.report)  # from MQTT, Modbus and GPIO: queued or busy
+        self.io = PlantIo(cfg.io, self.triggers, self.status)
         self.link = self.sender = self.source = self.station = self.metrics = None
 
     # --- start-up and shutdown, in reverse order of each other ---
@@ -60,11 +63,12 @@ class Daemon:
         cfg, base_topic = self.cfg, f"{self.cfg.mqtt.topic_prefix}/{self.cfg.device_id}"
         inspector = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (exit 75)
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
+        self.io.start()  # a Modbus port or GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:
             self.link = broker_link(cfg, base_topic, self.commands.on_command, self._on_connection)
-        fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence, self.extra_sinks))
+        fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence, [self.io.sink, *self.extra_sinks]))
         if self.link is not None:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
         recorder = VerdictRecorder(outbox, base_topic, self.link, self.sender)
@@ -100,6 +104,7 @@ class Daemon:
 
     def _on_source_state(self, state: str, detail: str) -> None:
         self.status.source_state, self.status.source_detail = state, detail
+        self.io.source_changed(state)
         # A finite replay's end is normal; a live source away is worth a warning in the journal.
         (logger.info if state in ("running", "ended") else logger.warning)("source %s %s", state, detail)
         self.notifier.status(f"source {state} {detail}".strip())
@@ -117,7 +122,7 @@ class Daemon:
         while not self.stop.is_set():
             if self.reload_requested.is_set():
                 self._reload(request_id=None)
-            triggered = self.cfg.trigger.mode == "mqtt"  # a reload may change it
+            triggered = self.cfg.trigger.mode != "continuous"  # a reload may change it
             command = self.commands.next(IDLE_WAIT_S if triggered else None)
             if command is not None and command.name != "trigger":
                 self._apply(command)
@@ -131,14 +136,16 @@ class Daemon:
                 return self._finish_replay()
         return EX_OK
 
-    def _inspect_next(self, trigger: TriggerCommand | None) -> bool:
-        """Inspect the next frame (for a trigger, within its timeout); False when a finite replay has ended."""
-        frame = self.source.read(self.cfg.trigger.timeout_s if trigger is not None else IDLE_WAIT_S)
-        if frame is None and self.source.exhausted:
-            return False
+    def _inspect_next(self, trigger: Trigger | None) -> bool:
+        """Inspect the next frame (for a trigger: the first captured after it); False when a replay has ended."""
+        timing = self.cfg.trigger
+        frame, skipped = (self.source.read(IDLE_WAIT_S), 0) if trigger is None else frame_after(
+            self.source, trigger, timing.delay_ms / 1000.0, timing.timeout_s, self.stop)
         seq = self.station.inspect(frame, trigger.part_id if trigger else None) if frame is not None else None
         if trigger is not None:
-            self.report.trigger_answer(trigger, frame, seq)
+            self.triggers.answer(trigger, frame, seq, skipped)  # before a replay's end: every trigger is answered
+        if frame is None and self.source.exhausted:
+            return False
         # Also without a frame: a camera that is away is the grabber's to reconnect, not systemd's to restart.
         self.notifier.ping()
         return True

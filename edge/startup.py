@@ -127,7 +127,8 @@ def preflight(cfg: Config) -> list[str]:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    return problems + preflight_source(cfg.source)
+    from edge.io.plant import preflight_io  # it builds on this module
+    return problems + preflight_source(cfg.source) + preflight_io(cfg.io)
 
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:

@@ -62,7 +62,8 @@ class StationStatus:
         counters.alerts += alert
 
     def stats_payload(self, device_id: str, bundle, threshold: float, *, source: dict, outbox: dict,
-                      last_seq: int, delivered: int, evidence: dict, mqtt_connected: bool, sinks: dict) -> dict:
+                      last_seq: int, delivered: int, evidence: dict, mqtt_connected: bool, sinks: dict,
+                      triggers: dict | None = None) -> dict:
         latencies = np.array(tuple(self.latencies_ms), dtype=float)  # one atomic copy: /metrics reads from its thread
         uptime = time.monotonic() - self.started_s
         p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]).round(3).tolist() if latencies.size else [None] * 3)
@@ -78,4 +79,5 @@ class StationStatus:
             "model": model_ref(bundle), "threshold": threshold, "last_reload_error": self.last_reload_error,
             "restart_required": self.restart_required, "cpu_temp_c": cpu_temperature_c(),
             "reloads": c.reloads, "reload_failures": c.reload_failures,
+            "triggers": triggers or {},
         }

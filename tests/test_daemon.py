@@ -175,15 +175,16 @@ def test_mqtt_trigger_echoes_the_part_id(tmp_path, broker, make_collector):
     assert collector.wait_for(lambda m: len(stats()) >= 2, 30), daemon.log()[-2000:]
     assert [s["frames"] for s in stats()] == [0] * len(stats())
     assert results(collector) == []  # nothing inspected without a trigger
-    for part in ("P-001", "P-002"):
-        collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": part, "request_id": f"r-{part}"}))
     replies = lambda: [strict_json(p) for p in collector.payloads(f"{BASE}/reply")]
-    assert collector.wait_for(lambda m: len(replies()) >= 2 and len(results(collector)) >= 2, 15), daemon.log()[-2000:]
+    for count, part in enumerate(("P-001", "P-002"), start=1):  # one at a time: a trigger while busy is refused
+        collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": part, "request_id": f"r-{part}"}))
+        assert collector.wait_for(lambda m: len(replies()) >= count, 15), daemon.log()[-2000:]
+    assert collector.wait_for(lambda m: len(results(collector)) >= 2, 15), daemon.log()[-2000:]
     assert [r["part_id"] for r in results(collector)] == ["P-001", "P-002"]
     seqs = [r["seq"] for r in results(collector)]
     assert seqs == [1, 2]
-    assert [(r["request_id"], r["ok"], r["reason"]) for r in replies()] == [
-        (f"r-P-00{i + 1}", True, f"inspected as seq {seq}") for i, seq in enumerate(seqs)]
+    assert [(r["request_id"], r["ok"], r["reason"], r["seq"]) for r in replies()] == [
+        (f"r-P-00{i + 1}", True, f"inspected as seq {seq}", seq) for i, seq in enumerate(seqs)]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
 

@@ -336,11 +336,17 @@ def test_daemon_command_handler_queues_or_replies_exactly_once(daemon: Daemon, n
 
 
 def test_daemon_command_handler_replies_busy_when_the_queue_is_full(daemon: Daemon):
+    queued_commands(daemon)
     for index in range(daemon.commands.queue.maxsize):
-        daemon.commands.on_command("trigger", encoded({"part_id": f"P{index}"}))
+        daemon.commands.on_command("threshold", encoded({"threshold": 1.0 + index}))
     before = len(daemon.link.published)
     daemon.commands.on_command("threshold", b'{"threshold": 3, "request_id": "late"}')
     [reply] = daemon.link.since(before, "reply")
     assert reply == {**reply, "ok": False, "command": "threshold", "request_id": "late"}
     assert reply["reason"].startswith("busy")
-    assert [c.args.part_id for c in queued_commands(daemon)] == [f"P{i}" for i in range(daemon.commands.queue.maxsize)]
+    # A trigger finds the station busy too (the queue cannot take it, or an earlier one is still unanswered).
+    daemon.commands.on_command("trigger", b'{"request_id": "full"}')
+    [reply] = daemon.link.since(before + 1, "reply")
+    assert reply == {**reply, "ok": False, "command": "trigger", "request_id": "full", "seq": None}
+    assert reply["reason"].startswith("busy")
+    assert [c.args.threshold for c in queued_commands(daemon)] == [1.0 + i for i in range(daemon.commands.queue.maxsize)]

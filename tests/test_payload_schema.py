@@ -5,6 +5,7 @@ import json
 import signal
 
 import jsonschema
+import pytest
 
 from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
@@ -25,7 +26,8 @@ def test_published_payloads_match_the_schema(tmp_path, broker, make_collector):
     assert collector.wait_for(lambda m: any(x.topic == f"{BASE}/alert" for x in m), 30), daemon.log()[-2000:]
     collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": 30.0, "request_id": "a"}')
     collector.publish(f"{BASE}/cmd/threshold", b'{"threshold": "x"}')
-    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/reply" for x in m) >= 2, 15)
+    collector.publish(f"{BASE}/cmd/trigger", b'{"request_id": "t"}')
+    assert collector.wait_for(lambda m: sum(x.topic == f"{BASE}/reply" for x in m) >= 3, 15)
     assert collector.wait_for(lambda m: any(x.topic == f"{BASE}/stats" for x in m), 15)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
@@ -43,6 +45,20 @@ def test_published_payloads_match_the_schema(tmp_path, broker, make_collector):
         else:
             assert sub == "heatmap" and message.payload[:2] == b"\xff\xd8"  # JPEG
     assert {"result", "alert", "stats", "reply"} <= seen
+    replies = [strict_json(p) for p in collector.payloads(f"{BASE}/reply")]
+    [trigger_reply] = [r for r in replies if r["request_id"] == "t"]
+    seqs = {strict_json(p)["seq"] for p in collector.payloads(f"{BASE}/result")}
+    assert trigger_reply["ok"] is True and trigger_reply["seq"] in seqs
+    assert all("seq" not in r for r in replies if r["command"] != "trigger")
+
+
+def test_a_trigger_reply_must_carry_its_seq():
+    reply = {"command": "trigger", "ok": True, "reason": "inspected as seq 4", "request_id": None, "ts": "t", "seq": 4}
+    validate("reply", reply)
+    validate("reply", {**reply, "ok": False, "seq": None})
+    for broken in ({k: v for k, v in reply.items() if k != "seq"}, {**reply, "seq": "4"}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate("reply", broken)
 
 
 def test_command_examples_match_the_schema():

@@ -16,6 +16,16 @@ import pytest
 from edge.exitcodes import EX_CONFIG, EX_TEMPFAIL
 
 UNIT_PATH = Path(__file__).resolve().parents[1] / "systemd" / "lineguard.service"
+TEMPLATE_PATH = UNIT_PATH.with_name("lineguard@.service")  # one daemon per camera: lineguard@NAME
+UNITS = pytest.mark.parametrize("unit_path", [UNIT_PATH, TEMPLATE_PATH], ids=["lineguard", "lineguard@"])
+# What the template changes from the plain unit: the per-instance paths, and nothing else.
+PER_INSTANCE = {
+    "Unit.Description": ["lineguard edge visual inspection (%i)"],
+    "Service.ExecStart": ["/opt/lineguard/bin/lineguard run --config /etc/lineguard/%i.yaml"],
+    "Service.StateDirectory": ["lineguard/%i"],
+    "Service.CacheDirectory": ["lineguard/%i"],
+    "Service.Environment": ["XDG_CACHE_HOME=%C/lineguard/%i"],
+}
 MAX_EXPOSURE = 1.3
 ANALYZE_TIMEOUT_S = 60
 MISSING_EXECUTABLE = "/opt/lineguard/bin/lineguard"
@@ -61,8 +71,9 @@ def service() -> dict[str, list[str]]:
     return unit_directives(UNIT_PATH)
 
 
-def test_security_exposure_within_budget(analyze: str) -> None:
-    result = run_analyze(analyze, "security", "--offline=true", "--no-pager", str(UNIT_PATH))
+@UNITS
+def test_security_exposure_within_budget(analyze: str, unit_path: Path) -> None:
+    result = run_analyze(analyze, "security", "--offline=true", "--no-pager", str(unit_path))
     assert result.returncode == 0, result.stderr
     match = _OVERALL_PATTERN.search(result.stdout)
     assert match, f"no overall exposure line in:\n{result.stdout}\n{result.stderr}"
@@ -70,17 +81,20 @@ def test_security_exposure_within_budget(analyze: str) -> None:
     assert exposure <= MAX_EXPOSURE, f"exposure {exposure} > {MAX_EXPOSURE}:\n{result.stdout}"
 
 
-def test_security_threshold_flag_agrees(analyze: str) -> None:
+@UNITS
+def test_security_threshold_flag_agrees(analyze: str, unit_path: Path) -> None:
     # --threshold counts in tenths; a non-zero exit means the exposure is above it.
     threshold = str(round(MAX_EXPOSURE * 10))
-    result = run_analyze(analyze, "security", "--offline=true", f"--threshold={threshold}", str(UNIT_PATH))
+    result = run_analyze(analyze, "security", "--offline=true", f"--threshold={threshold}", str(unit_path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_verify_only_complains_about_missing_executable(analyze: str, tmp_path: Path) -> None:
-    # A private copy, so no other file next to the unit is picked up as a drop-in or dependency.
-    unit = tmp_path / UNIT_PATH.name
-    shutil.copyfile(UNIT_PATH, unit)
+@UNITS
+def test_verify_only_complains_about_missing_executable(analyze: str, tmp_path: Path, unit_path: Path) -> None:
+    # A private copy, so no other file next to the unit is picked up as a drop-in or dependency; the template
+    # is checked as an instance of it.
+    unit = tmp_path / unit_path.name.replace("@.", "@cam1.")
+    shutil.copyfile(unit_path, unit)
     result = run_analyze(analyze, "verify", "--man=no", str(unit))
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     unexpected = [line for line in complaints if MISSING_EXECUTABLE not in line]
@@ -145,3 +159,10 @@ def test_memory_is_capped_with_headroom_over_the_measured_peak(service: dict[str
     high = megabytes(service["Service.MemoryHigh"][-1])
     assert 410 < high < maximum <= 768, (high, maximum)
     assert service["Service.MemorySwapMax"] == ["0"]
+
+
+def test_the_template_is_the_plain_unit_with_per_instance_paths(service: dict[str, list[str]]) -> None:
+    template = unit_directives(TEMPLATE_PATH)
+    assert {key: template.get(key) for key in PER_INSTANCE} == PER_INSTANCE
+    same = lambda unit: {key: value for key, value in unit.items() if key not in PER_INSTANCE}
+    assert same(template) == same(service)  # hardening, restart policy and credentials as in lineguard.service

@@ -18,6 +18,7 @@ from edge.capture.registry import SOURCE_KINDS, check_url, required_key
 from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
 from edge.config.integrations import HomeAssistantConfig, MetricsConfig
+from edge.config.io import IoConfig
 
 SourceKind = Literal[SOURCE_KINDS]  # the kinds registered in edge.capture.registry
 
@@ -112,12 +113,19 @@ class TriggerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    mode: Literal["continuous", "mqtt"] = Field(
+    mode: Literal["continuous", "triggered", "mqtt"] = Field(
         "continuous",
-        description="continuous: inspect at source.fps; mqtt: inspect one frame per cmd/trigger command.",
+        description="continuous: inspect at source.fps; triggered: inspect one frame per trigger (cmd/trigger, "
+        "the Modbus trigger coil, the GPIO trigger pin); mqtt: the older name of triggered.",
     )
     timeout_s: float = Field(
-        5.0, gt=0, strict=True, description="How long a trigger waits for a frame, in seconds."
+        5.0, gt=0, strict=True,
+        description="How long a trigger waits for a frame, in seconds, counted from trigger time + delay_ms.",
+    )
+    delay_ms: float = Field(
+        0.0, ge=0, le=60000, strict=True,
+        description="A trigger inspects the first frame captured at least this long after it (the part "
+        "reaching the camera), in milliseconds; never an older buffered frame.",
     )
 
 
@@ -277,6 +285,7 @@ class Config(BaseModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
                                                description="Home Assistant MQTT discovery.")
+    io: IoConfig = Field(default_factory=IoConfig, description="Plant IO: GPIO lines and Modbus TCP.")
 
     @field_validator("model")
     @classmethod

@@ -61,10 +61,15 @@ def state_payload(source_state: str, detail: str, bundle, threshold: float, last
     }
 
 
-def reply_payload(command: str, ok: bool, reason: str, request_id: str | None) -> dict[str, Any]:
-    """<base>/reply: the answer to one command."""
-    return {"command": command[:REASON_COMMAND_MAX_CHARS], "ok": ok, "reason": reason, "request_id": request_id,
-            "ts": utc_now()}
+def reply_payload(command: str, ok: bool, reason: str, request_id: str | None,
+                  seq: int | None = None) -> dict[str, Any]:
+    """<base>/reply: the answer to one command. A trigger's reply also carries the seq of its verdict (null when
+    none was made: busy, no frame in time, refused)."""
+    reply = {"command": command[:REASON_COMMAND_MAX_CHARS], "ok": ok, "reason": reason, "request_id": request_id,
+             "ts": utc_now()}
+    if command == "trigger":
+        reply["seq"] = seq
+    return reply
 
 
 def score_line(image: str, result) -> str:

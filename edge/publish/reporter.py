@@ -27,8 +27,8 @@ class Reporter:
         if link is not None:
             link.publish(subtopic, messages.to_json(data), qos=1, retain=retain)
 
-    def reply(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
-        self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id))
+    def reply(self, command: str, ok: bool, reason: str, request_id: str | None, seq: int | None = None) -> None:
+        self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id, seq))
 
     def connected(self) -> None:
         """On every (re)connect: Home Assistant discovery, then state (changes while disconnected were dropped,
@@ -70,7 +70,7 @@ class Reporter:
             source=daemon.source.stats() if daemon.source is not None else {}, outbox=station.recorder.stats(),
             last_seq=station.recorder.last_seq, delivered=daemon.sender.delivered if daemon.sender else 0,
             evidence=daemon.evidence.stats(), mqtt_connected=bool(daemon.link and daemon.link.connected),
-            sinks=station.fanout.stats())
+            sinks=station.fanout.stats(), triggers=daemon.triggers.stats())
 
     def final(self, clean: bool) -> None:
         """Before the link closes: last stats and, on a clean stop, the retained state `stopped`. The status
@@ -91,13 +91,10 @@ class Reporter:
         self.stats()
         return now + self.daemon.cfg.mqtt.stats_interval_s
 
-    def trigger_answer(self, trigger, frame, seq: int | None) -> None:
-        if frame is None:
-            self.reply("trigger", False, "no frame from the source in time", trigger.request_id)
-        elif seq is None:
-            self.reply("trigger", False, f"frame {frame.name} could not be inspected", trigger.request_id)
-        else:
-            self.reply("trigger", True, f"inspected as seq {seq}", trigger.request_id)
+    def trigger_answer(self, answer) -> None:
+        """The reply to an MQTT trigger (edge.io.triggers.Answer): ok only when inspected, with its seq."""
+        trigger = answer.trigger
+        self.reply("trigger", answer.seq is not None, answer.reason, trigger.request_id, answer.seq)
 
     def threshold_changed(self, old: float, args) -> None:
         """After a threshold command: the reply, then stats and state."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 import cv2
@@ -35,8 +36,10 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
 class _MjpegHttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, fps: float, paused: threading.Event, stalled: threading.Event) -> None:
+    def __init__(self, port: int, fps: float, paused: threading.Event, stalled: threading.Event,
+                 image: Callable[[int], np.ndarray]) -> None:
         super().__init__(("127.0.0.1", port), _MjpegHandler)
+        self.image = image
         self.closing = threading.Event()
         self.paused = paused
         self.stalled = stalled
@@ -53,7 +56,7 @@ class _MjpegHttpServer(http.server.ThreadingHTTPServer):
                     self.closing.wait(POLL_INTERVAL_S)
                     continue
                 self.stalled.clear()
-                _, jpeg = cv2.imencode(".jpg", solid_image(counter))
+                _, jpeg = cv2.imencode(".jpg", self.image(counter))
                 data = jpeg.tobytes()
                 out.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data))
                 out.write(data + b"\r\n")
@@ -68,8 +71,10 @@ class _MjpegHttpServer(http.server.ThreadingHTTPServer):
 class MjpegServer:
     """An IP-camera stand-in: multipart JPEG over HTTP; can stop, restart on the same port, or stall."""
 
-    def __init__(self, fps: float = 50.0) -> None:
+    def __init__(self, fps: float = 50.0, image: Callable[[int], np.ndarray] = solid_image) -> None:
+        """``image(counter)`` is the picture of each frame sent (by default a grey level that counts)."""
         self._fps = fps
+        self._image = image
         self._server: _MjpegHttpServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -86,7 +91,7 @@ class MjpegServer:
         return f"http://127.0.0.1:{self.port}/stream.mjpg"
 
     def start(self) -> None:
-        self._server = _MjpegHttpServer(self.port, self._fps, self.paused, self.stalled)
+        self._server = _MjpegHttpServer(self.port, self._fps, self.paused, self.stalled, self._image)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(POLL_INTERVAL_S,), name="mjpeg-server", daemon=True
