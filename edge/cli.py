@@ -58,6 +58,8 @@ def _add_device(sub) -> None:
     p.add_argument("--max-frames", type=POSITIVE_INT, help="stop after this many frames (for trials)")
     p.add_argument("--drain-timeout", type=number(float, 0.0), metavar="S",
                    help="at the end of a finite replay, wait at most S seconds for delivery (default: storage.drain_timeout_s)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="after a finite replay, keep the station page up until Ctrl-C (web.keep_serving_after_replay)")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("check-config", help="validate a config file without starting anything (exit 0 or 78)",
                        description="Check a config as `run` would: keys, types and ranges (with line numbers), "
@@ -168,7 +170,7 @@ def cmd_run(args) -> int:
     from edge.daemon import run_from_config
 
     return run_from_config(args.config, max_frames=args.max_frames, drain_timeout_s=args.drain_timeout,
-                           debug=args.verbose)
+                           debug=args.verbose, keep_serving=args.keep_serving)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 One main loop does the inspection; signals and MQTT callbacks only queue work for it. Verdicts are written to
 the durable outbox before they are published, and leave it only on PUBACK (edge.publish.recorder). Sinks
 (edge.publish.sinks) get each verdict on threads of their own. Reload (SIGHUP or the MQTT `reload` command) is
-validated before anything changes (edge.control). A threshold set by command lasts until the next reload.
+validated before anything changes (edge.control). A threshold set by command is stored and outlasts reloads.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from edge.commands import TriggerCommand
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
-from edge.control import CommandQueue, apply_threshold, prepare_reload, reload_outcome, reload_refusal
+from edge.control import CommandQueue, apply_command, prepare_reload, reload_outcome, reload_refusal
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.notify import SystemdNotifier
 from edge.publish.sender import OutboxSender
@@ -30,6 +30,7 @@ from edge.startup import (StartupError, StorageError, broker_link, build_inspect
                           open_outbox, start_link)
 from edge.station import Station
 from edge.status import StationStatus
+from edge.web.station import StationWeb
 
 logger = logging.getLogger("lineguard")
 
@@ -52,6 +53,7 @@ class Daemon:
         self.report = Reporter(self)
         self.commands = CommandQueue(self.report.reply)
         self.link = self.sender = self.source = self.station = None
+        self.web = StationWeb(self)  # the station page (edge.web), its live-view sink and feedback
 
     # --- start-up and shutdown, in reverse order of each other ---
 
@@ -63,11 +65,12 @@ class Daemon:
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:
             self.link = broker_link(cfg, base_topic, self.commands.on_command, self._on_connection)
-        fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence, self.extra_sinks))
+        fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence, self.extra_sinks + self.web.sinks))
         if self.link is not None:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
         recorder = VerdictRecorder(outbox, base_topic, self.link, self.sender)
         self.station = Station(cfg, inspector, recorder, fanout, self.status)
+        self.web.start()
         if self.link is not None:
             start_link(self.link)
             self.sender.start()
@@ -80,6 +83,7 @@ class Daemon:
 
     def shutdown(self, clean: bool) -> None:
         self.notifier.stopping()
+        self.web.stop()
         if self.source is not None:
             self.source.close()
         if self.station is not None:
@@ -140,11 +144,7 @@ class Daemon:
         return True
 
     def _apply(self, command) -> None:
-        """Act on a validated threshold or reload command (a trigger is the main loop's own)."""
-        if command.name == "threshold":
-            apply_threshold(self.station.inspector, command.args, self.report)
-        elif command.name == "reload":
-            self._reload(command.args.request_id)
+        apply_command(self, command)
 
     def _reload(self, request_id: str | None) -> None:
         """Re-read config and model; keep the running ones unless both are valid. Runs between two frames."""
@@ -177,6 +177,7 @@ class Daemon:
         self.station.recorder.drain(self.cfg.storage.drain_timeout_s if timeout_s is None else timeout_s)
         c = self.status.counters
         logger.info("replay finished: %d frames, %d pass, %d fail", c.frames, c.passed, c.failed)
+        self.web.serve_after_replay()
         return EX_OK
 
 
@@ -188,13 +189,16 @@ def install_signal_handlers(daemon: Daemon) -> None:
 
 
 def run_from_config(config_path: Path, max_frames: int | None = None, drain_timeout_s: float | None = None,
-                    debug: bool = False, sinks: list[VerdictSink] = ()) -> int:
-    """`lineguard run`: ``debug`` (the -v flag) logs at debug level whatever log_level says."""
+                    debug: bool = False, sinks: list[VerdictSink] = (), keep_serving: bool = False) -> int:
+    """`lineguard run`: ``debug`` (the -v flag) logs at debug level whatever log_level says; ``keep_serving``
+    (--keep-serving) sets web.keep_serving_after_replay (a restart-only setting, so reloads keep it)."""
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EX_CONFIG
+    if keep_serving:
+        cfg = cfg.model_copy(update={"web": cfg.web.model_copy(update={"keep_serving_after_replay": True})})
     daemon = Daemon(cfg, config_path, max_frames=max_frames, drain_timeout_s=drain_timeout_s, debug=debug,
                     sinks=sinks)
     daemon.apply_log_level()

@@ -18,6 +18,7 @@ from edge.publish import outbox
 from edge.publish.evidence import EvidenceStore, free_bytes
 from edge.publish.mqtt import MqttLink
 from edge.text import one_line
+from edge.threshold_store import StoredThresholdError, load_threshold, stored_threshold_problem
 
 logger = logging.getLogger("lineguard")
 
@@ -50,7 +51,24 @@ def build_inspector(cfg: Config) -> Inspector:
     problem = None if override is None else inspector.calibration.threshold_problem(override, inspector.bundle.name)
     if problem is not None:
         raise StartupError(f"inference.threshold: {problem}")
+    apply_stored_threshold(inspector, cfg.storage.dir)
     return inspector
+
+
+def apply_stored_threshold(inspector: Inspector, storage_dir) -> None:
+    """A threshold set by command outranks the configured one until it is cleared (edge.threshold_store)."""
+    try:
+        record = load_threshold(storage_dir)
+    except StoredThresholdError as exc:
+        raise StartupError(str(exc)) from None
+    if record is None:
+        return
+    problem = stored_threshold_problem(record, inspector.calibration, inspector.bundle.name, storage_dir)
+    if problem is not None:
+        raise StartupError(problem)
+    logger.info("threshold %.6g set by command (%s, %s) is in force; `lineguard threshold --reset` goes back to "
+                "%.6g", record["threshold"], record.get("set_by", "?"), record.get("ts", "?"), inspector.threshold)
+    inspector.set_threshold(float(record["threshold"]))
 
 
 def open_outbox(cfg: Config) -> outbox.Outbox:

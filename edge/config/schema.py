@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edge.capture.registry import SOURCE_KINDS, check_url, required_key
 from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
+from edge.config.web import FeedbackConfig, WebConfig
 
 SourceKind = Literal[SOURCE_KINDS]  # the kinds registered in edge.capture.registry
 
@@ -273,11 +274,18 @@ class Config(BaseModel):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alert debouncing.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local state.")
+    web: WebConfig = Field(default_factory=WebConfig, description="Station page.")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Labelled frames for retraining.")
 
     @field_validator("model")
     @classmethod
     def _resolve_model(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve(value, info)
+
+    @property
+    def feedback_dir(self) -> Path:
+        """feedback.dir, or 'feedback' in storage.dir when unset."""
+        return self.feedback.dir or self.storage.dir / "feedback"
 
     @property
     def mqtt_client_id(self) -> str:

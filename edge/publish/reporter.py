@@ -18,6 +18,7 @@ class Reporter:
 
     def __init__(self, daemon) -> None:
         self.daemon = daemon
+        self.reply_listeners: list = []  # also told every reply (the station page waits for its own)
 
     def _publish(self, subtopic: str, data: dict, retain: bool = False) -> None:
         link = self.daemon.link
@@ -26,6 +27,8 @@ class Reporter:
 
     def reply(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
         self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id))
+        for listener in self.reply_listeners:
+            listener(command, ok, reason, request_id)
 
     def state(self) -> None:
         """The retained <base>/state; nothing before a model is loaded."""
@@ -38,16 +41,19 @@ class Reporter:
             status.last_reload_error, status.restart_required), retain=True)
 
     def stats(self) -> None:
+        if self.daemon.link is not None and self.daemon.station is not None:
+            self._publish(messages.STATS, self.stats_data())
+
+    def stats_data(self) -> dict:
+        """The <base>/stats figures (also what the station page charts)."""
         daemon = self.daemon
-        if daemon.link is None or daemon.station is None:
-            return
-        station = daemon.station
-        self._publish(messages.STATS, daemon.status.stats_payload(
+        station, link = daemon.station, daemon.link
+        return daemon.status.stats_payload(
             daemon.cfg.device_id, station.inspector.bundle, station.inspector.threshold,
             source=daemon.source.stats() if daemon.source is not None else {}, outbox=station.recorder.stats(),
             last_seq=station.recorder.last_seq, delivered=daemon.sender.delivered if daemon.sender else 0,
-            evidence=daemon.evidence.stats(), mqtt_connected=bool(daemon.link.connected),
-            sinks=station.fanout.stats()))
+            evidence=daemon.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
+            sinks=station.fanout.stats())
 
     def stats_if_due(self, next_due_s: float) -> float:
         """Publish stats when they are due; the next due time."""
