@@ -104,10 +104,10 @@ def reset_threshold(inspector: Inspector, cfg: Config, args, report) -> None:
     origin = "inference.threshold" if configured is not None else f"bundle {inspector.bundle.name}"
     logger.info("threshold reset by command: %.6g -> %.6g (%s)%s", old, inspector.threshold, origin,
                 "" if had_one else "; none was stored")
+    report.stats()
+    report.state()  # before the reply, so a reply means the state is current
     report.reply("threshold_reset", True, f"threshold {old:.6g} -> {inspector.threshold:.6g} ({origin})",
                  args.request_id)
-    report.stats()
-    report.state()
 
 
 def apply_live_settings(running: Config, loaded: Config) -> tuple[Config, list[str]]:

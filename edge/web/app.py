@@ -21,7 +21,7 @@ from edge.web.auth import SESSION_COOKIE, Guard
 logger = logging.getLogger("lineguard")
 
 STATIC = Path(__file__).parent / "static"
-SSE_WAIT_S = 15.0  # a comment line at least this often keeps proxies from closing an idle stream
+SSE_WAIT_S = 5.0  # a comment line at least this often keeps proxies from closing an idle stream
 FAILED_LOGIN_DELAY_S = 1.0
 MAX_BODY_BYTES = 4096
 REVIEW_LIMIT = 500
@@ -121,7 +121,7 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=()) -> Starle
 
         async def events():
             version = 0
-            while not await request.is_disconnected():
+            while not live.closed and not await request.is_disconnected():
                 newer = await run_in_threadpool(live.wait_newer, version, SSE_WAIT_S)
                 if newer == version:
                     yield ": waiting\n\n"

@@ -28,6 +28,7 @@ class LiveView:
         self.render = render
         self.meta: dict | None = None
         self.version = 0
+        self.closed = False  # the server stops: viewers' streams end
         self.changed = threading.Condition()
         self._event: VerdictEvent | None = None
         self._picture: tuple[int, bytes] = (0, b"")
@@ -40,10 +41,15 @@ class LiveView:
             self.changed.notify_all()
 
     def wait_newer(self, version: int, timeout_s: float) -> int:
-        """The current version once it is newer than ``version`` (or after timeout_s)."""
+        """The current version once it is newer than ``version`` (or after timeout_s, or on close)."""
         with self.changed:
-            self.changed.wait_for(lambda: self.version > version, timeout_s)
+            self.changed.wait_for(lambda: self.version > version or self.closed, timeout_s)
             return self.version
+
+    def close(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
 
     def picture(self) -> bytes:
         """The latest verdict's picture as JPEG, rendered once per verdict however many viewers ask."""

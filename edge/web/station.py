@@ -63,6 +63,7 @@ class StationWeb:
 
     def stop(self) -> None:
         if self.server is not None:
+            self.sink.live.close()
             self.server.stop()
         self.feedback.close()
 
