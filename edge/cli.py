@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge.argtypes import POSITIVE_INT, number
 from edge.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
+from edge.web.client import add_station_commands
 
 # Commands that other packages plug in, e.g. the trainer's train and evaluate. Each entry point names a
 # function that takes argparse's subparsers, adds its command and sets `handler` (args -> exit code) on it.
@@ -35,6 +36,8 @@ examples:
   lineguard score --model models/mnist-1 part-0001.png part-0002.png
   lineguard check-config /etc/lineguard/config.yaml
   lineguard run --config /etc/lineguard/config.yaml
+  lineguard threshold --config /etc/lineguard/config.yaml --reset
+  lineguard feedback --config /etc/lineguard/config.yaml good --seq 1234
 """
 
 
@@ -102,6 +105,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_score(sub)
     _add_device(sub)
+    add_station_commands(sub)
     if command not in sub.choices:
         _add_plugged_in(sub, command)
     return parser
