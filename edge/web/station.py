@@ -77,6 +77,8 @@ class StationWeb:
         logger.info("replay finished; the station page stays up at %s until SIGTERM or Ctrl-C", self.server.url)
         daemon.notifier.status("replay finished; serving the station page")
         while not daemon.stop.is_set():
+            if daemon.reload_requested.is_set():
+                daemon._reload(request_id=None)
             command = daemon.commands.next(LINGER_WAIT_S)
             if command is not None and command.name != "trigger":
                 apply_command(daemon, command)
