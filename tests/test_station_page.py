@@ -238,3 +238,67 @@ def test_an_applied_threshold_changes_the_next_verdicts_and_survives_a_restart(t
     assert running_threshold(url) == CALIBRATED_THRESHOLD and not (tmp_path / "state" / THRESHOLD_FILE).exists()
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+
+
+PASSWORD = "correct horse battery staple"
+
+
+def test_changes_need_the_password_a_csrf_token_and_the_page_origin(tmp_path, browser):
+    import httpx
+
+    config, url = page_config(tmp_path, None, source={"fps": 4, "loop": True}, mqtt={"enabled": False},
+                              web={"require_password": "always"})
+    daemon = start_daemon(config, url, env={"LINEGUARD_WEB_PASSWORD": PASSWORD})
+
+    # In the browser: the page asks for the password, refuses a wrong one, and works with the right one.
+    browser.get(url)
+    assert poll(lambda: browser.find_element(By.ID, "login").is_displayed())
+    browser.find_element(By.ID, "password").send_keys("wrong password")
+    browser.find_element(By.ID, "login-button").click()
+    assert poll(lambda: browser.find_element(By.ID, "login-error").text == "wrong password")
+    assert browser.find_element(By.ID, "live-seq").text == "-"  # nothing was shown
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "login-button").click()
+    assert poll(lambda: not browser.find_element(By.ID, "login").is_displayed())
+    assert poll(lambda: browser.find_element(By.ID, "live-seq").text not in ("-", ""))
+
+    # Over HTTP, as another program or site would try it.
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("api/state").status_code == 401  # reads are not public unless web.public_reads says so
+        csrf = client.get("api/session").json()["csrf"]
+        change = {"threshold": 30.0}
+        refused = client.post("api/threshold", json=change, headers={"X-CSRF-Token": csrf})
+        assert refused.status_code == 403 and "password" in refused.json()["reason"]
+        assert client.post("api/login", json={"password": "nope"}, headers={"X-CSRF-Token": csrf}).status_code == 403
+        assert client.post("api/login", json={"password": PASSWORD}, headers={"X-CSRF-Token": csrf}).status_code == 200
+        no_token = client.post("api/threshold", json=change)
+        assert no_token.status_code == 403 and "CSRF" in no_token.json()["reason"]
+        wrong_token = client.post("api/threshold", json=change, headers={"X-CSRF-Token": csrf[::-1]})
+        assert wrong_token.status_code == 403 and "CSRF" in wrong_token.json()["reason"]
+        foreign = client.post("api/threshold", json=change, headers={"X-CSRF-Token": csrf, "Origin": "http://evil.test"})
+        assert foreign.status_code == 403 and "origin" in foreign.json()["reason"]
+        cross_site = client.post("api/threshold", json=change, headers={"X-CSRF-Token": csrf, "Sec-Fetch-Site": "cross-site"})
+        assert cross_site.status_code == 403
+        rebound = client.get("api/session", headers={"Host": f"evil.test:{url.rsplit(':', 1)[1]}"})
+        assert rebound.status_code == 421  # a DNS-rebinding name for the loopback page
+        assert running_threshold_with(client) != 30.0
+        applied = client.post("api/threshold", json=change, headers={"X-CSRF-Token": csrf, "Origin": url.rstrip("/")})
+        assert applied.status_code == 200 and applied.json()["ok"] is True
+        assert running_threshold_with(client) == 30.0
+        pages = "".join(client.get(path).text for path in ("", "static/app.js", "api/session", "api/state"))
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0
+    assert PASSWORD not in pages and PASSWORD not in browser.page_source and PASSWORD not in daemon.log()
+    assert "wrong page password" in daemon.log()
+
+
+def running_threshold_with(client) -> float:
+    return client.get("api/state").json()["threshold"]
+
+
+def test_a_page_off_loopback_without_a_password_does_not_start(tmp_path):
+    config, _ = page_config(tmp_path, None, mqtt={"enabled": False}, web={"host": "0.0.0.0"})
+    daemon = DaemonProcess(config, {"LINEGUARD_WEB_PASSWORD": ""})
+    assert daemon.wait(60) == 78
+    errors = [line for line in daemon.log().splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and "web.host is 0.0.0.0" in errors[0] and "password" in errors[0], daemon.log()[-2000:]

@@ -250,6 +250,7 @@ $("threshold-reset").addEventListener("click", async () => {
 // --- stats ---
 
 async function pollStats() {
+  refreshState().catch(() => {});
   let stats;
   try { stats = await api("/api/stats"); } catch (error) { return; }
   const judged = stats.pass + stats.fail;
