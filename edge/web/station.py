@@ -70,11 +70,12 @@ class StationWeb:
     def serve_after_replay(self) -> None:
         """A finite replay ended: with web.keep_serving_after_replay, keep the page and commands up until stop."""
         daemon = self.daemon
-        if self.server is None or not daemon.cfg.web.keep_serving_after_replay:
+        if not daemon.cfg.web.keep_serving_after_replay:
             return
         from edge.control import apply_command
 
-        logger.info("replay finished; the station page stays up at %s until SIGTERM or Ctrl-C", self.server.url)
+        logger.info("replay finished; the station page stays up at %s, and commands are taken, until SIGTERM or "
+                    "Ctrl-C", self.server.url if self.server is not None else "(web.enabled is false)")
         daemon.notifier.status("replay finished; serving the station page")
         while not daemon.stop.is_set():
             if daemon.reload_requested.is_set():
