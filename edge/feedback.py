@@ -27,7 +27,7 @@ from edge.publish.messages import utc_now
 
 logger = logging.getLogger("lineguard")
 
-FEEDBACK_QUEUE_SIZE = 16
+FEEDBACK_QUEUE_SIZE = 256  # labels waiting for their files; a dashboard may send a batch
 PNG_COMPRESSION = 3  # 0..9: 3 is quick and already small; PNG is lossless whatever the level
 
 
