@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -104,6 +105,11 @@ def drag_threshold(browser, offset_px: int) -> tuple[float, int, set[int]]:
     return float(value.get_attribute("data-threshold")), int(browser.find_element(By.ID, "flip-count").text), listed
 
 
+def review_seqs(url: str, **query: str) -> set[int]:
+    with urllib.request.urlopen(f"{url}api/review?{urllib.parse.urlencode(query)}", timeout=5) as response:
+        return {v["seq"] for v in json.loads(response.read())["verdicts"]}
+
+
 def running_threshold(url: str) -> float:
     with urllib.request.urlopen(url + "api/state", timeout=5) as response:
         return json.loads(response.read())["threshold"]
@@ -145,6 +151,13 @@ def test_live_view_review_feedback_and_threshold_in_a_real_browser(tmp_path, bro
                             for img in browser.find_elements(By.CSS_SELECTOR, "#review-list img")))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#review-list img")) == 2 * len(fails)
     screenshot(browser, tmp_path, "station-review.png")
+    # The same list over the API, by filter and time range, against the subscriber's timestamps.
+    middle, late = received[len(received) // 3]["ts"], received[2 * len(received) // 3]["ts"]
+    in_range = {v["seq"] for v in received if middle <= v["ts"] <= late}  # ISO 8601 UTC, equal length: sortable
+    assert review_seqs(url, filter="all") == {v["seq"] for v in received}
+    assert review_seqs(url, filter="all", since=middle, until=late) == in_range
+    assert review_seqs(url, filter="fail", since=middle, until=late) == in_range & fails
+    assert review_seqs(url, filter="unscorable") == {v["seq"] for v in received if v["verdict"] == "unscorable"}
 
     # "Good part (false reject)": the frame as captured, lossless, into train/good with its metadata.
     first = items()[0]
