@@ -145,7 +145,18 @@ def preflight(cfg: Config) -> list[str]:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    return problems + preflight_source(cfg.source)
+    return problems + preflight_source(cfg.source) + preflight_web(cfg)
+
+
+def preflight_web(cfg: Config) -> list[str]:
+    """The station page's password: an exposed page needs one, and its file must be readable."""
+    from edge.web.auth import check_web_password, resolve_web_password
+
+    try:
+        problem = check_web_password(cfg.web, resolve_web_password(cfg.web))
+    except ConfigError as exc:
+        problem = one_line(str(exc))
+    return [problem] if problem else []
 
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:

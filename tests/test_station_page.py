@@ -20,6 +20,7 @@ from edge.threshold_store import THRESHOLD_FILE
 from tests.support.broker import free_port
 from tests.support.browser import screenshot, start_chromium
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
+from tests.support.helpers import run_cli
 from tests.test_reload import CALIBRATED_THRESHOLD
 
 WAIT_S = 30.0
@@ -315,3 +316,6 @@ def test_a_page_off_loopback_without_a_password_does_not_start(tmp_path):
     assert daemon.wait(60) == 78
     errors = [line for line in daemon.log().splitlines() if "cannot start" in line]
     assert len(errors) == 1 and "web.host is 0.0.0.0" in errors[0] and "password" in errors[0], daemon.log()[-2000:]
+    check = run_cli("check-config", config, env={"LINEGUARD_WEB_PASSWORD": ""})
+    assert check.returncode == 78 and "web.host is 0.0.0.0" in check.stderr, check.stderr
+    assert run_cli("check-config", config, env={"LINEGUARD_WEB_PASSWORD": PASSWORD}).returncode == 0

@@ -1,5 +1,6 @@
-"""The station page's routes (Starlette). `build_app(..., extra_routes=...)` mounts more routes on the same
-server and under the same host check (e.g. a Prometheus /metrics module)."""
+"""The station page's routes (Starlette). `build_app(..., extra_routes=...)` serves more routes on the same
+server (e.g. a Prometheus /metrics module); they keep their own access rules (the page's guard wraps its own
+routes only)."""
 from __future__ import annotations
 
 import asyncio
