@@ -1,11 +1,13 @@
 """What the station page shows, gathered by a sink on its own thread (edge.publish.sinks): the latest verdict,
 the recent verdicts, and the frames kept lossless for feedback. The inspection loop only hands over references.
-The live picture is rendered only when a viewer asks for it (at most web.live_fps times a second per viewer),
-so a station nobody watches spends nothing on JPEG encoding."""
+The live picture is rendered only when a viewer asks for it (at most web.live_fps times a second, however
+many viewers), so a station nobody watches spends nothing on JPEG encoding."""
 from __future__ import annotations
 
 import json
+import math
 import threading
+import time
 from collections import deque
 
 import cv2
@@ -24,14 +26,16 @@ BANNER_PX = 22
 class LiveView:
     """The latest verdict and, on demand, its picture; readers wait on ``changed`` for the next. Thread-safe."""
 
-    def __init__(self, render) -> None:
+    def __init__(self, render, min_interval_s: float) -> None:
         self.render = render
+        self.min_interval_s = min_interval_s  # however fast viewers ask, at most web.live_fps renders a second
         self.meta: dict | None = None
         self.version = 0
         self.closed = False  # the server stops: viewers' streams end
         self.changed = threading.Condition()
         self._event: VerdictEvent | None = None
         self._picture: tuple[int, bytes] = (0, b"")
+        self._rendered_s = -math.inf
         self._render_lock = threading.Lock()
 
     def publish(self, event: VerdictEvent, meta: dict) -> None:
@@ -56,8 +60,9 @@ class LiveView:
         with self._render_lock:
             with self.changed:
                 event, version = self._event, self.version
-            if event is not None and self._picture[0] != version:
-                self._picture = (version, self.render(event))
+            now = time.monotonic()
+            if event is not None and self._picture[0] != version and now - self._rendered_s >= self.min_interval_s:
+                self._picture, self._rendered_s = (version, self.render(event)), now
             return self._picture[1]
 
 
@@ -67,8 +72,8 @@ class LiveSink(VerdictSink):
     name = "web"
     queue_events = LIVE_QUEUE_EVENTS
 
-    def __init__(self, recent_verdicts: int, frames: RecentFrames | None, roi_of) -> None:
-        self.live = LiveView(self.picture)
+    def __init__(self, recent_verdicts: int, frames: RecentFrames | None, roi_of, live_fps: float) -> None:
+        self.live = LiveView(self.picture, 1.0 / live_fps)
         self.recent: deque[dict] = deque(maxlen=recent_verdicts)
         self.frames = frames
         self.roi_of = roi_of  # the running inference.roi, for drawing region boxes on the model's view

@@ -34,7 +34,7 @@ class StationWeb:
         self.daemon = daemon
         self.frames = RecentFrames(int(cfg.feedback.keep_frames_mb * 1e6))
         self.feedback = FeedbackStore(cfg.feedback_dir, self.frames)
-        self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: daemon.cfg.inference.roi)
+        self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: daemon.cfg.inference.roi, cfg.web.live_fps)
         self.sinks = [self.sink]
         self.server = None
         self._waiting: dict[str, dict] = {}
