@@ -191,16 +191,15 @@ def install_signal_handlers(daemon: Daemon) -> None:
 def run_from_config(config_path: Path, max_frames: int | None = None, drain_timeout_s: float | None = None,
                     debug: bool = False, sinks: list[VerdictSink] = (), keep_serving: bool = False) -> int:
     """`lineguard run`: ``debug`` (the -v flag) logs at debug level whatever log_level says; ``keep_serving``
-    (--keep-serving) sets web.keep_serving_after_replay (a restart-only setting, so reloads keep it)."""
+    (--keep-serving) does what web.keep_serving_after_replay does."""
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EX_CONFIG
-    if keep_serving:
-        cfg = cfg.model_copy(update={"web": cfg.web.model_copy(update={"keep_serving_after_replay": True})})
     daemon = Daemon(cfg, config_path, max_frames=max_frames, drain_timeout_s=drain_timeout_s, debug=debug,
                     sinks=sinks)
+    daemon.web.keep_serving = keep_serving or cfg.web.keep_serving_after_replay  # --keep-serving outlives reloads
     daemon.apply_log_level()
     install_signal_handlers(daemon)
     try:

@@ -37,6 +37,7 @@ class StationWeb:
         self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: daemon.cfg.inference.roi, cfg.web.live_fps)
         self.sinks = [self.sink]
         self.server = None
+        self.keep_serving = cfg.web.keep_serving_after_replay  # or `run --keep-serving`
         self._waiting: dict[str, dict] = {}
         self._replied = threading.Condition()
         self._calibration_cache: tuple[Path, list[dict]] | None = None
@@ -70,7 +71,7 @@ class StationWeb:
     def serve_after_replay(self) -> None:
         """A finite replay ended: with web.keep_serving_after_replay, keep the page and commands up until stop."""
         daemon = self.daemon
-        if not daemon.cfg.web.keep_serving_after_replay:
+        if not self.keep_serving:
             return
         from edge.control import apply_command
 
