@@ -37,6 +37,7 @@ class StationWeb:
         self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: daemon.cfg.inference.roi, cfg.web.live_fps)
         self.sinks = [self.sink]
         self.server = None
+        self.extra_routes: list = []  # more Starlette routes on the same server (e.g. /metrics); add before start()
         self.keep_serving = cfg.web.keep_serving_after_replay  # or `run --keep-serving`
         self._waiting: dict[str, dict] = {}
         self._replied = threading.Condition()
@@ -59,7 +60,7 @@ class StationWeb:
         if problem is not None:
             from edge.startup import StartupError
             raise StartupError(problem)
-        self.server = WebServer(build_app(self, Guard(web, password), web.live_fps), web.host, web.port)
+        self.server = WebServer(build_app(self, Guard(web, password), web.live_fps, self.extra_routes), web.host, web.port)
         self.server.start()
 
     def stop(self) -> None:
