@@ -64,3 +64,23 @@ def test_a_label_writes_the_frame_lossless_and_a_forgotten_frame_is_refused(tmp_
 def test_feedback_commands_outside_the_contract_are_refused(payload):
     with pytest.raises(ValueError):
         FeedbackCommand.model_validate(payload)
+
+
+def test_the_command_line_files_an_image_and_resets_a_stored_threshold_without_a_daemon(tmp_path):
+    from edge.threshold_store import THRESHOLD_FILE
+    from tests.support.daemon_harness import sample_folder, write_config
+    from tests.support.helpers import run_cli
+
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2), mqtt={"enabled": False},
+                          web={"enabled": True, "port": 1})  # nothing listens there: no daemon runs
+    added = run_cli("feedback", "--config", config, "good", "--image", FRAMES[0])
+    assert added.returncode == 0, added.stderr
+    copy = tmp_path / "state" / "feedback" / "train" / "good" / FRAMES[0].name
+    assert copy.read_bytes() == FRAMES[0].read_bytes()
+    by_seq = run_cli("feedback", "--config", config, "good", "--seq", "3")
+    assert by_seq.returncode == 75 and "no station page answers" in by_seq.stderr
+    stored = tmp_path / "state" / THRESHOLD_FILE
+    stored.write_text('{"threshold": 30}')
+    reset = run_cli("threshold", "--config", config, "--reset")
+    assert reset.returncode == 0 and "removed" in reset.stdout and not stored.exists(), reset.stderr
+    assert run_cli("threshold", "--config", config, "25").returncode == 75
