@@ -40,6 +40,17 @@ return {rgb: [p[0], p[1], p[2]], verdict: img.dataset.verdict, name: document.ge
 """
 
 
+STARTED: list[DaemonProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_outlives_its_test():
+    """A daemon that keeps serving after its replay must not outlive a test that failed half-way."""
+    yield
+    while STARTED:
+        STARTED.pop().kill()
+
+
 @pytest.fixture
 def browser(tmp_path):
     driver = start_chromium(tmp_path / "chromium-profile")
@@ -80,6 +91,7 @@ def healthy(url: str) -> bool:
 
 def start_daemon(config: Path, url: str, *args: str, env: dict | None = None) -> DaemonProcess:
     daemon = DaemonProcess(config, env, *args)
+    STARTED.append(daemon)
     assert poll(lambda: healthy(url) or daemon.process.poll() is not None) and healthy(url), daemon.log()[-3000:]
     return daemon
 
