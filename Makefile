@@ -21,7 +21,8 @@ $(VENV)/.test-installed: pyproject.toml
 
 ## demo: the daemon on the bundled mnist-1 model and bundled sample frames (no camera, no broker needed)
 demo: $(VENV)/.edge-installed
-	$(BIN)/lineguard run --config config.yaml --drain-timeout 5
+	@echo "station page: http://127.0.0.1:8080/ (stays up after the replay until Ctrl-C)"
+	$(BIN)/lineguard run --config config.yaml --drain-timeout 5 --keep-serving
 
 ## test: the whole test suite (needs Debian's mosquitto and systemd-analyze; .ci/run installs them)
 test: $(VENV)/.test-installed

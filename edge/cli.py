@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge.argtypes import POSITIVE_INT, number
 from edge.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
+from edge.web.client import add_station_commands
 
 # Commands that other packages plug in, e.g. the trainer's train and evaluate. Each entry point names a
 # function that takes argparse's subparsers, adds its command and sets `handler` (args -> exit code) on it.
@@ -35,6 +36,8 @@ examples:
   lineguard score --model models/mnist-1 part-0001.png part-0002.png
   lineguard check-config /etc/lineguard/config.yaml
   lineguard run --config /etc/lineguard/config.yaml
+  lineguard threshold --config /etc/lineguard/config.yaml --reset
+  lineguard feedback --config /etc/lineguard/config.yaml good --seq 1234
 """
 
 
@@ -58,6 +61,8 @@ def _add_device(sub) -> None:
     p.add_argument("--max-frames", type=POSITIVE_INT, help="stop after this many frames (for trials)")
     p.add_argument("--drain-timeout", type=number(float, 0.0), metavar="S",
                    help="at the end of a finite replay, wait at most S seconds for delivery (default: storage.drain_timeout_s)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="after a finite replay, keep the station page up until Ctrl-C (web.keep_serving_after_replay)")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("check-config", help="validate a config file without starting anything (exit 0 or 78)",
                        description="Check a config as `run` would: keys, types and ranges (with line numbers), "
@@ -100,6 +105,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_score(sub)
     _add_device(sub)
+    add_station_commands(sub)
     if command not in sub.choices:
         _add_plugged_in(sub, command)
     return parser
@@ -168,7 +174,7 @@ def cmd_run(args) -> int:
     from edge.daemon import run_from_config
 
     return run_from_config(args.config, max_frames=args.max_frames, drain_timeout_s=args.drain_timeout,
-                           debug=args.verbose)
+                           debug=args.verbose, keep_serving=args.keep_serving)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -51,10 +51,23 @@ class ReloadCommand(_Command):
     pass
 
 
+class ThresholdResetCommand(_Command):
+    """Back to the configured (inference.threshold) or bundle threshold: clears the stored one."""
+
+
+class FeedbackCommand(_Command):
+    seq: int = Field(ge=1, description="the verdict's seq, as in its result message")
+    label: Literal["good", "defect"] = Field(description="good: a false reject; defect: a missed defect")
+    defect: str = Field("defect", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                        description="folder name under test/ for a defect")
+
+
 COMMANDS: dict[str, type[_Command]] = {
     "trigger": TriggerCommand,
     "threshold": ThresholdCommand,
     "reload": ReloadCommand,
+    "threshold_reset": ThresholdResetCommand,
+    "feedback": FeedbackCommand,
 }
 
 

@@ -2,7 +2,8 @@
 
 A reload applies LIVE_SECTIONS and LIVE_KEYS at once. Every other setting (device_id, source, the broker
 connection, storage.dir and the outbox) keeps its running value until a restart: the reply, the log, stats and
-the retained state topic name the changed settings that wait for one.
+the retained state topic name the changed settings that wait for one. A threshold set by command is stored in
+storage.dir (edge.threshold_store) and outlasts reloads and restarts until `threshold_reset` clears it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from edge.config.secrets import resolve_mqtt_password
 from edge.core.inspector import Inspector
 from edge.io.triggers import Trigger
 from edge.startup import StartupError, build_inspector
+from edge.publish.messages import model_ref
 from edge.text import one_line
+from edge.threshold_store import clear_threshold, save_threshold, threshold_path
 
 logger = logging.getLogger("lineguard")
 
@@ -71,10 +74,29 @@ class CommandQueue:
             return None
 
 
-def apply_threshold(inspector: Inspector, args, report) -> None:
-    """Act on a validated threshold command: within the model's range it applies from the next frame and is
-    reported (edge.publish.reporter); outside it the reply refuses it and names the range."""
+def apply_command(daemon, command) -> None:
+    """Act on a validated command other than a trigger (the main loop's own), between two frames."""
+    name, args = command.name, command.args
+    if name == "threshold":
+        apply_threshold(daemon.station.inspector, args, daemon.report, daemon.cfg.storage.dir)
+    elif name == "threshold_reset":
+        reset_threshold(daemon.station.inspector, daemon.cfg, args, daemon.report)
+    elif name == "feedback":
+        daemon.web.feedback.label(args, daemon.report.reply)  # written on the feedback thread, not here
+    elif name == "reload":
+        daemon._reload(args.request_id)
+
+
+def apply_threshold(inspector: Inspector, args, report, storage_dir: Path) -> None:
+    """Act on a validated threshold command: within the model's range it is stored in storage.dir (so reloads
+    and restarts keep it), applies from the next frame and is reported (edge.publish.reporter); outside it, or
+    when it cannot be stored, the reply refuses it and says why."""
     reason = inspector.calibration.threshold_problem(args.threshold, inspector.bundle.name)
+    if reason is None:
+        try:
+            save_threshold(storage_dir, args.threshold, model_ref(inspector.bundle), "command")
+        except (OSError, ValueError) as exc:
+            reason = f"cannot store the threshold in {threshold_path(storage_dir)}: {one_line(str(exc))}"
     if reason is not None:
         logger.warning("command 'threshold' refused: %s", reason)
         report.reply("threshold", False, reason, args.request_id)
@@ -82,6 +104,27 @@ def apply_threshold(inspector: Inspector, args, report) -> None:
     old = inspector.threshold
     inspector.set_threshold(args.threshold)
     report.threshold_changed(old, args)
+
+
+def reset_threshold(inspector: Inspector, cfg: Config, args, report) -> None:
+    """Clear the stored threshold: back to inference.threshold, else the bundle's calibrated one."""
+    try:
+        had_one = clear_threshold(cfg.storage.dir)
+    except OSError as exc:
+        reason = f"cannot remove {threshold_path(cfg.storage.dir)}: {one_line(str(exc))}"
+        logger.warning("command 'threshold_reset' refused: %s", reason)
+        report.reply("threshold_reset", False, reason, args.request_id)
+        return
+    old = inspector.threshold
+    configured = cfg.inference.threshold
+    inspector.set_threshold(configured if configured is not None else inspector.calibration.threshold)
+    origin = "inference.threshold" if configured is not None else f"bundle {inspector.bundle.name}"
+    logger.info("threshold reset by command: %.6g -> %.6g (%s)%s", old, inspector.threshold, origin,
+                "" if had_one else "; none was stored")
+    report.stats()
+    report.state()  # before the reply, so a reply means the state is current
+    report.reply("threshold_reset", True, f"threshold {old:.6g} -> {inspector.threshold:.6g} ({origin})",
+                 args.request_id)
 
 
 def apply_live_settings(running: Config, loaded: Config) -> tuple[Config, list[str]]:

@@ -3,7 +3,7 @@
 One main loop does the inspection; signals and MQTT callbacks only queue work for it. Verdicts are written to
 the durable outbox before they are published, and leave it only on PUBACK (edge.publish.recorder). Sinks
 (edge.publish.sinks) get each verdict on threads of their own. Reload (SIGHUP or the MQTT `reload` command) is
-validated before anything changes (edge.control). A threshold set by command lasts until the next reload.
+validated before anything changes (edge.control). A threshold set by command is stored and outlasts reloads.
 """
 from __future__ import annotations
 
@@ -17,12 +17,11 @@ from pathlib import Path
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
-from edge.control import CommandQueue, apply_threshold, prepare_reload, reload_outcome, reload_refusal
+from edge.control import CommandQueue, apply_command, prepare_reload, reload_outcome, reload_refusal
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.io.plant import PlantIo
 from edge.io.triggers import Trigger, TriggerDesk, frame_after
 from edge.notify import SystemdNotifier
-from edge.publish.metrics import serve_metrics
 from edge.publish.sender import OutboxSender
 from edge.publish.outputs import build_sinks
 from edge.publish.recorder import VerdictRecorder
@@ -32,6 +31,7 @@ from edge.startup import (StartupError, StorageError, broker_link, build_inspect
                           open_outbox, start_link)
 from edge.station import Station
 from edge.status import StationStatus
+from edge.web.station import StationWeb
 
 logger = logging.getLogger("lineguard")
 
@@ -55,7 +55,8 @@ class Daemon:
         self.commands = CommandQueue(self.report.reply)
         self.triggers = TriggerDesk(self.commands, self.report)  # from MQTT, Modbus and GPIO: queued or busy
         self.io = PlantIo(cfg.io, self.triggers, self.status)
-        self.link = self.sender = self.source = self.station = self.metrics = None
+        self.link = self.sender = self.source = self.station = None
+        self.web = StationWeb(self)  # the station page (edge.web), its live-view sink, feedback and /metrics
 
     # --- start-up and shutdown, in reverse order of each other ---
 
@@ -68,12 +69,13 @@ class Daemon:
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:
             self.link = broker_link(cfg, base_topic, self.commands.on_command, self._on_connection)
-        fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence, [self.io.sink, *self.extra_sinks]))
+        fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence,
+                                    [self.io.sink, *self.extra_sinks, *self.web.sinks]))
         if self.link is not None:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
         recorder = VerdictRecorder(outbox, base_topic, self.link, self.sender)
         self.station = Station(cfg, inspector, recorder, fanout, self.status)
-        self.metrics = serve_metrics(self)  # before the link starts: its first connection counts
+        self.web.start()  # and Prometheus metrics: before the link starts, so its first connection counts
         if self.link is not None:
             start_link(self.link)
             self.sender.start()
@@ -86,6 +88,7 @@ class Daemon:
 
     def shutdown(self, clean: bool) -> None:
         self.notifier.stopping()
+        self.web.stop()
         if self.source is not None:
             self.source.close()
         if self.station is not None:
@@ -97,8 +100,6 @@ class Daemon:
             self.link.stop(clean=clean)
         if self.station is not None:
             self.station.recorder.outbox.close()
-        if self.metrics is not None:
-            self.metrics.close()
 
     # --- callbacks from other threads: they only queue work or publish ---
 
@@ -151,11 +152,7 @@ class Daemon:
         return True
 
     def _apply(self, command) -> None:
-        """Act on a validated threshold or reload command (a trigger is the main loop's own)."""
-        if command.name == "threshold":
-            apply_threshold(self.station.inspector, command.args, self.report)
-        elif command.name == "reload":
-            self._reload(command.args.request_id)
+        apply_command(self, command)
 
     def _reload(self, request_id: str | None) -> None:
         """Re-read config and model; keep the running ones unless both are valid. Runs between two frames."""
@@ -188,6 +185,7 @@ class Daemon:
         self.station.recorder.drain(self.cfg.storage.drain_timeout_s if timeout_s is None else timeout_s)
         c = self.status.counters
         logger.info("replay finished: %d frames, %d pass, %d fail", c.frames, c.passed, c.failed)
+        self.web.serve_after_replay()
         return EX_OK
 
 
@@ -199,8 +197,9 @@ def install_signal_handlers(daemon: Daemon) -> None:
 
 
 def run_from_config(config_path: Path, max_frames: int | None = None, drain_timeout_s: float | None = None,
-                    debug: bool = False, sinks: list[VerdictSink] = ()) -> int:
-    """`lineguard run`: ``debug`` (the -v flag) logs at debug level whatever log_level says."""
+                    debug: bool = False, sinks: list[VerdictSink] = (), keep_serving: bool = False) -> int:
+    """`lineguard run`: ``debug`` (the -v flag) logs at debug level whatever log_level says; ``keep_serving``
+    (--keep-serving) does what web.keep_serving_after_replay does."""
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
@@ -208,6 +207,7 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
         return EX_CONFIG
     daemon = Daemon(cfg, config_path, max_frames=max_frames, drain_timeout_s=drain_timeout_s, debug=debug,
                     sinks=sinks)
+    daemon.web.keep_serving = keep_serving or cfg.web.keep_serving_after_replay  # --keep-serving outlives reloads
     daemon.apply_log_level()
     install_signal_handlers(daemon)
     try:

@@ -18,6 +18,7 @@ from edge.publish import outbox
 from edge.publish.evidence import EvidenceStore, free_bytes
 from edge.publish.mqtt import MqttLink
 from edge.text import one_line
+from edge.threshold_store import StoredThresholdError, load_threshold, stored_threshold_problem
 
 logger = logging.getLogger("lineguard")
 
@@ -50,7 +51,24 @@ def build_inspector(cfg: Config) -> Inspector:
     problem = None if override is None else inspector.calibration.threshold_problem(override, inspector.bundle.name)
     if problem is not None:
         raise StartupError(f"inference.threshold: {problem}")
+    apply_stored_threshold(inspector, cfg.storage.dir)
     return inspector
+
+
+def apply_stored_threshold(inspector: Inspector, storage_dir) -> None:
+    """A threshold set by command outranks the configured one until it is cleared (edge.threshold_store)."""
+    try:
+        record = load_threshold(storage_dir)
+    except StoredThresholdError as exc:
+        raise StartupError(str(exc)) from None
+    if record is None:
+        return
+    problem = stored_threshold_problem(record, inspector.calibration, inspector.bundle.name, storage_dir)
+    if problem is not None:
+        raise StartupError(problem)
+    logger.info("threshold %.6g set by command (%s, %s) is in force; `lineguard threshold --reset` goes back to "
+                "%.6g", record["threshold"], record.get("set_by", "?"), record.get("ts", "?"), inspector.threshold)
+    inspector.set_threshold(float(record["threshold"]))
 
 
 def open_outbox(cfg: Config) -> outbox.Outbox:
@@ -128,7 +146,18 @@ def preflight(cfg: Config) -> list[str]:
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
     from edge.io.plant import preflight_io  # it builds on this module
-    return problems + preflight_source(cfg.source) + preflight_io(cfg.io)
+    return problems + preflight_source(cfg.source) + preflight_io(cfg.io) + preflight_web(cfg)
+
+
+def preflight_web(cfg: Config) -> list[str]:
+    """The station page's password: an exposed page needs one, and its file must be readable."""
+    from edge.web.auth import check_web_password, resolve_web_password
+
+    try:
+        problem = check_web_password(cfg.web, resolve_web_password(cfg.web))
+    except ConfigError as exc:
+        problem = one_line(str(exc))
+    return [problem] if problem else []
 
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:

@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 
 
 from tests.support.daemon_harness import (
     BASE, DaemonProcess, replay_to_end, results, sample_folder, score_cli, unique_in_order, write_config,
 )
 from tests.support.broker import strict_json
-from tests.support.helpers import MNIST_BUNDLE, ROOT, run_cli
+from tests.support.helpers import MNIST_BUNDLE, ROOT, run_cli, wait_until
 
 RESULT_FIELDS = {"id", "seq", "ts", "device_id", "image", "part_id", "score", "score_norm", "threshold", "verdict",
                  "regions", "model", "latency_ms"}
@@ -210,13 +212,34 @@ def test_systemd_notifications(tmp_path, broker):
     assert kinds.index("READY=1") < kinds.index("WATCHDOG=1") < kinds.index("STOPPING=1")
 
 
-def test_make_demo_works_without_a_broker(tmp_path):
-    """The README's first command on the bundled model and frames, with nothing listening."""
-    out = subprocess.run(["make", "-s", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    verdict_lines = [line for line in out.stderr.splitlines() if " PASS " in line or " FAIL " in line]
+def test_make_demo_works_without_a_broker_and_serves_the_page_until_ctrl_c(tmp_path):
+    """The README's first command on the bundled model and frames, with nothing listening: it prints the station
+    page's address, the page works on the replay's verdicts, and Ctrl-C (SIGINT to the terminal's process group)
+    ends it."""
+    output = tmp_path / "demo.log"
+    with open(output, "wb") as sink:
+        make = subprocess.Popen(["make", "-s", "demo"], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        assert wait_until(lambda: "the station page stays up" in output.read_text() or make.poll() is not None, 180)
+        text = output.read_text()
+        assert "station page: http://127.0.0.1:8080/" in text and "the station page stays up" in text, text[-3000:]
+        with urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=5) as response:
+            assert json.loads(response.read())["status"] == "inspecting"
+        with urllib.request.urlopen("http://127.0.0.1:8080/api/review?filter=fail", timeout=5) as response:
+            fails = json.loads(response.read())["verdicts"]
+        with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=5) as response:
+            assert b"lineguard" in response.read()
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        make.wait(60)
+    text = output.read_text()
+    verdict_lines = [line for line in text.splitlines() if " PASS " in line or " FAIL " in line]
     assert len(verdict_lines) == len(list((ROOT / "samples" / "mnist").glob("*.png")))
     assert all("digit9" in line for line in verdict_lines if " FAIL " in line)
+    assert len(fails) == sum(" FAIL " in line for line in verdict_lines) and all("digit9" in v["image"] for v in fails)
+    assert "Traceback" not in text
 
 
 def test_seq_is_exactly_1_to_n_across_every_kind_of_restart(tmp_path, broker, make_collector):

@@ -27,7 +27,7 @@ from edge.publish.mqtt import MqttLink
 from edge.notify import SystemdNotifier
 from tests.support.broker import strict_json
 from tests.support.daemon_harness import sample_folder, write_config
-from tests.support.helpers import ROOT
+from tests.support.helpers import ROOT, wait_until
 
 # About 25 s in all on an idle CI machine; the pure-Python YAML parser dominates.
 CONFIG_EXAMPLES = 2000
@@ -313,6 +313,14 @@ def check_applied(daemon: Daemon, command: Command) -> None:
         assert stats["threshold"] == args.threshold
         [state] = link.since(before, "state")
         assert state["threshold"] == args.threshold
+    elif command.name == "threshold_reset":
+        [reply] = link.since(before, "reply")
+        assert reply["ok"] is True and reply["request_id"] == args.request_id
+        assert daemon.station.inspector.threshold == daemon.station.inspector.calibration.threshold
+    elif command.name == "feedback":  # answered from the feedback thread; no frame was inspected to label
+        assert wait_until(lambda: link.since(before, "reply"), 5)
+        [reply] = link.since(before, "reply")
+        assert reply["ok"] is False and reply["request_id"] == args.request_id and "not among" in reply["reason"]
     else:
         assert daemon.reloads[-1] == args.request_id
 

@@ -47,19 +47,20 @@ def counters(scraped: dict) -> dict:
 
 def test_metrics_over_http_equal_the_stats_payload(tmp_path, broker, make_collector):
     frames = sample_folder(tmp_path, count=TRIGGERS)
-    port = free_port()
-    config = write_config(tmp_path, broker.port, frames, trigger={"mode": "mqtt"},
-                          mqtt={"stats_interval_s": 0.3}, metrics={"enabled": True, "port": port})
+    port, page_port = free_port(), free_port()
+    config = write_config(tmp_path, broker.port, frames, trigger={"mode": "mqtt"}, mqtt={"stats_interval_s": 0.3},
+                          metrics={"enabled": True, "port": port}, web={"enabled": True, "port": page_port})
     collector = make_collector(broker, [f"{BASE}/#"])
     daemon = DaemonProcess(config)
     try:
         assert collector.wait_for(lambda m: any(x.payload == b"online" for x in m), 30), daemon.log()[-2000:]
-        for n in range(TRIGGERS):
+        replies = lambda: collector.json_payloads(f"{BASE}/reply")  # noqa: E731
+        for n in range(TRIGGERS):  # one at a time: a trigger while another is answered gets `busy`
             collector.publish(f"{BASE}/cmd/trigger", json.dumps({"part_id": f"P-{n}"}).encode())
+            assert collector.wait_for(lambda _: len(replies()) > n, 30), daemon.log()[-2000:]
         good = config.read_text()
         config.write_text("source: [")  # a reload of a broken file is refused ...
         collector.publish(f"{BASE}/cmd/reload", b'{"request_id": "bad"}')
-        replies = lambda: collector.json_payloads(f"{BASE}/reply")  # noqa: E731
         assert collector.wait_for(lambda _: any(r["request_id"] == "bad" for r in replies()), 30), daemon.log()[-3000:]
         config.write_text(good)  # ... and of the good one applied
         collector.publish(f"{BASE}/cmd/reload", b'{"request_id": "good"}')
@@ -71,11 +72,13 @@ def test_metrics_over_http_equal_the_stats_payload(tmp_path, broker, make_collec
         collector.clear()
         assert collector.wait_for(lambda m: any(x.topic == f"{BASE}/stats" for x in m), 10)
         after = scrape(port)
+        on_page = scrape(page_port)  # the station page serves the same registry at its own /metrics
         stats = collector.json_payloads(f"{BASE}/stats")[0]
     finally:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.log()[-3000:]
 
+    assert counters(on_page) == counters(after)
     assert counters(before) == counters(after)  # idle: the stats between the two scrapes are of the same moment
     value = lambda name, **labels: after[(name, tuple(sorted(labels.items())))]  # noqa: E731
     assert stats["frames"] == TRIGGERS and stats["fail"] >= 1 and stats["reload_failures"] == 1

@@ -19,6 +19,7 @@ from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
 from edge.config.integrations import HomeAssistantConfig, MetricsConfig
 from edge.config.io import IoConfig
+from edge.config.web import FeedbackConfig, WebConfig
 
 SourceKind = Literal[SOURCE_KINDS]  # the kinds registered in edge.capture.registry
 
@@ -286,6 +287,8 @@ class Config(BaseModel):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
                                                description="Home Assistant MQTT discovery.")
     io: IoConfig = Field(default_factory=IoConfig, description="Plant IO: GPIO lines and Modbus TCP.")
+    web: WebConfig = Field(default_factory=WebConfig, description="Station page.")
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Labelled frames for retraining.")
 
     @field_validator("model")
     @classmethod
@@ -299,6 +302,11 @@ class Config(BaseModel):
         if value.enabled and mqtt is not None and not mqtt.enabled:
             raise ValueError("enabled needs mqtt.enabled: discovery goes through the broker")
         return value
+
+    @property
+    def feedback_dir(self) -> Path:
+        """feedback.dir, or 'feedback' in storage.dir when unset."""
+        return self.feedback.dir or self.storage.dir / "feedback"
 
     @property
     def mqtt_client_id(self) -> str:

@@ -176,20 +176,24 @@ class StationMetrics:
 
 
 def serve_metrics(daemon) -> StationMetrics | None:
-    """The daemon's metrics as `metrics:` asks: None when disabled; StartupError (exit 78) when prometheus_client
+    """The daemon's metrics: for GET /metrics on the station page (web.enabled) and, when `metrics.enabled`, on
+    metrics.port. None when neither wants them. StartupError (exit 78) when metrics.enabled and prometheus_client
     is missing or the port cannot be bound. Call before the MQTT link starts, so every connection is counted."""
     settings = daemon.cfg.metrics
-    if not settings.enabled:
+    if not (settings.enabled or daemon.cfg.web.enabled):
         return None
     try:
         metrics = StationMetrics(daemon.report.stats_data, daemon.status)
     except ImportError:
+        if not settings.enabled:
+            return None  # the page then serves no /metrics: nobody asked for them by name
         raise StartupError("metrics.enabled needs prometheus_client: install the 'edge' extra") from None
     if daemon.link is not None:
         daemon.link.add_connection_listener(metrics.on_connection)
-    try:
-        metrics.serve(settings.host, settings.port)
-    except OSError as exc:
-        raise StartupError(f"metrics.port: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") \
-            from None
+    if settings.enabled:
+        try:
+            metrics.serve(settings.host, settings.port)
+        except OSError as exc:
+            raise StartupError(f"metrics.port: cannot listen on {settings.host}:{settings.port}: "
+                               f"{exc.strerror or exc}") from None
     return metrics

@@ -21,6 +21,7 @@ class Reporter:
 
     def __init__(self, daemon) -> None:
         self.daemon = daemon
+        self.reply_listeners: list = []  # also told every reply (the station page waits for its own)
 
     def _publish(self, subtopic: str, data: dict, retain: bool = False) -> None:
         link = self.daemon.link
@@ -29,6 +30,8 @@ class Reporter:
 
     def reply(self, command: str, ok: bool, reason: str, request_id: str | None, seq: int | None = None) -> None:
         self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id, seq))
+        for listener in self.reply_listeners:
+            listener(command, ok, reason, request_id)
 
     def connected(self) -> None:
         """On every (re)connect: Home Assistant discovery, then state (changes while disconnected were dropped,
@@ -62,14 +65,15 @@ class Reporter:
             self._publish(messages.STATS, self.stats_data())
 
     def stats_data(self) -> dict:
-        """The <base>/stats payload as of now; also what /metrics shows (edge.publish.metrics), from any thread."""
+        """The <base>/stats payload as of now; also what /metrics shows (edge.publish.metrics) and the station page
+        charts, from any thread."""
         daemon = self.daemon
-        station = daemon.station
+        station, link = daemon.station, daemon.link
         return daemon.status.stats_payload(
             daemon.cfg.device_id, station.inspector.bundle, station.inspector.threshold,
             source=daemon.source.stats() if daemon.source is not None else {}, outbox=station.recorder.stats(),
             last_seq=station.recorder.last_seq, delivered=daemon.sender.delivered if daemon.sender else 0,
-            evidence=daemon.evidence.stats(), mqtt_connected=bool(daemon.link and daemon.link.connected),
+            evidence=daemon.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
             sinks=station.fanout.stats(), triggers=daemon.triggers.stats())
 
     def final(self, clean: bool) -> None:

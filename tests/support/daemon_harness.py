@@ -47,6 +47,7 @@ def write_config(tmp_path: Path, port: int | None, frames: Path, **sections) -> 
         "mqtt": {"host": "127.0.0.1", "port": port or 1, "topic_prefix": PREFIX, "stats_interval_s": 1,
                  "reconnect_min_s": 0.2, "reconnect_max_s": 1},
         "storage": {"dir": str(tmp_path / "state"), "drain_timeout_s": 20},
+        "web": {"enabled": False},  # tests that use the page give it a free port
     }
     for section, values in sections.items():
         if isinstance(values, dict):

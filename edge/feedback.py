@@ -1,0 +1,131 @@
+"""Feedback into training: a person says "good part (false reject)" or "defect (missed)" about a recent frame.
+
+Evidence images are JPEG (lossy, 8 bits), which is not what a model should be retrained on. So the latest
+frames are kept lossless in memory (RecentFrames, bounded by feedback.keep_frames_mb, oldest forgotten first),
+and a labelled one is written as PNG into the feedback folder in the MVTec AD layout: train/good/ for a good
+part, test/<defect>/ for a missed defect, each PNG with a JSON file beside it (seq, image, score, verdict,
+threshold, model sha256, time, label). `lineguard train --data FEEDBACK_DIR` reads the folder as it is.
+The folder is apart from evidence/, so the evidence quota never removes a labelled frame.
+
+Labels come from the station page, `lineguard feedback` and MQTT `cmd/feedback`; all go through the command
+queue, and the files are written here on a thread of their own, so inspection never waits for a PNG encoder.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.core.files import write_bytes_atomic, write_json_atomic
+from edge.publish.messages import utc_now
+
+logger = logging.getLogger("lineguard")
+
+FEEDBACK_QUEUE_SIZE = 256  # labels waiting for their files; a dashboard may send a batch
+PNG_COMPRESSION = 3  # 0..9: 3 is quick and already small; PNG is lossless whatever the level
+
+
+@dataclass(frozen=True)
+class HeldFrame:
+    """A frame as captured, with what its verdict said about it."""
+
+    seq: int
+    image: np.ndarray
+    name: str
+    score: float
+    verdict: str
+    threshold: float
+    model: dict
+    ts: str
+
+
+class RecentFrames:
+    """The latest frames, lossless, within a byte budget. Thread-safe: a sink adds, feedback reads."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: OrderedDict[int, HeldFrame] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, frame: HeldFrame) -> None:
+        if frame.image.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._frames[frame.seq] = frame
+            self._bytes += frame.image.nbytes
+            while self._bytes > self.max_bytes:
+                _, oldest = self._frames.popitem(last=False)
+                self._bytes -= oldest.image.nbytes
+
+    def get(self, seq: int) -> HeldFrame | None:
+        with self._lock:
+            return self._frames.get(seq)
+
+    def seqs(self) -> set[int]:
+        with self._lock:
+            return set(self._frames)
+
+
+class FeedbackStore:
+    """Writes labelled frames into the feedback folder on its own thread; answers through ``reply``."""
+
+    def __init__(self, folder: Path, frames: RecentFrames) -> None:
+        self.folder = Path(folder)
+        self.frames = frames
+        self.saved = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=FEEDBACK_QUEUE_SIZE)
+        self._thread = threading.Thread(target=self._run, name="feedback", daemon=True)
+        self._thread.start()
+
+    def label(self, args, reply) -> None:
+        """Queue one label (a validated FeedbackCommand); ``reply(command, ok, reason, request_id)`` answers."""
+        try:
+            self._queue.put_nowait((args, reply))
+        except queue.Full:
+            reply("feedback", False, "busy: too many labels waiting to be written", args.request_id)
+
+    def close(self) -> None:
+        self._queue.put((None, None))
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            args, reply = self._queue.get()
+            if args is None:
+                return
+            try:
+                ok, reason = True, f"seq {args.seq} saved as {self.write(args.seq, args.label, args.defect)}"
+            except LookupError as exc:
+                ok, reason = False, str(exc)
+            except (OSError, ValueError) as exc:
+                ok, reason = False, f"cannot write feedback: {exc}"
+                logger.error("feedback for seq %d not saved: %s", args.seq, exc)
+            if ok:
+                logger.info("feedback: %s", reason)
+            reply("feedback", ok, reason, args.request_id)
+
+    def write(self, seq: int, label: str, defect: str = "defect") -> str:
+        """Save the held frame as PNG + JSON; the PNG's path within the feedback folder."""
+        held = self.frames.get(seq)
+        if held is None:
+            raise LookupError(f"seq {seq} is not among the frames kept lossless (the latest ones within "
+                              "feedback.keep_frames_mb); label it sooner, or add the file with `lineguard feedback "
+                              "--image`")
+        relative = Path("train/good" if label == "good" else f"test/{defect}") / f"{seq:09d}-{Path(held.name).stem}"
+        ok, png = cv2.imencode(".png", held.image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        if not ok:
+            raise ValueError(f"seq {seq}: frame could not be encoded as PNG")
+        meta = {"seq": held.seq, "image": held.name, "label": label if label == "good" else defect,
+                "score": held.score, "verdict": held.verdict, "threshold": held.threshold,
+                "model": held.model, "frame_ts": held.ts, "labelled_ts": utc_now()}
+        write_bytes_atomic(self.folder / relative.with_suffix(".png"), png.tobytes())
+        write_json_atomic(self.folder / relative.with_suffix(".json"), meta)
+        self.saved += 1
+        return str(relative.with_suffix(".png"))

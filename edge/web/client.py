@@ -1,0 +1,165 @@
+"""`lineguard threshold` and `lineguard feedback`: the station page's changes from a shell on the device.
+
+They talk to the running daemon's page (web.host/web.port, over loopback when it listens on every interface),
+so a change takes the same path as on the page and over MQTT. With no daemon running, `threshold --reset`
+removes the stored threshold itself and `feedback --image` files an image directly.
+"""
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from edge.exitcodes import EX_CONFIG, EX_DATAERR, EX_OK, EX_TEMPFAIL
+
+REQUEST_TIMEOUT_S = 20.0
+
+
+class PageClient:
+    """A session with the station page: cookie, CSRF token, and the password when it needs one."""
+
+    def __init__(self, web) -> None:
+        host = "127.0.0.1" if web.host in ("0.0.0.0", "localhost") else ("::1" if web.host == "::" else web.host)
+        self.base = f"http://{f'[{host}]' if ':' in host else host}:{web.port}"
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.web = web
+        self.csrf = ""
+
+    def _call(self, path: str, data: dict | None = None) -> tuple[int, dict]:
+        body = None if data is None else json.dumps(data).encode()
+        request = urllib.request.Request(self.base + path, data=body, headers={
+            "Content-Type": "application/json", "X-CSRF-Token": self.csrf})
+        try:
+            with self.opener.open(request, timeout=REQUEST_TIMEOUT_S) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def open(self) -> None:
+        """Start a session; logs in when the page needs the password. OSError when no daemon answers."""
+        from edge.web.auth import resolve_web_password
+
+        _, session = self._call("/api/session")
+        self.csrf = session["csrf"]
+        if session["password_required"] and not session["authenticated"]:
+            password = resolve_web_password(self.web)
+            if not password:
+                raise PermissionError(f"the page needs its password: set ${self.web.password_env} or web.password_file")
+            status, answer = self._call("/api/login", {"password": password})
+            if status != 200:
+                raise PermissionError(answer.get("reason", "login refused"))
+
+    def command(self, path: str, data: dict) -> dict:
+        status, answer = self._call(path, data)
+        return answer if status in (200, 409) else {"ok": False, "reason": answer.get("reason", f"HTTP {status}")}
+
+
+def add_station_commands(sub) -> None:
+    p = sub.add_parser("threshold", help="set the running station's threshold, or go back to the bundle's",
+                       description="Apply a threshold on the running daemon (like MQTT cmd/threshold: stored in "
+                                   "storage.dir, kept across reloads and restarts) or, with --reset, clear the "
+                                   "stored one (like cmd/threshold_reset). Without a running daemon --reset "
+                                   "removes the stored threshold file itself.")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="the daemon's config file")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("value", nargs="?", type=float, help="new threshold (a part fails when score >= it)")
+    what.add_argument("--reset", action="store_true", help="back to inference.threshold or the bundle's threshold")
+    p.set_defaults(handler=cmd_threshold)
+    p = sub.add_parser("feedback", help="label a recent frame for retraining (false reject / missed defect)",
+                       description="Save a recent frame, lossless, into the feedback folder (MVTec AD layout: "
+                                   "train/good for a good part, test/<defect> for a missed defect). By seq from the "
+                                   "running daemon (like MQTT cmd/feedback), or --image FILE directly.")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="the daemon's config file")
+    p.add_argument("label", choices=("good", "defect"), help="good: a false reject; defect: a missed defect")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--seq", type=int, help="the verdict's seq (from its result message or the page)")
+    source.add_argument("--image", type=Path, help="an image file to add as it is (PNG is copied, others converted)")
+    p.add_argument("--defect", default="defect", help="folder name under test/ for a defect (default: defect)")
+    p.set_defaults(handler=cmd_feedback)
+
+
+def _config(path: Path):
+    from edge.config.errors import ConfigError
+    from edge.config.load import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _answer(answer: dict) -> int:
+    print(answer.get("reason", ""), file=sys.stdout if answer.get("ok") else sys.stderr)
+    return EX_OK if answer.get("ok") else EX_DATAERR
+
+
+def cmd_threshold(args) -> int:
+    from edge.threshold_store import clear_threshold, threshold_path
+
+    cfg = _config(args.config)
+    if cfg is None:
+        return EX_CONFIG
+    client = PageClient(cfg.web)
+    try:
+        client.open()
+    except PermissionError as exc:
+        print(f"lineguard threshold: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError:
+        if not args.reset:
+            print(f"lineguard threshold: no station page answers at {client.base} (is the daemon running with "
+                  "web.enabled?)", file=sys.stderr)
+            return EX_TEMPFAIL
+        removed = clear_threshold(cfg.storage.dir)
+        print(f"{threshold_path(cfg.storage.dir)} {'removed' if removed else 'was not there'}; the daemon is not "
+              "running and uses the configured or bundle threshold when it starts")
+        return EX_OK
+    if args.reset:
+        return _answer(client.command("/api/threshold/reset", {}))
+    return _answer(client.command("/api/threshold", {"threshold": args.value}))
+
+
+def cmd_feedback(args) -> int:
+    cfg = _config(args.config)
+    if cfg is None:
+        return EX_CONFIG
+    if args.image is not None:
+        return _file_image(args.image, cfg.feedback_dir, args.label, args.defect)
+    client = PageClient(cfg.web)
+    try:
+        client.open()
+    except PermissionError as exc:
+        print(f"lineguard feedback: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError:
+        print(f"lineguard feedback: no station page answers at {client.base}; use --image for a file",
+              file=sys.stderr)
+        return EX_TEMPFAIL
+    return _answer(client.command("/api/feedback", {"seq": args.seq, "label": args.label, "defect": args.defect}))
+
+
+def _file_image(image: Path, folder: Path, label: str, defect: str) -> int:
+    """Copy (PNG) or convert (anything else, lossless PNG from what it decodes to) an image into the folder."""
+    import cv2
+
+    from edge.core.files import write_bytes_atomic
+    from edge.core.preprocess import ImageError, read_image
+
+    target = folder / ("train/good" if label == "good" else f"test/{defect}") / f"{image.stem}.png"
+    if image.suffix.lower() == ".png":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(image, target)
+    else:
+        try:
+            pixels = read_image(image, "bgr")
+        except ImageError as exc:
+            print(f"lineguard feedback: {exc}", file=sys.stderr)
+            return EX_DATAERR
+        write_bytes_atomic(target, cv2.imencode(".png", pixels)[1].tobytes())
+    print(f"{image} saved as {target}")
+    return EX_OK

@@ -1,0 +1,62 @@
+"""uvicorn on a thread of its own inside the daemon: the page never runs in the frame loop.
+
+The socket is bound here, before the thread starts, so a port that is taken is reported at start-up.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import uvicorn
+
+from edge.startup import StartupError
+
+logger = logging.getLogger("lineguard")
+
+STOP_WAIT_S = 5.0
+
+
+class WebServer:
+    def __init__(self, app, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.socket = self._bind(host, port)
+        self.server: uvicorn.Server | None = None
+        self.thread: threading.Thread | None = None
+
+    @staticmethod
+    def _bind(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"web.host/web.port {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+        sock.listen(64)
+        sock.set_inheritable(True)
+        return sock
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '::') else host}:{self.port}/"
+
+    def start(self) -> None:
+        # No access log: request lines could carry what a person typed; errors are still logged.
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=1)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, name="web",
+                                       daemon=True)
+        self.thread.start()
+        logger.info("station page at %s", self.url)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            self.thread.join(STOP_WAIT_S)
+        self.socket.close()

@@ -1,0 +1,303 @@
+// The station page: plain JavaScript, no build step. Talks only to the daemon that served it.
+"use strict";
+const $ = (id) => document.getElementById(id);
+let csrf = "";
+let scoresData = null;
+let liveSource = null;
+const statsHistory = [];
+const STATS_POINTS = 120;
+
+async function api(path) {
+  const response = await fetch(path, {credentials: "same-origin"});
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.reason || response.statusText);
+  return body;
+}
+
+async function post(path, data) {
+  const response = await fetch(path, {
+    method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
+    body: JSON.stringify(data || {}),
+  });
+  const body = await response.json().catch(() => ({ok: false, reason: response.statusText}));
+  return {ok: response.ok && body.ok !== false, reason: body.reason || "", status: response.status};
+}
+
+function text(id, value) { $(id).textContent = value; }
+function fmt(value) { return value === null || value === undefined ? "-" : Number(value).toPrecision(6); }
+
+// --- session and login ---
+
+async function startSession() {
+  const session = await api("/api/session");
+  csrf = session.csrf;
+  const needLogin = !session.may_read || (session.password_required && !session.authenticated);
+  $("login").hidden = !needLogin;
+  if (session.may_read) startPage();
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const result = await post("/api/login", {password: $("password").value});
+  $("password").value = "";
+  if (!result.ok) { text("login-error", result.reason); return; }
+  text("login-error", "");
+  $("login").hidden = true;
+  startPage();
+});
+
+let started = false;
+function startPage() {
+  if (started) return;
+  started = true;
+  startLive();
+  refreshState();
+  pollStats();
+  setInterval(pollStats, 2000);
+}
+
+// --- tabs ---
+
+document.querySelectorAll(".tab").forEach((button) => button.addEventListener("click", () => {
+  document.querySelectorAll(".tab").forEach((b) => b.classList.toggle("active", b === button));
+  document.querySelectorAll(".panel").forEach((p) => { p.hidden = p.id !== "tab-" + button.dataset.tab; });
+  if (button.dataset.tab === "review") loadReview();
+  if (button.dataset.tab === "threshold") loadScores();
+}));
+
+async function refreshState() {
+  const state = await api("/api/state");
+  text("device", state.device_id);
+  text("model", `${state.model.name} (${state.model.sha256.slice(0, 12)}) · source ${state.source}`);
+  return state;
+}
+
+// --- live view: server-sent events carry the verdict, the picture is fetched by version ---
+
+function startLive() {
+  liveSource = new EventSource("/api/live/events");
+  liveSource.onmessage = (event) => {
+    const v = JSON.parse(event.data);
+    $("live-image").src = `/api/live.jpg?v=${v.version}`;
+    $("live-image").dataset.seq = v.seq;
+    $("live-image").dataset.verdict = v.verdict;
+    text("live-verdict", v.verdict.toUpperCase());
+    $("live-verdict").className = "verdict-" + v.verdict;
+    text("live-score", fmt(v.score));
+    text("live-threshold", fmt(v.threshold));
+    text("live-seq", v.seq);
+    text("live-part", v.part_id || "-");
+    text("live-name", v.image);
+    text("live-regions", v.regions.length ? v.regions.map((r) => `${r.w}x${r.h} at ${r.x},${r.y}`).join("; ") : "none");
+  };
+}
+
+// --- review ---
+
+function isoOf(inputId) {
+  const value = $(inputId).value;
+  return value ? new Date(value).toISOString() : "";
+}
+
+async function loadReview() {
+  const query = new URLSearchParams({filter: $("review-filter").value});
+  if (isoOf("review-since")) query.set("since", isoOf("review-since"));
+  if (isoOf("review-until")) query.set("until", isoOf("review-until"));
+  let data;
+  try { data = await api("/api/review?" + query); } catch (error) { text("review-message", error.message); return; }
+  const list = $("review-list");
+  list.replaceChildren();
+  text("review-count", `${data.verdicts.length} verdict(s)`);
+  for (const v of data.verdicts) list.appendChild(reviewItem(v));
+}
+
+function reviewItem(v) {
+  const item = document.createElement("div");
+  item.className = "item";
+  item.dataset.seq = v.seq;
+  item.dataset.verdict = v.verdict;
+  if (v.evidence) {
+    for (const kind of ["frame", "heat"]) {
+      const img = document.createElement("img");
+      img.src = `/api/evidence/${v.seq}/${kind}`;
+      img.alt = `${kind} of seq ${v.seq}`;
+      item.appendChild(img);
+    }
+  }
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.innerHTML = "";
+  const lines = [`seq ${v.seq} · ${v.verdict.toUpperCase()} · score ${fmt(v.score)} / ${fmt(v.threshold)}`,
+    `${v.image}${v.part_id ? " · part " + v.part_id : ""} · ${v.ts}`,
+    `model ${v.model.name} ${v.model.sha256.slice(0, 12)}`,
+    v.regions.length ? `regions: ${v.regions.map((r) => `${r.w}x${r.h} at ${r.x},${r.y}`).join("; ")}` : (v.reason || "")];
+  for (const line of lines) { const div = document.createElement("div"); div.textContent = line; meta.appendChild(div); }
+  item.appendChild(meta);
+  if (v.held) {
+    for (const [label, caption] of [["good", "Good part (false reject)"], ["defect", "Defect (missed)"]]) {
+      const button = document.createElement("button");
+      button.className = "mark-" + label;
+      button.textContent = caption;
+      button.addEventListener("click", async () => {
+        const result = await post("/api/feedback", {seq: v.seq, label: label});
+        text("review-message", result.ok ? result.reason : "refused: " + result.reason);
+      });
+      item.appendChild(button);
+    }
+  }
+  return item;
+}
+
+$("review-refresh").addEventListener("click", loadReview);
+$("review-filter").addEventListener("change", loadReview);
+
+// --- threshold by eye ---
+
+function sliderToThreshold(value) {
+  const [low, high] = scoresData.state.threshold_range;
+  return Math.exp(Math.log(low) + (Math.log(high) - Math.log(low)) * value / 1000);
+}
+
+function thresholdToSlider(threshold) {
+  const [low, high] = scoresData.state.threshold_range;
+  return Math.round(1000 * (Math.log(threshold) - Math.log(low)) / (Math.log(high) - Math.log(low)));
+}
+
+async function loadScores() {
+  scoresData = await api("/api/scores");
+  const state = scoresData.state;
+  text("threshold-current", fmt(state.threshold));
+  text("threshold-bundle", fmt(state.bundle_threshold));
+  text("threshold-origin", state.stored_threshold ? `set by command at ${state.stored_threshold.ts}`
+    : state.configured_threshold ? "from inference.threshold" : "the bundle's own");
+  $("threshold-slider").value = thresholdToSlider(state.threshold);
+  showCandidate();
+}
+
+function candidate() { return Number($("threshold-value").dataset.threshold); }
+
+function showCandidate() {
+  const threshold = sliderToThreshold(Number($("threshold-slider").value));
+  $("threshold-value").dataset.threshold = threshold;
+  text("threshold-value", fmt(threshold));
+  const running = scoresData.state.threshold;
+  const flips = scoresData.recent.filter((r) => (r.score >= threshold) !== (r.score >= running));
+  text("flip-count", flips.length);
+  $("flip-count").dataset.count = flips.length;
+  const list = $("flip-list");
+  list.replaceChildren();
+  for (const r of flips) {
+    const li = document.createElement("li");
+    li.dataset.seq = r.seq;
+    li.textContent = `seq ${r.seq} ${r.image}: score ${fmt(r.score)}, ${r.verdict} -> ${r.score >= threshold ? "fail" : "pass"}`;
+    list.appendChild(li);
+  }
+  drawHistogram(threshold);
+}
+
+function drawHistogram(threshold) {
+  const canvas = $("histogram");
+  const ctx = canvas.getContext("2d");
+  const [low, high] = scoresData.state.threshold_range;
+  const bins = 80;
+  const x = (s) => (Math.log(Math.min(Math.max(s, low), high)) - Math.log(low)) / (Math.log(high) - Math.log(low)) * canvas.width;
+  const count = (scores) => {
+    const h = new Array(bins).fill(0);
+    for (const s of scores) h[Math.min(bins - 1, Math.floor(x(s) / canvas.width * bins))]++;
+    const total = scores.length || 1;
+    return h.map((n) => n / total);
+  };
+  const series = [
+    [count(scoresData.calibration.filter((c) => c.label === 0).map((c) => c.score)), "#7fc98f"],
+    [count(scoresData.calibration.filter((c) => c.label === 1).map((c) => c.score)), "#e07b7b"],
+    [count(scoresData.recent.map((r) => r.score)), "#2f6fd6"],
+  ];
+  const peak = Math.max(0.01, ...series.flatMap(([h]) => h));
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const width = canvas.width / bins;
+  for (const [h, color] of series) {
+    ctx.fillStyle = color + "b0";
+    h.forEach((v, i) => { const height = v / peak * (canvas.height - 20); ctx.fillRect(i * width, canvas.height - height, width - 1, height); });
+  }
+  for (const [value, color, dash] of [[scoresData.state.threshold, "#555", [6, 4]], [threshold, "#c0162b", []]]) {
+    ctx.strokeStyle = color; ctx.setLineDash(dash); ctx.lineWidth = 2;
+    ctx.beginPath(); ctx.moveTo(x(value), 0); ctx.lineTo(x(value), canvas.height); ctx.stroke();
+  }
+  ctx.setLineDash([]);
+  ctx.fillStyle = "#333";
+  ctx.fillText(`${fmt(low)}`, 2, 12);
+  ctx.fillText(`${fmt(high)} (log scale)`, canvas.width - 130, 12);
+}
+
+$("threshold-slider").addEventListener("input", showCandidate);
+$("histogram").addEventListener("click", (event) => {
+  const rect = event.target.getBoundingClientRect();
+  $("threshold-slider").value = Math.round(1000 * (event.clientX - rect.left) / rect.width);
+  showCandidate();
+});
+$("threshold-apply").addEventListener("click", async () => {
+  const result = await post("/api/threshold", {threshold: candidate()});
+  text("threshold-message", result.ok ? result.reason : "refused: " + result.reason);
+  await loadScores();
+});
+$("threshold-reset").addEventListener("click", async () => {
+  const result = await post("/api/threshold/reset");
+  text("threshold-message", result.ok ? result.reason : "refused: " + result.reason);
+  await loadScores();
+});
+
+// --- stats ---
+
+async function pollStats() {
+  refreshState().catch(() => {});
+  let stats;
+  try { stats = await api("/api/stats"); } catch (error) { return; }
+  const judged = stats.pass + stats.fail;
+  const cards = {
+    "fps": stats.fps, "frames": stats.frames, "pass": stats.pass, "fail": stats.fail, "unscorable": stats.unscorable,
+    "fail rate": judged ? (100 * stats.fail / judged).toFixed(1) + " %" : "-",
+    "latency p50": stats.latency_ms.p50 === null ? "-" : stats.latency_ms.p50.toFixed(1) + " ms",
+    "latency p95": stats.latency_ms.p95 === null ? "-" : stats.latency_ms.p95.toFixed(1) + " ms",
+    "outbox depth": stats.outbox.depth, "source": stats.source.state || "-", "MQTT": stats.mqtt_connected ? "connected" : "not connected",
+    "CPU temp": stats.cpu_temp_c === null ? "-" : stats.cpu_temp_c.toFixed(1) + " °C", "threshold": fmt(stats.threshold),
+  };
+  const box = $("stats-cards");
+  box.replaceChildren();
+  for (const [name, value] of Object.entries(cards)) {
+    const card = document.createElement("div");
+    card.className = "card";
+    card.dataset.name = name;
+    card.append(name);
+    const b = document.createElement("b");
+    b.textContent = value;
+    card.appendChild(b);
+    box.appendChild(card);
+  }
+  statsHistory.push({fps: stats.fps, failRate: judged ? 100 * stats.fail / judged : 0});
+  if (statsHistory.length > STATS_POINTS) statsHistory.shift();
+  drawStats();
+}
+
+function drawStats() {
+  const canvas = $("stats-chart");
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  for (const [key, color] of [["fps", "#2f6fd6"], ["failRate", "#e07b7b"]]) {
+    const peak = Math.max(1, ...statsHistory.map((p) => p[key]));
+    ctx.strokeStyle = color; ctx.lineWidth = 2; ctx.beginPath();
+    statsHistory.forEach((p, i) => {
+      const px = i / (STATS_POINTS - 1) * canvas.width, py = canvas.height - p[key] / peak * (canvas.height - 10);
+      i ? ctx.lineTo(px, py) : ctx.moveTo(px, py);
+    });
+    ctx.stroke();
+  }
+}
+
+$("reload-button").addEventListener("click", async () => {
+  const result = await post("/api/reload");
+  text("reload-message", result.ok ? result.reason : "refused: " + result.reason);
+  refreshState();
+});
+
+startSession();

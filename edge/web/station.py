@@ -1,0 +1,173 @@
+"""The station page's link to a running daemon: what it reads, and commands it queues like MQTT ones.
+
+Changes go through the daemon's CommandQueue, exactly as MQTT `cmd/<name>` messages do (validated on arrival,
+applied by the main loop between two frames, answered on <base>/reply and reflected on <base>/state); the page
+waits for its own reply by request_id.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import secrets
+import threading
+from pathlib import Path
+
+from edge.feedback import FeedbackStore, RecentFrames
+from edge.publish.metrics import serve_metrics
+from edge.publish.messages import model_ref
+from edge.threshold_store import StoredThresholdError, load_threshold
+from edge.web.live import LiveSink
+
+logger = logging.getLogger("lineguard")
+
+REPLY_WAIT_S = 10.0
+LINGER_WAIT_S = 0.5
+CALIBRATION_SCORES = Path("report") / "scores.csv"  # written by `lineguard train` into the bundle
+MAX_CALIBRATION_SCORES = 20000
+
+
+class StationWeb:
+    """Owns the page's sink, the feedback store and the web server thread of one daemon."""
+
+    def __init__(self, daemon) -> None:
+        cfg = daemon.cfg
+        self.daemon = daemon
+        self.frames = RecentFrames(int(cfg.feedback.keep_frames_mb * 1e6))
+        self.feedback = FeedbackStore(cfg.feedback_dir, self.frames)
+        self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: daemon.cfg.inference.roi, cfg.web.live_fps)
+        self.sinks = [self.sink]
+        self.server = self.metrics = None
+        self.extra_routes: list = []  # more Starlette routes on the same server (e.g. /metrics); add before start()
+        self.keep_serving = cfg.web.keep_serving_after_replay  # or `run --keep-serving`
+        self._waiting: dict[str, dict] = {}
+        self._replied = threading.Condition()
+        self._calibration_cache: tuple[Path, list[dict]] | None = None
+        daemon.report.reply_listeners.append(self._on_reply)
+
+    # --- lifecycle ---
+
+    def start(self) -> None:
+        """Serve the page (web.enabled) and the metrics: after the station exists, before the MQTT link starts."""
+        web = self.daemon.cfg.web
+        self.metrics = serve_metrics(self.daemon)
+        if not web.enabled:
+            return
+        from edge.web.app import build_app
+        from edge.web.auth import Guard, check_web_password, resolve_web_password
+        from edge.web.server import WebServer
+
+        password = resolve_web_password(web)
+        problem = check_web_password(web, password)
+        if problem is not None:
+            from edge.startup import StartupError
+            raise StartupError(problem)
+        app = build_app(self, Guard(web, password), web.live_fps, self.extra_routes, self.metrics)
+        self.server = WebServer(app, web.host, web.port)
+        self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.sink.live.close()
+            self.server.stop()
+        if self.metrics is not None:
+            self.metrics.close()
+        self.feedback.close()
+
+    def serve_after_replay(self) -> None:
+        """A finite replay ended: with web.keep_serving_after_replay, keep the page and commands up until stop."""
+        daemon = self.daemon
+        if not self.keep_serving:
+            return
+        from edge.control import apply_command
+
+        logger.info("replay finished; the station page stays up at %s, and commands are taken, until SIGTERM or "
+                    "Ctrl-C", self.server.url if self.server is not None else "(web.enabled is false)")
+        daemon.notifier.status("replay finished; serving the station page")
+        while not daemon.stop.is_set():
+            if daemon.reload_requested.is_set():
+                daemon._reload(request_id=None)
+            command = daemon.commands.next(LINGER_WAIT_S)
+            if command is not None and command.name != "trigger":
+                apply_command(daemon, command)
+            daemon.notifier.ping()
+
+    # --- what the page reads (from the server's threads) ---
+
+    def inspecting(self) -> bool:
+        return self.sink.started.is_set() and self.daemon.station is not None
+
+    def state(self) -> dict:
+        daemon = self.daemon
+        inspector, status, cfg = daemon.station.inspector, daemon.status, daemon.cfg
+        low, high = inspector.calibration.threshold_range()
+        try:
+            stored = load_threshold(cfg.storage.dir)
+        except StoredThresholdError as exc:
+            stored = {"error": str(exc)}
+        return {"device_id": cfg.device_id, "model": model_ref(inspector.bundle), "threshold": inspector.threshold,
+                "bundle_threshold": inspector.calibration.threshold, "configured_threshold": cfg.inference.threshold,
+                "stored_threshold": stored, "threshold_range": [low, high], "source": status.source_state,
+                "source_detail": status.source_detail, "last_reload_error": status.last_reload_error,
+                "restart_required": status.restart_required, "inspecting": self.inspecting()}
+
+    def stats(self) -> dict:
+        return self.daemon.report.stats_data()
+
+    def recent(self) -> list[dict]:
+        return list(self.sink.recent)
+
+    def evidence_file(self, seq: int, kind: str) -> Path | None:
+        """The evidence JPEG of a verdict: kind "frame" or "heat"."""
+        folder = self.daemon.evidence.folder
+        for path in sorted(folder.glob(f"{seq:09d}-*.jpg")):
+            if path.stem.endswith("-heat") == (kind == "heat"):
+                return path
+        return None
+
+    def evidence_seqs(self) -> set[int]:
+        """The seqs that have evidence images (named <seq>-<image>.jpg)."""
+        seqs = set()
+        for path in self.daemon.evidence.folder.glob("*-heat.jpg"):
+            head = path.name.split("-", 1)[0]
+            if head.isdigit():
+                seqs.add(int(head))
+        return seqs
+
+    def held(self) -> set[int]:
+        return self.frames.seqs()
+
+    def calibration_scores(self) -> list[dict]:
+        """The bundle's own test scores (report/scores.csv), for the histogram; [] when it has none."""
+        path = self.daemon.station.inspector.bundle.path / CALIBRATION_SCORES
+        if self._calibration_cache is None or self._calibration_cache[0] != path:
+            self._calibration_cache = (path, _read_scores(path))
+        return self._calibration_cache[1]
+
+    # --- commands ---
+
+    def command(self, name: str, args: dict) -> dict:
+        """Queue a command as MQTT would and wait for its reply: {"ok", "reason"}."""
+        request_id = f"web-{secrets.token_hex(8)}"
+        with self._replied:
+            self._waiting[request_id] = {}
+        self.daemon.commands.on_command(name, json.dumps({**args, "request_id": request_id}).encode())
+        with self._replied:
+            self._replied.wait_for(lambda: self._waiting[request_id], REPLY_WAIT_S)
+            reply = self._waiting.pop(request_id)
+        return reply or {"ok": False, "reason": f"no answer within {REPLY_WAIT_S:g} s"}
+
+    def _on_reply(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
+        with self._replied:
+            if request_id in self._waiting:
+                self._waiting[request_id] = {"ok": ok, "reason": reason, "command": command}
+                self._replied.notify_all()
+
+
+def _read_scores(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))[:MAX_CALIBRATION_SCORES]
+        return [{"score": float(row["score"]), "label": int(row["label"])} for row in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
