@@ -25,6 +25,8 @@ PER_INSTANCE = {
     "Service.StateDirectory": ["lineguard/%i"],
     "Service.CacheDirectory": ["lineguard/%i"],
     "Service.Environment": ["XDG_CACHE_HOME=%C/lineguard/%i"],
+    # each camera's daemon has ports of its own: ten of each server's
+    "Service.SocketBindAllow": ["tcp:8080-8089", "tcp:9468-9477", "tcp:5020-5029", "udp:1024-65535"],
 }
 MAX_EXPOSURE = 1.3
 ANALYZE_TIMEOUT_S = 60
