@@ -96,6 +96,7 @@ def float_twin(model_bytes: bytes) -> bytes:
     graph = model.subgraphs[0]
     first = graph.operators[0]
     if model.operatorCodes[first.opcodeIndex].builtinCode == QUANTIZE_OP:
+        graph.tensors[first.outputs[0]].shape = graph.tensors[graph.inputs[0]].shape
         graph.inputs = np.array([first.outputs[0]], dtype=np.int32)
         graph.operators = graph.operators[1:]
     for tensor in graph.tensors:

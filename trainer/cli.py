@@ -107,6 +107,10 @@ def add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--width", type=POSITIVE_INT,
                    help="hidden units (dense, default 392), base filters (conv 32, segmenter 8)")
     p.add_argument("--latent", type=POSITIVE_INT, help="latent size (dense 64, conv 100; the segmenter has none)")
+    p.add_argument("--head", choices=("auto", "padim", "patchcore"), default="auto",
+                   help="features: padim (a Gaussian per patch position; parts always in the same place) or patchcore "
+                        "(nearest good patch, position-free); auto: the one that best finds synthetic defects on "
+                        "held-out good images (default)")
     p.add_argument("--crop", type=number(int, 8), help="segmenter: train on random square crops of this size, then "
                                                        "run on the whole frame (default: whole frames)")
     p.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 3000)")

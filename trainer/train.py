@@ -51,6 +51,7 @@ class TrainOptions:
     topk_fraction: float = 0.01
     width: int | None = None
     latent: int | None = None
+    head: str = "auto"  # features: padim | patchcore | auto (measured on held-out good images)
     crop: int | None = None  # segmenter: train on random square crops of this size, infer on the whole frame
     steps: int | None = None
     batch_size: int | None = None

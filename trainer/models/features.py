@@ -16,20 +16,20 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.core.bundle import Stage, sha256_of
-from edge.core.feature_heads import HEAD_FILE, pack_upper
+from edge.core.feature_heads import HEAD_FILE
 from edge.core.files import write_bytes_atomic
 from edge.core.pipelines.features import BackboneFeatures
 from edge.core.runtime import TFLiteStage
 from trainer import backbones
+from trainer.models.feature_fit import choose_head, fit_padim, fit_patchcore
+from trainer.synthetic import DefectSynthesizer
 
 logger = logging.getLogger(__name__)
 
 BACKBONE_NAME = "backbone.tflite"
 BACKBONE_FLOAT_NAME = "backbone_float.tflite"
-PADIM_EPSILON = 0.01  # added to every covariance diagonal, as in the PaDiM paper: keeps it invertible
-FIT_BATCH = 32  # images whose patch statistics are added up in one matrix product
-BUNDLE_LIMIT_BYTES = 16_000_000  # the head is kept so that the whole bundle stays under this
-PRECISION_BYTES = 2  # float16 per stored precision value
+HOLDOUT_FRACTION = 0.15  # of the training images, held out to choose the head when none is given
+MIN_HOLDOUT = 8
 
 
 @dataclass
@@ -70,56 +70,23 @@ def extract(extractor: BackboneFeatures, x: np.ndarray, desc: str = "features"):
         yield extractor(image, pixels)
 
 
-def channel_budget(positions: int, channels: int, other_bytes: int) -> int:
-    """The most channels whose float16 precision triangles keep the bundle under BUNDLE_LIMIT_BYTES."""
-    room = BUNDLE_LIMIT_BYTES - other_bytes - positions * channels * 4
-    best = channels
-    while best > 8 and positions * best * (best + 1) // 2 * PRECISION_BYTES > room:
-        best -= 1
-    return best
+def _synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int) -> np.ndarray:
+    synthesizer = DefectSynthesizer(images.shape[1:], donors, seed=seed)
+    return np.stack([synthesizer(image)[0] for image in images])
 
 
-def choose_channels(variances: np.ndarray, count: int) -> np.ndarray:
-    """The `count` channels with the largest mean variance over positions (flat channels carry little)."""
-    if count >= variances.size:
-        return np.arange(variances.size, dtype=np.int32)
-    return np.sort(np.argsort(-variances, kind="stable")[:count]).astype(np.int32)
-
-
-def fit_padim(features, positions: int, channels: int, budget_bytes: int) -> tuple[dict[str, np.ndarray], dict]:
-    """Mean and precision per position, summed over batches of images (never all patches in memory)."""
-    total = np.zeros((positions, channels), np.float64)
-    outer = np.zeros((positions, channels, channels), np.float64)
-    count, batch = 0, []
-    for feature in features:
-        batch.append(feature)
-        if len(batch) == FIT_BATCH:
-            count += _accumulate(batch, total, outer)
-            batch = []
-    if batch:
-        count += _accumulate(batch, total, outer)
-    if count < 2:
-        raise ValueError("PaDiM needs at least 2 training images")
-    mean = total / count
-    cov = (outer - count * mean[:, :, None] * mean[:, None, :]) / (count - 1)
-    keep = choose_channels(np.einsum("pcc->c", cov) / positions,
-                           channel_budget(positions, channels, budget_bytes))
-    cov = cov[:, keep][:, :, keep] + PADIM_EPSILON * np.eye(keep.size)
-    precision = np.linalg.inv(cov)
-    precision = (precision + np.swapaxes(precision, 1, 2)) / 2
-    arrays = {"channels": keep, "mean": mean[:, keep].astype(np.float32),
-              "precision_upper": pack_upper(precision).astype(np.float16)}
-    if not all(np.all(np.isfinite(a)) for a in arrays.values()):
-        raise ValueError("PaDiM statistics are not finite (are the training images all the same?)")
-    return arrays, {"images": count, "channels_kept": int(keep.size), "channels_total": channels,
-                    "covariance_epsilon": PADIM_EPSILON, "precision_storage": "float16 upper triangles"}
-
-
-def _accumulate(batch: list[np.ndarray], total: np.ndarray, outer: np.ndarray) -> int:
-    stacked = np.stack(batch, axis=1).astype(np.float64)  # (positions, n, channels)
-    total += stacked.sum(axis=1)
-    outer += np.matmul(np.swapaxes(stacked, 1, 2), stacked)
-    return len(batch)
+def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, budget: int) -> tuple[str, dict]:
+    """--head, or with none given the head that best finds synthetic defects on held-out good images."""
+    if options.head != "auto":
+        return options.head, {"reason": f"{options.head}: chosen with --head"}
+    order = np.random.default_rng(options.seed).permutation(len(x_train))
+    n_hold = max(MIN_HOLDOUT, int(round(len(x_train) * HOLDOUT_FRACTION)))
+    if len(x_train) - n_hold < MIN_HOLDOUT:
+        return "padim", {"reason": f"padim: too few images ({len(x_train)}) to hold some out and measure"}
+    held, kept = order[:n_hold], order[n_hold:]
+    defective = _synthetic_defects(x_train[held], x_train[kept], options.seed)
+    defect_features = np.stack(list(extract(extractor, defective, "synthetic defects")))
+    return choose_head(features[kept], features[held], defect_features, budget, options.seed)
 
 
 def fit(options, x_train: np.ndarray) -> FittedFeatures:
@@ -130,13 +97,18 @@ def fit(options, x_train: np.ndarray) -> FittedFeatures:
         layer_channels = [extractor.stage.output_shape[-1], *(s[-1] for _, s, *_ in extractor.stage.extra_outputs)]
         logger.info("backbone: ImageNet MobileNetV2 cut at stride 8 and 16, %d patches of %d channels per image",
                     positions, extractor.channels)
-        other = len(int8_bytes) + len(float_bytes)
-        arrays, details = fit_padim(extract(extractor, x_train), positions, extractor.channels, other)
+        features = np.stack(list(extract(extractor, x_train)))
+        budget = len(int8_bytes) + len(float_bytes)
+        head_type, choice = _pick_head(options, x_train, features, extractor, budget)
         scale, zero = extractor.input_scale, extractor.input_zero
-    logger.info("padim head: %d of %d channels, %d positions", details["channels_kept"], extractor.channels,
-                positions)
-    return FittedFeatures(int8_bytes, float_bytes, "padim", arrays, float(scale), float(zero), layer_channels,
-                          details)
+    logger.info("head: %s", choice["reason"])
+    if head_type == "padim":
+        arrays, details = fit_padim(features, budget)
+    else:
+        arrays, details = fit_patchcore(features, options.seed)
+    logger.info("%s head fitted: %s", head_type, details)
+    return FittedFeatures(int8_bytes, float_bytes, head_type, arrays, float(scale), float(zero), layer_channels,
+                          {**details, "choice": choice})
 
 
 def export(model: FittedFeatures, x_train: np.ndarray, folder: Path, seed: int) -> list[Stage]:
