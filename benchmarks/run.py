@@ -22,7 +22,7 @@ from benchmarks.report import markdown
 
 LATEST_JSON = RESULTS_DIR / "latest.json"
 LATEST_MD = RESULTS_DIR / "latest.md"
-CASES = ("1", "2", "3", "4", "5")
+CASES = ("1", "2", "3", "4", "5", "6")
 
 
 def run_case(case: str, mode: str, results: dict) -> dict:
@@ -38,6 +38,9 @@ def run_case(case: str, mode: str, results: dict) -> dict:
     if case == "4":
         from benchmarks import footprint
         return footprint.run(results)
+    if case == "6":
+        from benchmarks import realpart
+        return realpart.run()
     from benchmarks import pi_estimate
     return pi_estimate.run(results)
 

@@ -240,7 +240,7 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
     result: dict = {"calibration_method": bundle.calibration.method}
     if dataset.test:
         scored = score_samples(int8, dataset.test, color, "evaluating (int8)")
-        scored_float = score_samples(float_model, dataset.test, color, "evaluating (float)", keep_heats=False)
+        scored_float = score_samples(float_model, dataset.test, color, "evaluating (float)")
         result = summarize(bundle, scored, scored_float, float_threshold)
         report_dir = bundle.path / "report"
         report_dir.mkdir()
