@@ -45,7 +45,7 @@ def run() -> dict:
     stage = inspector.pipeline.chain.stages[0]
     frames = _frames()
     features = inspector.pipeline.features
-    sample_features = features(*_model_input(inspector, frames[0]))
+    sample_features = features(*_model_input(inspector, frames[0]))[:, inspector.pipeline.head.channels]
     tensor = np.zeros(stage.input_shape, stage.input_dtype)
     stage.interpreter.set_tensor(stage.input_index, tensor)
 
