@@ -27,7 +27,7 @@ def features_bundle(tmp_path_factory):
 
 
 def _bundle_bytes(folder):
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())  # the report included
 
 
 def test_default_on_ordinary_images_is_features_and_the_log_says_why(features_bundle):

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 PADIM_EPSILON = 0.01  # added to every covariance diagonal, as in the PaDiM paper: keeps it invertible
 FIT_BATCH = 32  # images whose patch statistics are added up in one matrix product
-BUNDLE_LIMIT_BYTES = 16_000_000  # the head is kept so that the whole bundle stays under this
+BUNDLE_LIMIT_BYTES = 16_000_000  # the head is kept so that the whole bundle folder stays under this
+REPORT_ALLOWANCE_BYTES = 1_000_000  # left for model.json and report/ (plots, scores.csv)
 PRECISION_BYTES = 2  # float16 per stored precision value
 CORESET_FRACTION = 0.01  # of all training patches, as in the PatchCore paper's 1 % setting
 CORESET_MAX = 4096  # bank entries: bounds the device's matmul (positions x entries x channels) per frame
@@ -26,7 +27,7 @@ PROJECTION_DIM = 32  # random projection for the greedy k-center distances (Patc
 
 def channel_budget(positions: int, channels: int, other_bytes: int) -> int:
     """The most channels whose float16 precision triangles keep the bundle under BUNDLE_LIMIT_BYTES."""
-    room = BUNDLE_LIMIT_BYTES - other_bytes - positions * channels * 4
+    room = BUNDLE_LIMIT_BYTES - REPORT_ALLOWANCE_BYTES - other_bytes - positions * channels * 4
     best = channels
     while best > 8 and positions * best * (best + 1) // 2 * PRECISION_BYTES > room:
         best -= 1
