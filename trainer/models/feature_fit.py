@@ -22,6 +22,7 @@ PRECISION_BYTES = 2  # float16 per stored precision value
 CORESET_FRACTION = 0.01  # of all training patches, as in the PatchCore paper's 1 % setting
 CORESET_MAX = 4096  # bank entries: bounds the device's matmul (positions x entries x channels) per frame
 CORESET_POOL = 100_000  # training patches the greedy selection looks at (a random subset beyond this)
+CHOICE_POOL = 50_000  # the same while choosing the head: half the selection time, for a comparison only
 PROJECTION_DIM = 32  # random projection for the greedy k-center distances (PatchCore's Johnson-Lindenstrauss step)
 
 
@@ -83,11 +84,11 @@ def greedy_coreset(patches: np.ndarray, size: int, seed: int) -> np.ndarray:
     return chosen
 
 
-def fit_patchcore(features: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+def fit_patchcore(features: np.ndarray, seed: int, pool_size: int = CORESET_POOL) -> tuple[dict[str, np.ndarray], dict]:
     count, positions, channels = features.shape
     patches = features.reshape(-1, channels)
     rng = np.random.default_rng(seed)
-    pool = patches if len(patches) <= CORESET_POOL else patches[rng.choice(len(patches), CORESET_POOL, replace=False)]
+    pool = patches if len(patches) <= pool_size else patches[rng.choice(len(patches), pool_size, replace=False)]
     size = int(min(CORESET_MAX, max(1, round(len(patches) * CORESET_FRACTION)), len(pool)))
     bank = pool[greedy_coreset(pool, size, seed)]
     arrays = {"channels": np.arange(channels, dtype=np.int32), "bank": bank.astype(np.float16),
@@ -118,7 +119,10 @@ def choose_head(fit_features: np.ndarray, good: np.ndarray, defective: np.ndarra
     labels = np.r_[np.zeros(len(good)), np.ones(len(defective))]
     measured = {}
     for head_type in ("padim", "patchcore"):
-        arrays, _ = fit_padim(fit_features, budget_bytes) if head_type == "padim" else fit_patchcore(fit_features, seed)
+        if head_type == "padim":
+            arrays, _ = fit_padim(fit_features, budget_bytes)
+        else:
+            arrays, _ = fit_patchcore(fit_features, seed, CHOICE_POOL)
         head = head_from_arrays(head_type, arrays)
         scores = np.r_[image_scores(head, good), image_scores(head, defective)]
         measured[head_type] = round(float(roc_auc_score(labels, scores)), 4)

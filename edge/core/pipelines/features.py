@@ -38,12 +38,11 @@ class BackboneFeatures:
         self.channels = stage.output_shape[-1] + sum(shape[-1] for _, shape, *_ in stage.extra_outputs)
 
     def __call__(self, x: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-        if pixels.shape[-1] == 1:  # ImageNet backbones see gray as three equal channels
-            pixels, x = np.repeat(pixels, 3, axis=-1), np.repeat(x, 3, axis=-1)
+        gray = pixels.shape[-1] == 1  # ImageNet backbones see gray as three equal channels
         if self.stage.takes_raw_uint8 and pixels.dtype == np.uint8:
-            maps = self.stage.run_all(None, pixels)
+            maps = self.stage.run_all(None, np.repeat(pixels, 3, axis=-1) if gray else pixels)
         else:
-            real = x * np.float32(255.0)
+            real = (np.repeat(x, 3, axis=-1) if gray else x) * np.float32(255.0)
             real -= self.input_zero
             real *= self.input_scale
             maps = self.stage.run_all(real)
