@@ -112,5 +112,23 @@ def test_shipped_backbone_is_the_one_its_readme_describes():
     backbone = ROOT / "models" / "backbones" / "mobilenet_v2_cut.tflite"
     readme = (backbone.parent / "README.md").read_text()
     assert f"`{sha256_of(backbone)}`" in readme
-    assert (backbone.parent / "LICENSE").read_text().startswith("\n                                 Apache License") \
-        or "Apache License" in (backbone.parent / "LICENSE").read_text()[:200]
+    license_head = (backbone.parent / "LICENSE").read_text()[:300]
+    assert "Apache License" in license_head and "Version 2.0" in license_head
+
+
+def test_backbone_script_cuts_resizes_and_dequantizes(tmp_path):
+    from edge.core.runtime import TFLiteStage
+    from trainer import backbones
+
+    shipped = backbones.backbone_path().read_bytes()
+    assert backbones.cut(shipped) == shipped  # cutting again at the same layers changes nothing
+    sized = backbones.with_input_size(shipped, 160, 96)
+    (tmp_path / "int8.tflite").write_bytes(sized)
+    (tmp_path / "float.tflite").write_bytes(backbones.float_twin(sized))
+    int8, float_ = TFLiteStage(tmp_path / "int8.tflite"), TFLiteStage(tmp_path / "float.tflite")
+    assert int8.output_shape == (1, 20, 12, 32) and int8.extra_outputs[0][1] == (10, 6, 96)
+    assert float_.input_dtype == np.float32 and float_.output_shape == int8.output_shape
+    pixels = np.random.default_rng(0).integers(0, 256, (160, 96, 3), dtype=np.uint8)
+    real = (pixels.astype(np.float32) - int8.input_zero) * np.float32(int8.input_scale)
+    for quantized, floating in zip(int8.run_all(real), float_.run_all(real)):
+        assert np.corrcoef(quantized.ravel(), floating.ravel())[0, 1] > 0.99
