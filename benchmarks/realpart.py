@@ -94,3 +94,21 @@ def _model_input(inspector, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     pixels = to_pixels(frame, inspector.spec)
     return scale(pixels), pixels
+
+
+def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
+    """The case's lines in the headline table of latest.md."""
+    rp = r.get("realpart")
+    if not rp:
+        return []
+    command = "`python -m benchmarks.run --case 6`"
+    pi4, pi5 = rp["pi_estimate_fps"]["pi4"], rp["pi_estimate_fps"]["pi5"]
+    return [
+        ("Real-part bundle (magnetic-tile, features), whole frame, threads=1 (`realpart_ms_per_frame`)",
+         f"{r.get('realpart_ms_per_frame')} ms", "", "", command),
+        ("   bare backbone / whole frame (`realpart_pipeline_efficiency`); head alone",
+         f"{r.get('realpart_pipeline_efficiency')}; {rp.get('head_ms')} ms", "", "", command),
+        ("   Pi 4 / Pi 5 estimate, whole frame (range)",
+         f"{pi4['central']} ({pi4['high']}-{pi4['low']}) / {pi5['central']} ({pi5['high']}-{pi5['low']}) fps",
+         ">= 15 fps on a Pi 4", "met" if pi4["central"] >= 15 else "**not met**", command),
+    ]
