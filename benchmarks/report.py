@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from benchmarks import realpart
 from benchmarks.common import RESULTS_DIR
 
 ALL = "make bench"
@@ -64,7 +65,7 @@ def headline_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         ("   speed-up over predict; over eager without quality gate; bare invoke",
          f"{_fmt(kc.get('speedup_vs_keras_predict'), 'x')}; {_fmt(kc.get('speedup_vs_keras_eager_without_quality_gate'), 'x')}; "
          f"{_fmt(kc.get('speedup_vs_keras_eager_bare_invoke'), 'x')}", "", "", "`python -m benchmarks.run --case 3`"),
-    ]
+    ] + realpart.rows(r)
 
 
 def footprint_rows(r: dict) -> list[tuple[str, str, str, str, str]]:

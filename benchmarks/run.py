@@ -22,7 +22,7 @@ from benchmarks.report import markdown
 
 LATEST_JSON = RESULTS_DIR / "latest.json"
 LATEST_MD = RESULTS_DIR / "latest.md"
-CASES = ("1", "2", "3", "4", "5", "7", "8")  # 6 is the soak (make soak)
+CASES = ("1", "2", "3", "4", "5", "7", "8", "9")  # 6 is the soak (make soak)
 
 
 def run_case(case: str, mode: str, results: dict) -> dict:
@@ -44,6 +44,9 @@ def run_case(case: str, mode: str, results: dict) -> dict:
     if case == "8":
         from benchmarks import station_page
         return station_page.run(mode)
+    if case == "9":
+        from benchmarks import realpart
+        return realpart.run()
     from benchmarks import pi_estimate
     return pi_estimate.run(results)
 

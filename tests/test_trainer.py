@@ -96,10 +96,15 @@ def test_conv_autoencoder_on_mvtec_layout_with_masks(tmp_path):
     assert 0 <= result["false_reject_rate_ci95"][0] <= result["false_reject_rate_ci95"][1] <= 1
 
 
-def test_default_for_larger_images_is_the_segmenter(tmp_path):
+def test_default_for_larger_images_is_features_and_the_segmenter_stays_by_option(tmp_path):
     data = make_mvtec(tmp_path / "parts", n_train=12, n_good=4, n_bad=4)
     out = tmp_path / "models" / "parts"
-    result = run_cli("train", "--data", data, "--out", out, "--steps", "10")
+    result = run_cli("train", "--data", data, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = strict_json((out / "model.json").read_text())
+    assert manifest["kind"] == "features" and manifest["input"]["shape"] == [1, 224, 224, 1]
+    out = tmp_path / "models" / "seg"
+    result = run_cli("train", "--data", data, "--out", out, "--model", "segmenter", "--steps", "10")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = strict_json((out / "model.json").read_text())
     assert manifest["architecture"]["kind"] == "segmenter"
@@ -139,11 +144,14 @@ def test_unreadable_image(tmp_path):
     _assert_refused(run_cli("train", "--data", data, "--out", out, "--steps", "5"), "003.png", "not a readable image", out=out)
 
 
-def test_mixed_sizes_need_an_explicit_size(tmp_path):
+def test_mixed_sizes_are_resized_to_the_model_input_and_the_log_says_so(tmp_path):
     data = make_mvtec(tmp_path / "parts", n_train=6, n_good=2, n_bad=2)
     cv2.imwrite(str(data / "train" / "good" / "big.png"), np.zeros((80, 96), np.uint8))
     out = tmp_path / "models" / "x"
-    _assert_refused(run_cli("train", "--data", data, "--out", out), "mixed sizes", "--size", out=out)
+    result = run_cli("train", "--data", data, "--out", out, "--model", "conv", "--steps", "5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "images of 2 sizes (64x64, 96x80, ...): every image is resized to 128x128" in result.stderr
+    assert strict_json((out / "model.json").read_text())["input"]["shape"] == [1, 128, 128, 1]
 
 
 def test_npz_without_the_requested_class(tmp_path):

@@ -83,8 +83,10 @@ def add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("auto", *MODELS), default="auto",
                    help="dense: the study's autoencoder; conv: the SSIM-autoencoder layout of Bergmann et al.; "
                         "segmenter: a U-Net trained on synthetic defects pasted onto the good images, whose output "
-                        "is the anomaly map. auto: dense for gray images up to 32x32, else segmenter")
-    p.add_argument("--size", type=size, help="model input size, SIZE or HxW (default: native up to 32 px, else 128)")
+                        "is the anomaly map; features: an ImageNet MobileNetV2 backbone with a PaDiM head fitted on the "
+                        "good images. auto: dense for gray images up to 32x32, else features")
+    p.add_argument("--size", type=size, help="model input size, SIZE or HxW; every image is resized to it "
+                                             "(default: native up to 32 px, 224 for features, else 128)")
     p.add_argument("--color", choices=("gray", "rgb"), help="colour mode (default: detected from the images)")
     p.add_argument("--roi", type=roi, help="crop X,Y,W,H applied to every image before resizing")
     p.add_argument("--ignore-mask", type=Path, metavar="IMAGE",
@@ -98,13 +100,17 @@ def add_train(sub) -> argparse.ArgumentParser:
                    help="autoencoders' residual map (default l1, the study's); msgms: multi-scale gradient-magnitude similarity")
     p.add_argument("--reducer", choices=REDUCERS,
                    help="image score from the map (default: sum, the study's, for autoencoders; max for the segmenter)")
-    p.add_argument("--smoothing", dest="smoothing_sigma", type=number(float, 0.0), default=0.0, metavar="SIGMA",
-                   help="Gaussian blur of the residual map, pixels (default 0)")
+    p.add_argument("--smoothing", dest="smoothing_sigma", type=number(float, 0.0), default=None, metavar="SIGMA",
+                   help="Gaussian blur of the anomaly map, pixels (default 4 for features, else 0)")
     p.add_argument("--topk", dest="topk_fraction", type=number(float, 0.0, 1.0, low_open=True), default=0.01,
                    metavar="FRACTION", help="share of pixels for --reducer topk (default 0.01)")
     p.add_argument("--width", type=POSITIVE_INT,
                    help="hidden units (dense, default 392), base filters (conv 32, segmenter 8)")
     p.add_argument("--latent", type=POSITIVE_INT, help="latent size (dense 64, conv 100; the segmenter has none)")
+    p.add_argument("--head", choices=("auto", "padim", "patchcore"), default="auto",
+                   help="features: padim (a Gaussian per patch position; parts always in the same place) or patchcore "
+                        "(nearest good patch, position-free); auto: the one that best finds synthetic defects on "
+                        "held-out good images (default)")
     p.add_argument("--crop", type=number(int, 8), help="segmenter: train on random square crops of this size, then "
                                                        "run on the whole frame (default: whole frames)")
     p.add_argument("--steps", type=POSITIVE_INT, help="training steps (default 3000)")

@@ -14,6 +14,7 @@ from edge.core.inspector import Inspector
 from edge.core.scoring import fails
 from trainer import metrics
 from trainer.data import DataError, Dataset, Sample
+from trainer.per_class import per_class, pixel_parity
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def evaluate_bundle(bundle_dir: Path, dataset: Dataset, report_dir: Path, thread
     int8 = Inspector(bundle, threads=threads)
     float_model = Inspector(bundle, threads=threads, use_float_model=True)
     scored = score_samples(int8, dataset.test, bundle.preprocess.color, "scoring (int8)")
-    scored_float = score_samples(float_model, dataset.test, bundle.preprocess.color, "scoring (float)", keep_heats=False)
+    scored_float = score_samples(float_model, dataset.test, bundle.preprocess.color, "scoring (float)")
     float_threshold = bundle.metrics.get("parity", {}).get("float_threshold", bundle.calibration.threshold)
     result = summarize(bundle, scored, scored_float, float_threshold)
     staged = staging_dir(report_dir)
@@ -106,7 +107,11 @@ def summarize(bundle: Bundle, scored: ScoredSet, scored_float: ScoredSet, float_
         result["best_f1"] = {"threshold": best_t, **best}
     result.update(pixel_figures(scored, (bundle.preprocess.height, bundle.preprocess.width)))
     result["unscorable"] = sum(v == "unscorable" for v in scored.verdicts)  # scores still count in the figures
-    result["parity"] = parity(scored, scored_float, threshold, float_threshold)
+    shape = (bundle.preprocess.height, bundle.preprocess.width)
+    result["parity"] = {**parity(scored, scored_float, threshold, float_threshold),
+                        **pixel_parity(scored, scored_float, shape)}
+    if len(np.unique(scored.labels)) == 2:
+        result["per_class"] = per_class(scored, shape)
     result["calibration_method"] = bundle.calibration.method
     result["model"] = {"name": bundle.name, "sha256": bundle.model_sha256}
     return result

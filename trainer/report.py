@@ -135,6 +135,9 @@ def _rows(result: dict) -> list[tuple[str, str, str]]:
         rows.append((f"best-F1 point: {BEST_F1_LABELS.get(key, key)}", f"best_f1.{key}", _fmt(value)))
     for key, value in (result.get("parity") or {}).items():
         rows.append((f"int8 vs float: {key}", f"parity.{key}", _fmt(value)))
+    for name, row in (result.get("per_class") or {}).items():  # each defect class against the good images
+        for key, value in row.items():
+            rows.append((f"class {name}: {key}", f"per_class.{name}.{key}", _fmt(value)))
     return rows
 
 

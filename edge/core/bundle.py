@@ -94,10 +94,12 @@ class Bundle:
     @property
     def model_sha256(self) -> str:
         """What identifies the model in every payload: the only stage's sha256, or for several stages the
-        sha256 of their hashes in order (a shared backbone must not make two bundles look alike)."""
-        if len(self.stages) == 1:
-            return self.stages[0].sha256
-        return hashlib.sha256("\n".join(stage.sha256 for stage in self.stages).encode()).hexdigest()
+        sha256 of their hashes in order, a head file's last (a shared backbone must not make two bundles look alike)."""
+        head = self.architecture.get("head") if isinstance(self.architecture, dict) else None
+        hashes = [stage.sha256 for stage in self.stages] + ([head["sha256"]] if isinstance(head, dict) else [])
+        if len(hashes) == 1:
+            return hashes[0]
+        return hashlib.sha256("\n".join(map(str, hashes)).encode()).hexdigest()
 
     def stage_paths(self, use_float: bool = False) -> list[Path]:
         """The model files to run, in order."""
@@ -255,9 +257,10 @@ def load_bundle(path: str | Path, verify_float: bool = False) -> Bundle:
 
 
 def check_model_shapes(bundle: Bundle, input_shape: tuple[int, ...], output_shape: tuple[int, ...],
-                       expected_output: tuple[int, ...], model_path: Path) -> None:
+                       expected_output: tuple[int, ...], model_path: Path,
+                       expected_input: tuple[int, ...] | None = None) -> None:
     """The models must take and return exactly the shapes the manifest and its kind promise."""
-    expected = bundle.input_shape
+    expected = tuple(expected_input or bundle.input_shape)
     if tuple(input_shape) != expected or tuple(output_shape) != tuple(expected_output):
         raise BundleError(
             f"{model_path}: model takes {list(input_shape)} and returns {list(output_shape)}, "

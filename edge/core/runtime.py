@@ -51,7 +51,11 @@ class TFLiteStage:
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{self.path}: not a loadable TFLite model: {exc}") from None
         input_detail = self.interpreter.get_input_details()[0]
-        output_detail = self.interpreter.get_output_details()[0]
+        output_details = self.interpreter.get_output_details()
+        output_detail = output_details[0]
+        # Further outputs (a backbone cut at several layers), read by run_all: (index, unbatched shape, zero, scale).
+        self.extra_outputs = [(d["index"], tuple(int(v) for v in d["shape"][1:]), d["quantization"][1],
+                               np.float32(d["quantization"][0]), np.dtype(d["dtype"])) for d in output_details[1:]]
         self.input_index = input_detail["index"]
         self.output_index = output_detail["index"]
         self.input_shape = tuple(int(v) for v in input_detail["shape"])
@@ -89,19 +93,35 @@ class TFLiteStage:
         np.multiply(out, self._output_scale_f32, out=out)
         return out
 
-    def run(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
-        """One unbatched float input -> the unbatched, dequantized float output.
-
-        `pixels`, the same image as uint8, skips quantization when the model can take it as is.
-        """
+    def _invoke(self, x: np.ndarray | None, pixels: np.ndarray | None) -> None:
         if pixels is not None and self.takes_raw_uint8 and pixels.dtype == np.uint8:
             tensor = pixels
         else:
             tensor = self._quantize(x)
         self.interpreter.set_tensor(self.input_index, tensor.reshape(self.input_shape))
         self.interpreter.invoke()
+
+    def run(self, x: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        """One unbatched float input -> the unbatched, dequantized float output.
+
+        `pixels`, the same image as uint8, skips quantization when the model can take it as is.
+        """
+        self._invoke(x, pixels)
         output = self.interpreter.get_tensor(self.output_index)
         return self._dequantize(output).reshape(self._unbatched_output_shape)
+
+    def run_all(self, x: np.ndarray | None, pixels: np.ndarray | None = None) -> list[np.ndarray]:
+        """Like run, for a model with several outputs: each one unbatched and dequantized, in the model's order."""
+        outputs = [self.run(x, pixels)]
+        for index, shape, zero, scale, dtype in self.extra_outputs:
+            output = self.interpreter.get_tensor(index)
+            if dtype != np.float32:
+                output = output.astype(np.float32)
+                if zero:
+                    np.subtract(output, np.float32(zero), out=output)
+                np.multiply(output, scale, out=output)
+            outputs.append(output.reshape(shape))
+        return outputs
 
 
 class StageChain:

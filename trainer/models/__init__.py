@@ -30,6 +30,10 @@ MODELS: dict[str, ModelChoice] = {choice.name: choice for choice in (
                 {"width": 32, "latent": 100, "batch_size": 16, "steps": 3000, "learning_rate": 5e-4, "crop": 0}),
     ModelChoice("segmenter", "segmenter", "segmenter", None, "max",
                 {"width": 8, "latent": 0, "batch_size": 8, "steps": 3000, "learning_rate": 2e-3, "crop": 0}),
+    # Nothing to train by gradient descent: statistics of ImageNet features. PaDiM's smoothing, sigma 4 px.
+    ModelChoice("features", "features", "features", None, "max",
+                {"width": 0, "latent": 0, "batch_size": 0, "steps": 0, "learning_rate": 0.0, "crop": 0,
+                 "smoothing_sigma": 4.0}),
 )}
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 from edge.core.bundle import MANIFEST_NAME, Bundle, BundleError
 from edge.core.pipelines.autoencoder import AutoencoderPipeline
 from edge.core.pipelines.base import Pipeline, PipelineOutput
+from edge.core.pipelines.features import FeaturesPipeline
 from edge.core.pipelines.segmenter import SegmenterPipeline
 
-PIPELINES: dict[str, type[Pipeline]] = {cls.kind: cls for cls in (AutoencoderPipeline, SegmenterPipeline)}
+PIPELINES: dict[str, type[Pipeline]] = {cls.kind: cls for cls in (AutoencoderPipeline, SegmenterPipeline,
+                                                                  FeaturesPipeline)}
 
 
 def open_pipeline(bundle: Bundle, threads: int = 1, use_float_model: bool = False) -> Pipeline:

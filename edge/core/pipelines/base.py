@@ -28,7 +28,11 @@ class Pipeline:
         paths = bundle.stage_paths(use_float_model)
         self.chain = StageChain(paths, threads=threads)
         check_model_shapes(bundle, self.chain.input_shape, self.chain.output_shape, self.output_shape(),
-                           paths[0] if len(paths) == 1 else bundle.path)
+                           paths[0] if len(paths) == 1 else bundle.path, self.model_input_shape())
+
+    def model_input_shape(self) -> tuple[int, ...]:
+        """The first stage's input shape this kind needs: the bundle's input, unless the kind adapts it."""
+        return self.bundle.input_shape
 
     def output_shape(self) -> tuple[int, ...]:
         """The last stage's output shape this kind needs, batch dimension included."""

@@ -1,0 +1,132 @@
+"""The `features` kind: an ImageNet MobileNetV2 (models/backbones/) and a head fitted on its patch features.
+
+Nothing is trained by gradient descent: the head's statistics come from the good images' features, extracted by
+the int8 backbone through the device's own code (edge.core.pipelines.features.BackboneFeatures), so the device
+scores exactly the features the head was fitted on. Heads: `padim` (a Gaussian per patch position) and
+`patchcore` (a coreset of good patches); edge.core.feature_heads runs them.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.core.bundle import Stage, sha256_of
+from edge.core.feature_heads import HEAD_FILE
+from edge.core.files import write_bytes_atomic
+from edge.core.pipelines.features import BackboneFeatures
+from edge.core.runtime import TFLiteStage
+from trainer import backbones
+from trainer.models.feature_fit import choose_head, fit_padim, fit_patchcore
+from trainer.synthetic import DefectSynthesizer
+
+logger = logging.getLogger(__name__)
+
+BACKBONE_NAME = "backbone.tflite"
+BACKBONE_FLOAT_NAME = "backbone_float.tflite"
+HOLDOUT_FRACTION = 0.15  # of the training images, held out to choose the head when none is given
+MIN_HOLDOUT = 8
+
+
+@dataclass
+class FittedFeatures:
+    """What `fit` hands to `export` and `architecture`."""
+
+    backbone_int8: bytes
+    backbone_float: bytes
+    head_type: str
+    arrays: dict[str, np.ndarray]
+    input_scale: float
+    input_zero: float
+    layer_channels: list[int]
+    details: dict = field(default_factory=dict)
+    head_sha256: str = ""
+
+
+def _backbone(size: tuple[int, int]) -> tuple[bytes, bytes]:
+    height, width = size
+    cut = backbones.backbone_path().read_bytes()
+    sized = backbones.with_input_size(cut, height, width)
+    return sized, backbones.float_twin(sized)
+
+
+def open_extractor(model_bytes: bytes, folder: Path, threads: int) -> BackboneFeatures:
+    """The device's feature extractor on a backbone file written to `folder`."""
+    path = folder / BACKBONE_NAME
+    path.write_bytes(model_bytes)
+    stage = TFLiteStage(path, threads=threads)
+    scale, zero = stage.input_scale, stage.input_zero
+    return BackboneFeatures(stage, scale, zero)
+
+
+def extract(extractor: BackboneFeatures, x: np.ndarray, desc: str = "features"):
+    """Yield (positions, channels) float32 features for every image, with a progress bar."""
+    for image in tqdm(x, desc=desc, unit="img", leave=False, mininterval=0.5):
+        pixels = np.rint(image * 255.0).astype(np.uint8)  # the uint8 frame the device sees (x is pixels / 255)
+        yield extractor(image, pixels)
+
+
+def _synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int) -> np.ndarray:
+    synthesizer = DefectSynthesizer(images.shape[1:], donors, seed=seed)
+    return np.stack([synthesizer(image)[0] for image in images])
+
+
+def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, budget: int) -> tuple[str, dict]:
+    """--head, or with none given the head that best finds synthetic defects on held-out good images."""
+    if options.head != "auto":
+        return options.head, {"reason": f"{options.head}: chosen with --head"}
+    order = np.random.default_rng(options.seed).permutation(len(x_train))
+    n_hold = max(MIN_HOLDOUT, int(round(len(x_train) * HOLDOUT_FRACTION)))
+    if len(x_train) - n_hold < MIN_HOLDOUT:
+        return "padim", {"reason": f"padim: too few images ({len(x_train)}) to hold some out and measure"}
+    held, kept = order[:n_hold], order[n_hold:]
+    defective = _synthetic_defects(x_train[held], x_train[kept], options.seed)
+    defect_features = np.stack(list(extract(extractor, defective, "synthetic defects")))
+    return choose_head(features[kept], features[held], defect_features, budget, options.seed)
+
+
+def fit(options, x_train: np.ndarray) -> FittedFeatures:
+    int8_bytes, float_bytes = _backbone(options.size)
+    with tempfile.TemporaryDirectory(prefix="lineguard-backbone-") as folder:
+        extractor = open_extractor(int8_bytes, Path(folder), options.threads)
+        positions = extractor.grid[0] * extractor.grid[1]
+        layer_channels = [extractor.stage.output_shape[-1], *(s[-1] for _, s, *_ in extractor.stage.extra_outputs)]
+        logger.info("backbone: ImageNet MobileNetV2 cut at stride 8 and 16, %d patches of %d channels per image",
+                    positions, extractor.channels)
+        features = np.stack(list(extract(extractor, x_train)))
+        budget = len(int8_bytes) + len(float_bytes)
+        head_type, choice = _pick_head(options, x_train, features, extractor, budget)
+        scale, zero = extractor.input_scale, extractor.input_zero
+    logger.info("head: %s", choice["reason"])
+    if head_type == "padim":
+        arrays, details = fit_padim(features, budget)
+    else:
+        arrays, details = fit_patchcore(features, options.seed)
+    logger.info("%s head fitted: %s", head_type, details)
+    return FittedFeatures(int8_bytes, float_bytes, head_type, arrays, float(scale), float(zero), layer_channels,
+                          {**details, "choice": choice})
+
+
+def export(model: FittedFeatures, x_train: np.ndarray, folder: Path, seed: int) -> list[Stage]:
+    """The sized int8 backbone, its float twin and the head file; the head's hash goes into the architecture."""
+    write_bytes_atomic(folder / BACKBONE_NAME, model.backbone_int8)
+    write_bytes_atomic(folder / BACKBONE_FLOAT_NAME, model.backbone_float)
+    with open(folder / HEAD_FILE, "wb") as handle:
+        np.savez(handle, **model.arrays)
+    model.head_sha256 = sha256_of(folder / HEAD_FILE)
+    return [Stage(BACKBONE_NAME, quantization="int8", float_file=BACKBONE_FLOAT_NAME)]
+
+
+def architecture(options, model: FittedFeatures) -> dict:
+    return {
+        "kind": options.model,
+        "backbone": {"name": "MobileNetV2 1.0 (ImageNet), TF2 post-training int8", "file": backbones.BACKBONE_FILE,
+                     "layers": list(backbones.CUT_TENSORS), "strides": list(backbones.STRIDES),
+                     "channels": model.layer_channels, "input_scale": model.input_scale,
+                     "input_zero": model.input_zero},
+        "head": {"type": model.head_type, "file": HEAD_FILE, "sha256": model.head_sha256, **model.details},
+    }
