@@ -20,9 +20,10 @@ POLYGON = [[0, 0], [40, 0], [40, 30], [0, 30]]  # frame pixels, top-left of a 64
 
 @pytest.fixture(scope="module")
 def parts_bundle(tmp_path_factory):
-    """A small conv bundle on the committed synthetic parts, with an ignore polygon in its training spec."""
+    """A small conv bundle on the committed synthetic parts, with an ignore polygon in its training spec (named:
+    the default for such images is the features kind, whose max-reduced score the polygon need not move)."""
     out = tmp_path_factory.mktemp("models") / "parts"
-    result = run_cli("train", "--data", PARTS, "--out", out, "--steps", "30", "--size", "32",
+    result = run_cli("train", "--data", PARTS, "--out", out, "--model", "conv", "--steps", "30", "--size", "32",
                      "--ignore-polygons", json.dumps([POLYGON]))
     assert result.returncode == 0, result.stderr[-2000:]
     return out
