@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import signal
 
+import cv2
+import numpy as np
 import pytest
 
+from edge.feedback import FeedbackStore, HeldFrame, RecentFrames
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
-from tests.support.helpers import run_cli
+from tests.support.helpers import MNIST_SMALL, SAMPLES, run_cli
 from tests.test_reload import replies
 
 WAIT_S = 60.0
@@ -58,3 +61,43 @@ def check_folder_and_retrain(tmp_path, verdicts: list[dict]) -> None:
     assert (out / "model.json").is_file() and (out / "model.tflite").is_file()
     scored = run_cli("score", "--model", str(out), *map(str, goods[:2] + nines[:2]))
     assert scored.returncode == 0 and len(scored.stdout.splitlines()) == 4
+
+
+def false_rejects_filed(folder, images) -> int:
+    """The feedback folder as the station writes it: each image labelled "good part (false reject)"."""
+    frames = RecentFrames(max_bytes=1 << 20)
+    store = FeedbackStore(folder, frames)
+    try:
+        for seq, path in enumerate(images, start=1):
+            frames.add(HeldFrame(seq, cv2.imread(str(path), cv2.IMREAD_UNCHANGED), path.name, 30.0, "fail", 21.7,
+                                 {"name": "mnist-1", "sha256": "ab" * 32}, "2026-01-01T00:00:00.000Z"))
+            store.write(seq, "good")
+    finally:
+        store.close()
+    return len(images)
+
+
+def test_extra_good_adds_the_feedback_folders_false_rejects_to_the_training_images(tmp_path):
+    first = false_rejects_filed(tmp_path / "feedback-a", sorted(SAMPLES.glob("*digit1.png"))[:3])
+    second = false_rejects_filed(tmp_path / "feedback-b", sorted(SAMPLES.glob("*digit1.png"))[3:5])
+    with np.load(MNIST_SMALL) as data:
+        original = int(np.sum(data["y_train"] == 1))
+    out = tmp_path / "retrained"
+    trained = run_cli("train", "--data", MNIST_SMALL, "--extra-good", tmp_path / "feedback-a",
+                      "--extra-good", tmp_path / "feedback-b", "--out", out, "--steps", "10", "--val-fraction", "0")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    provenance = json.loads((out / "model.json").read_text())["provenance"]
+    assert provenance["train_images"] == original + first + second, provenance
+    for folder, count in (("feedback-a", first), ("feedback-b", second)):
+        said = f"+ {count} extra good images from {tmp_path / folder}"
+        assert said in provenance["data"] and said in trained.stderr, (provenance["data"], trained.stderr[-2000:])
+
+
+def test_extra_good_without_train_good_images_is_refused_before_training(tmp_path):
+    (tmp_path / "feedback" / "test" / "scratch").mkdir(parents=True)
+    out = tmp_path / "retrained"
+    refused = run_cli("train", "--data", MNIST_SMALL, "--extra-good", tmp_path / "feedback", "--out", out)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    message = refused.stderr.strip().splitlines()[-1]
+    assert str(tmp_path / "feedback" / "train" / "good") in message and "--extra-good" in message, message
+    assert not out.exists()

@@ -5,6 +5,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -124,6 +125,24 @@ def test_status_is_retained_online_after_connect(broker, make_collector, make_li
 
     assert link.publish("stats", b'{"frames": 3}')
     assert live.wait_for(lambda ms: any(m.topic == f"{BASE_TOPIC}/stats" for m in ms), WAIT_S)
+
+
+def nagle_disabled(link: MqttLink) -> bool:
+    sock = link._client.socket()
+    return sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_the_broker_socket_sends_small_packets_at_once_on_every_connection(broker, make_link) -> None:
+    """TCP_NODELAY on the live socket: a trigger reply is not held back by Nagle's algorithm, after a
+    reconnect either."""
+    link = make_link(settings_for(broker))
+    assert link.wait_connected(WAIT_S)
+    assert nagle_disabled(link)
+    first_session = link.session
+    broker.stop()
+    broker.start()
+    assert wait_until(lambda: link.connected and link.session != first_session, WAIT_S)
+    assert nagle_disabled(link)
 
 
 @pytest.mark.parametrize(("clean", "final_status"), [(True, b"offline"), (False, b"offline")])

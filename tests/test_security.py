@@ -253,6 +253,23 @@ def test_tls_with_a_ca_file_delivers_and_rejects_an_untrusted_or_misnamed_broker
     assert "lineguard-tls-misnamed" not in clients
 
 
+def test_a_tls_link_sends_without_nagle_delay_too(pki, make_broker):
+    """TCP_NODELAY is set on the socket under TLS as well (paho wraps the TCP socket it opened)."""
+    from edge.config.broker import MqttConfig
+    from edge.publish.mqtt import MqttLink
+    from tests.test_mqtt import nagle_disabled
+
+    broker = make_broker(tls_listener(None, pki["ca"], pki["broker_cert"], pki["broker_key"]))
+    link = MqttLink(MqttConfig(host=LOCALHOST, port=broker.port, **tls_settings(pki["ca"])), "lg/tls",
+                    client_id="lineguard-tls-nodelay")
+    link.start()
+    try:
+        assert link.wait_connected(15), broker.log_text()
+        assert nagle_disabled(link)
+    finally:
+        link.stop()
+
+
 @pytest.mark.slow
 def test_a_broker_that_requires_a_client_certificate(tmp_path, pki, make_broker):
     plain_port = free_port()

@@ -11,7 +11,8 @@ from tests.support.helpers import MNIST_SMALL, ROOT, run_cli
 from trainer.train import TrainOptions
 
 EX_CONFIG = 78
-TRAIN_ONLY_OPTIONS = {"verbose", "command", "handler", "data", "normal", "anomaly", "out", "force"}  # not model options
+TRAIN_ONLY_OPTIONS = {"verbose", "command", "handler", "data", "normal", "anomaly", "out", "force",
+                      "extra_good"}  # not model options
 
 WITHOUT_THE_TRAIN_EXTRA = """
 import sys

@@ -146,3 +146,16 @@ def test_a_trigger_with_no_frame_in_time_is_answered_so(tmp_path, broker, make_c
     assert results(collector) == []  # the buffered frame, older than the trigger, was not inspected
     camera.paused.clear()
     finish(daemon)
+
+
+def test_a_live_camera_reports_running_once_frames_flow(tmp_path, broker, make_collector, camera):
+    """A stream that works from its first connection says `running` on the state topic, as a replay does
+    (no change of state inside the grabber, yet the station has said `starting` until then)."""
+    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url, "path": None})
+    collector = make_collector(broker, [f"{BASE}/state"])
+    daemon = DaemonProcess(config)
+    sources = lambda: [strict_json(p)["source"] for p in collector.payloads(f"{BASE}/state")]  # noqa: E731
+    assert collector.wait_for(lambda m: "running" in sources(), 30), (sources(), daemon.log()[-3000:])
+    assert camera.sent > 0 and "reconnecting" not in sources(), sources()
+    finish(daemon)
+    assert collector.wait_for(lambda m: sources()[-1] == "stopped", 15), sources()

@@ -75,6 +75,9 @@ def add_train(sub) -> argparse.ArgumentParser:
                                    "threshold on the int8 model's own scores and write a bundle with its report. "
                                    "The bundle appears at --out only when everything succeeded.")
     _add_data_args(p)
+    p.add_argument("--extra-good", action="append", type=Path, default=[], metavar="DIR",
+                   help="an MVTec-layout folder, such as the station's feedback folder, whose train/good images "
+                        "join the training images of --data; repeatable")
     p.add_argument("--out", required=True, type=Path,
                    help="bundle folder to write, e.g. models/bottle; an earlier bundle there is replaced, "
                         "any other non-empty folder is refused")
@@ -152,10 +155,10 @@ def options_from_args(options_type: type, args: argparse.Namespace):
     return options_type(**{f.name: given[f.name] for f in fields(options_type) if f.name in given})
 
 
-def _load_data(args):
-    from trainer.data import load_dataset, summarize
+def _load_data(args, extra_good: list[Path] = ()):
+    from trainer.data import add_extra_good, load_dataset, summarize
 
-    dataset = load_dataset(args.data, normal=args.normal, anomaly=args.anomaly)
+    dataset = add_extra_good(load_dataset(args.data, normal=args.normal, anomaly=args.anomaly), extra_good)
     logging.getLogger("lineguard").info("%s", summarize(dataset))
     return dataset
 
@@ -170,9 +173,10 @@ def cmd_train(args) -> int:
     from trainer.train import TrainOptions, train_bundle
 
     args.out = Path(os.path.abspath(args.out))  # "." and ".." have no name to publish under
-    check_output_dir(args.out, "bundle", force=args.force, keep=(args.data,))  # before any training time is spent
+    # before any training time is spent
+    check_output_dir(args.out, "bundle", force=args.force, keep=(args.data, *args.extra_good))
 
-    result = train_bundle(_load_data(args), args.out, options_from_args(TrainOptions, args))
+    result = train_bundle(_load_data(args, args.extra_good), args.out, options_from_args(TrainOptions, args))
     _print_summary(result)
     print(f"bundle written to {args.out}; report: {args.out / 'report' / 'index.html'}")
     return EX_OK

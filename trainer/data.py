@@ -279,6 +279,17 @@ def load_dataset(path: str | Path, normal: int = 1, anomaly: list[int] | None = 
     raise DataError(f"{root}: expected an MVTec-layout folder, a .npz file or a folder of IDX files")
 
 
+def add_extra_good(dataset: Dataset, folders: list[Path]) -> Dataset:
+    """Add the ``train/good`` images of more MVTec-layout folders (the station's feedback folder) to the
+    training images, as they are: read in the data's colour mode and resized like every other image."""
+    for folder in folders:
+        files = _require_images(folder / "train" / "good", "good images for --extra-good")
+        dataset.train += [Sample(name=f"extra-good/{folder.name}/{p.name}", path=p) for p in files]
+        dataset.sizes |= image_sizes(files)
+        dataset.description += f" + {len(files)} extra good images from {folder}"
+    return dataset
+
+
 def summarize(dataset: Dataset) -> str:
     counts = Counter(s.defect for s in dataset.test)
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

@@ -146,6 +146,7 @@ class LiveSource:
         self._dropped = 0
         self._reconnects = 0
         self._state = STATE_RUNNING
+        self._running_reported = False  # the station says "starting" until the first frames are reported
         self._last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"capture-{config.kind}", daemon=True)
         self._thread.start()
@@ -256,7 +257,8 @@ class LiveSource:
 
     def _set_state(self, state: str, detail: str) -> None:
         with self._lock:
-            changed = state != self._state
+            changed = state != self._state or (state == STATE_RUNNING and not self._running_reported)
+            self._running_reported |= state == STATE_RUNNING
             self._state = state
             if detail:
                 self._last_error = detail

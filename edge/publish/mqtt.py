@@ -6,20 +6,22 @@ and as the last will, the payloads Home Assistant's availability expects),
 receives commands under ``<base>/cmd/`` and reconnects with backoff on its own.
 edge.publish.sender drains the durable outbox through it. MQTT 5 by default
 (``mqtt.protocol``), so heatmaps can carry user properties; 3.1.1 on request.
+The paho client itself (TLS, backoff, last will, TCP_NODELAY) is set up by edge.publish.mqtt_client.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.publish.mqtt_client import build_client
 
 if TYPE_CHECKING:
     from edge.config.broker import MqttConfig
@@ -222,30 +224,10 @@ class MqttLink:
     # -- paho plumbing --------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        config = self.config
-        # MQTT 5 has no clean_session flag: connect_async's clean_start and a session expiry of 0 do the same.
-        version5 = config.protocol == "5"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=None if version5 else True,
-                             protocol=mqtt.MQTTv5 if version5 else mqtt.MQTTv311)
-        # A bug in a callback must be logged (see _on_log), never end the network thread.
-        client.suppress_exceptions = True
+        client = build_client(self.config, self.client_id, self._password,
+                              will=(self.status_topic, STATUS_OFFLINE, STATUS_QOS))
         client.on_log = self._on_log
         client.on_connect_fail = self._on_connect_fail
-        if config.username is not None:
-            client.username_pw_set(config.username, self._password)
-        tls = config.tls
-        if tls.enabled:
-            client.tls_set(
-                ca_certs=_path_or_none(tls.ca_file),
-                certfile=_path_or_none(tls.cert_file),
-                keyfile=_path_or_none(tls.key_file),
-            )
-        elif tls.ca_file or tls.cert_file:
-            logger.warning("TLS files are configured but mqtt.tls.enabled is false: connecting without TLS")
-        client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
-        client.max_inflight_messages_set(config.max_inflight)
-        client.will_set(self.status_topic, STATUS_OFFLINE, qos=STATUS_QOS, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -395,6 +377,3 @@ def _check_base_topic(base_topic: str) -> None:
     if any(wildcard in base_topic for wildcard in TOPIC_WILDCARDS):
         raise ValueError(f"base topic must not contain MQTT wildcards: {base_topic!r}")
 
-
-def _path_or_none(path: Path | None) -> str | None:
-    return None if path is None else str(path)
