@@ -206,8 +206,8 @@ def write_scores(path: Path, scored) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "defect", "label", "score", "verdict", "reason"])
-        for sample, score, verdict, reason in zip(scored.samples, scored.scores, scored.verdicts, scored.reasons):
-            writer.writerow([sample.name, sample.defect, sample.label, repr(float(score)), verdict, reason or ""])
+        for sample, score, decision, reason in zip(scored.samples, scored.scores, scored.verdicts, scored.reasons):
+            writer.writerow([sample.name, sample.defect, sample.label, repr(float(score)), decision, reason or ""])
 
 
 def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, result: dict) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -91,7 +90,7 @@ class LoggedProcess:
             self._copier.join(5)  # the last lines may still be in the pipe
         return text in self.log()
 
-    def signal(self, sig: signal.Signals) -> None:
+    def signal(self, sig: int) -> None:  # a signal.Signals member
         self.process.send_signal(sig)
 
     def wait(self, timeout_s: float = 60) -> int:
