@@ -83,10 +83,16 @@ def run() -> dict:
             "rounds": ROUNDS, "per_round": PER_ROUND,
             "ms_per_frame": rounded(path_ms, 3), "bare_backbone_ms": rounded(bare_ms, 3),
             "head_ms": rounded(head_ms, 3),
+            "head_statistics_mb": rounded(_head_bytes(inspector.pipeline.head) / 1e6, 2),
             "cpu_ms_per_frame": {"path": rounded(path_cpu, 3), "bare_backbone": rounded(bare_cpu, 3)},
             "pi_estimate_fps": pi,
         },
     }
+
+
+def _head_bytes(head) -> int:
+    """The head's arrays in memory: what the device reads for every frame (PaDiM) or keeps (bank)."""
+    return sum(value.nbytes for value in vars(head).values() if isinstance(value, np.ndarray))
 
 
 def _model_input(inspector, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +112,9 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
     return [
         ("Real-part bundle (magnetic-tile, features), whole frame, threads=1 (`realpart_ms_per_frame`)",
          f"{r.get('realpart_ms_per_frame')} ms", "", "", command),
-        ("   bare backbone / whole frame (`realpart_pipeline_efficiency`); head alone",
-         f"{r.get('realpart_pipeline_efficiency')}; {rp.get('head_ms')} ms", "", "", command),
+        ("   bare backbone / whole frame (`realpart_pipeline_efficiency`); head alone; head statistics in memory",
+         f"{r.get('realpart_pipeline_efficiency')}; {rp.get('head_ms')} ms; {rp.get('head_statistics_mb')} MB",
+         "", "", command),
         ("   Pi 4 / Pi 5 estimate, whole frame (range)",
          f"{pi4['central']} ({pi4['high']}-{pi4['low']}) / {pi5['central']} ({pi5['high']}-{pi5['low']}) fps",
          ">= 15 fps on a Pi 4", "met" if pi4["central"] >= 15 else "**not met**", command),

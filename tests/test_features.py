@@ -132,3 +132,20 @@ def test_backbone_script_cuts_resizes_and_dequantizes(tmp_path):
     real = (pixels.astype(np.float32) - int8.input_zero) * np.float32(int8.input_scale)
     for quantized, floating in zip(int8.run_all(real), float_.run_all(real)):
         assert np.corrcoef(quantized.ravel(), floating.ravel())[0, 1] > 0.99
+
+
+def test_padim_blocks_score_as_per_position_precisions_would():
+    """A covariance shared by each 2x2 block gives the distances of the same precision repeated per position."""
+    from edge.core.feature_heads import PadimHead, cell_order
+
+    rng = np.random.default_rng(0)
+    grid, channels = (6, 4), 5
+    mean = rng.normal(size=(24, channels)).astype(np.float32)
+    factors = rng.normal(size=(6, channels, channels))
+    precision = (factors @ factors.transpose(0, 2, 1)).astype(np.float32)
+    block_of = np.empty(24, int)
+    block_of[cell_order(grid, 2)] = np.repeat(np.arange(6), 4)
+    blocked = PadimHead(np.arange(channels), mean, precision, grid, 2)
+    per_position = PadimHead(np.arange(channels), mean, precision[block_of])
+    features = rng.normal(size=(24, channels)).astype(np.float32)
+    np.testing.assert_allclose(blocked.distances(features), per_position.distances(features), rtol=1e-5)

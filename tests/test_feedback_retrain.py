@@ -56,7 +56,8 @@ def check_folder_and_retrain(tmp_path, verdicts: list[dict]) -> None:
     # The evidence quota removed every evidence image; the labelled frames live apart and stay.
     assert list((tmp_path / "state" / "evidence").glob("*.jpg")) == []
     out = tmp_path / "retrained"
-    trained = run_cli("train", "--data", str(feedback), "--out", str(out), "--steps", "20", "--val-fraction", "0.25")
+    trained = run_cli("train", "--data", str(feedback), "--out", str(out), "--model", "dense", "--steps", "20",
+                      "--val-fraction", "0.25")
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (out / "model.json").is_file() and (out / "model.tflite").is_file()
     scored = run_cli("score", "--model", str(out), *map(str, goods[:2] + nines[:2]))

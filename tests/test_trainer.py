@@ -25,7 +25,7 @@ def mnist_bundle(tmp_path_factory):
     """A dense bundle trained briefly on the committed MNIST cut, through the real CLI."""
     out = tmp_path_factory.mktemp("models") / "small-1"
     result = run_cli("train", "--data", MNIST_SMALL, "--normal", "1", "--anomaly", "9", "--out", out,
-                     "--steps", "300", "--val-fraction", "0")
+                     "--model", "dense", "--steps", "300", "--val-fraction", "0")
     assert result.returncode == 0, result.stderr[-2000:]
     return out
 

@@ -87,7 +87,8 @@ def add_train(sub) -> argparse.ArgumentParser:
                    help="dense: the study's autoencoder; conv: the SSIM-autoencoder layout of Bergmann et al.; "
                         "segmenter: a U-Net trained on synthetic defects pasted onto the good images, whose output "
                         "is the anomaly map; features: an ImageNet MobileNetV2 backbone with a PaDiM head fitted on the "
-                        "good images. auto: dense for gray images up to 32x32, else features")
+                        "good images. auto: features for ordinary images; for images up to 32 px the dense "
+                        "autoencoder or features, whichever best finds synthetic defects on held-out good images")
     p.add_argument("--size", type=size, help="model input size, SIZE or HxW; every image is resized to it "
                                              "(default: native up to 32 px, 224 for features, else 128)")
     p.add_argument("--color", choices=("gray", "rgb"), help="colour mode (default: detected from the images)")
@@ -110,9 +111,10 @@ def add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--width", type=POSITIVE_INT,
                    help="hidden units (dense, default 392), base filters (conv 32, segmenter 8)")
     p.add_argument("--latent", type=POSITIVE_INT, help="latent size (dense 64, conv 100; the segmenter has none)")
-    p.add_argument("--head", choices=("auto", "padim", "patchcore"), default="auto",
+    p.add_argument("--head", choices=("auto", "padim", "patchcore", "knn"), default="auto",
                    help="features: padim (a Gaussian per patch position; parts always in the same place) or patchcore "
-                        "(nearest good patch, position-free); auto: the one that best finds synthetic defects on "
+                        "(nearest good patch, position-free) or knn (small images: the pooled image vector, mean "
+                        "distance to the 2 nearest good images); auto: the one that best finds synthetic defects on "
                         "held-out good images (default)")
     p.add_argument("--crop", type=number(int, 8), help="segmenter: train on random square crops of this size, then "
                                                        "run on the whole frame (default: whole frames)")

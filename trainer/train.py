@@ -18,7 +18,7 @@ from edge.core.inspector import Inspector
 from edge.core.preprocess import PreprocessSpec, preprocess
 from edge.core.quality import fit_limits, measure
 from edge.core.scoring import Calibration, ScoringSpec
-from trainer import metrics
+from trainer import metrics, small_choice
 from trainer.data import DataError, Dataset, Sample
 from trainer.evaluate import ScoredSet, score_samples, summarize
 from trainer.models import MODELS, module_for
@@ -40,7 +40,7 @@ class TrainOptions:
     """Everything `lineguard train` can be told; None means "choose from the data"."""
 
     name: str | None = None
-    model: str = "auto"  # auto | dense | conv | segmenter
+    model: str = "auto"  # auto | dense | conv | segmenter | features
     size: tuple[int, int] | None = None  # (height, width); None: native when small, else 128x128
     color: str | None = None  # None: from the data
     roi: tuple[int, int, int, int] | None = None
@@ -51,7 +51,7 @@ class TrainOptions:
     topk_fraction: float = 0.01
     width: int | None = None
     latent: int | None = None
-    head: str = "auto"  # features: padim | patchcore | auto (measured on held-out good images)
+    head: str = "auto"  # features: padim | patchcore | knn | auto (measured on held-out good images)
     crop: int | None = None  # segmenter: train on random square crops of this size, infer on the whole frame
     steps: int | None = None
     batch_size: int | None = None
@@ -72,7 +72,7 @@ class TrainOptions:
         out.color = self.color or dataset.color
         if out.model == "auto":
             # Measured on magnetic tile (README): ImageNet features beat every from-scratch model by far.
-            # MNIST-sized digits keep the study's dense model.
+            # train_bundle measures the choice for small images (trainer.small_choice); this is the fallback.
             small = max(max(size) for size in dataset.sizes) <= DENSE_MAX_SIDE and out.color == "gray"
             out.model = "dense" if small else "features"
         out.size = self.size or default_size(dataset, out.model)
@@ -107,6 +107,8 @@ def check_image_sizes(dataset: Dataset) -> None:
 def default_size(dataset: Dataset, model: str) -> tuple[int, int]:
     """The model input when --size is not given. Every image is resized to it, as the device resizes frames."""
     largest = max(max(size) for size in dataset.sizes)
+    if model == "features" and small_choice.is_small(dataset):
+        return small_choice.features_size(dataset)  # the backbone sees small images enlarged
     if len(dataset.sizes) == 1 and largest <= DENSE_MAX_SIDE:
         return next(iter(dataset.sizes))
     side = FEATURES_DEFAULT_SIDE if model == "features" else CONV_DEFAULT_SIDE
@@ -178,10 +180,14 @@ def _target_reach(n_good: int, target_frr: float) -> dict:
 
 def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict:
     """The whole job. Writes into a temporary folder and renames it to out_dir only when everything worked."""
+    fit_samples, val_samples = split_validation(dataset.train, options.val_fraction, options.seed)
+    model_choice = None
+    if options.model == "auto" and small_choice.is_small(dataset):
+        check_image_sizes(dataset)
+        options, model_choice = small_choice.choose(options, dataset, fit_samples)
     opts = options.resolved(dataset)
     spec = PreprocessSpec(color=opts.color, height=opts.size[0], width=opts.size[1], roi=opts.roi)
     scoring = ScoringSpec(opts.residual, opts.reducer, opts.smoothing_sigma, opts.topk_fraction)
-    fit_samples, val_samples = split_validation(dataset.train, opts.val_fraction, opts.seed)
     choice = MODELS[opts.model]
     logger.info("training a %s model (kind %s) on %d images (%s), %d held out", opts.model, choice.kind,
                 len(fit_samples), "x".join(map(str, spec.shape)), len(val_samples))
@@ -196,6 +202,8 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
             stages=kind_module.export(model, x_train, staged, opts.seed), preprocess=spec, scoring=scoring,
             calibration=Calibration(threshold=1.0), architecture=kind_module.architecture(opts, model),
         )
+        if model_choice is not None:
+            bundle.architecture["model_choice"] = model_choice
         bundle.quality = fit_limits([measure(x) for x in x_train])
         _add_ignore(bundle, opts, staged, dataset)
         save_manifest(bundle)
@@ -220,6 +228,14 @@ def _add_ignore(bundle: Bundle, opts: TrainOptions, staged: Path, dataset: Datas
         bundle.has_ignore_mask = True
 
 
+def _choices(architecture: dict) -> dict:
+    """What was chosen by measurement and why, for the report."""
+    head = architecture.get("head") or {}
+    found = {"model_choice": (architecture.get("model_choice") or {}).get("reason"),
+             "head_choice": (head.get("choice") or {}).get("reason")}
+    return {key: reason for key, reason in found.items() if reason}
+
+
 def _calibration_set(opts: TrainOptions, dataset: Dataset, fit: list[Sample], val: list[Sample]) -> list[Sample]:
     if opts.threshold_method == "best-f1":
         return dataset.test  # the study's protocol: the threshold with the best F1 on labelled data
@@ -242,6 +258,7 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
         scored = score_samples(int8, dataset.test, color, "evaluating (int8)")
         scored_float = score_samples(float_model, dataset.test, color, "evaluating (float)")
         result = summarize(bundle, scored, scored_float, float_threshold)
+        result.update(_choices(bundle.architecture))
         report_dir = bundle.path / "report"
         report_dir.mkdir()
         from trainer.report import write_report

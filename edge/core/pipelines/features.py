@@ -73,7 +73,8 @@ class FeaturesPipeline(Pipeline):
         except HeadError as exc:
             raise BundleError(str(exc)) from None
         positions = self.features.grid[0] * self.features.grid[1]
-        if loaded.positions != positions and head["type"] == "padim":
+        if head["type"] == "padim" and (loaded.positions != positions
+                                        or (loaded.cell > 1 and loaded.grid != self.features.grid)):
             raise BundleError(f"{bundle.path / head['file']}: holds {loaded.positions} patch positions, the "
                               f"backbone gives {positions} at {self.bundle.preprocess.width}x"
                               f"{self.bundle.preprocess.height}")
