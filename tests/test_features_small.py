@@ -62,7 +62,7 @@ def test_default_for_small_images_is_measured_between_autoencoder_and_features(t
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     choice = manifest["architecture"]["model_choice"]
     measured = choice["auroc_on_synthetic"]
-    assert {"dense", "features/knn", "features/padim", "features/patchcore"} == set(measured)
+    assert {"dense", "features/knn"} == set(measured)  # whole-image models only, for small images
     winner = max(measured, key=measured.get)
     assert choice["reason"].startswith(winner) and f"model: {choice['reason']}" in result.stderr
     assert manifest["kind"] == ("autoencoder" if winner == "dense" else "features")
