@@ -19,6 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from edge.config.broker import MqttConfig
+from edge.config.load import parse_config
 from edge.publish.mqtt import MqttLink
 from edge.publish.sender import OutboxSender
 from edge.publish.outbox import Outbox
@@ -135,7 +136,7 @@ def nagle_disabled(link: MqttLink) -> bool:
 def test_the_broker_socket_sends_small_packets_at_once_on_every_connection(broker, make_link) -> None:
     """TCP_NODELAY on the live socket: a trigger reply is not held back by Nagle's algorithm, after a
     reconnect either."""
-    link = make_link(settings_for(broker))
+    link = make_link(settings_for(broker, tcp_nodelay=True))
     assert link.wait_connected(WAIT_S)
     assert nagle_disabled(link)
     first_session = link.session
@@ -143,6 +144,16 @@ def test_the_broker_socket_sends_small_packets_at_once_on_every_connection(broke
     broker.start()
     assert wait_until(lambda: link.connected and link.session != first_session, WAIT_S)
     assert nagle_disabled(link)
+
+
+def test_nagle_stays_on_where_throughput_matters(broker, make_link) -> None:
+    """mqtt.tcp_nodelay: off keeps Nagle's algorithm, and null follows the trigger mode."""
+    link = make_link(settings_for(broker, tcp_nodelay=False))
+    assert link.wait_connected(WAIT_S)
+    assert not nagle_disabled(link)
+    resolved = {mode: parse_config(f"model: m\nsource: {{kind: folder, path: .}}\ntrigger: {{mode: {mode}}}\n")
+                .mqtt.tcp_nodelay for mode in ("continuous", "triggered")}
+    assert resolved == {"continuous": False, "triggered": True}
 
 
 @pytest.mark.parametrize(("clean", "final_status"), [(True, b"offline"), (False, b"offline")])

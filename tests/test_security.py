@@ -260,8 +260,8 @@ def test_a_tls_link_sends_without_nagle_delay_too(pki, make_broker):
     from tests.test_mqtt import nagle_disabled
 
     broker = make_broker(tls_listener(None, pki["ca"], pki["broker_cert"], pki["broker_key"]))
-    link = MqttLink(MqttConfig(host=LOCALHOST, port=broker.port, **tls_settings(pki["ca"])), "lg/tls",
-                    client_id="lineguard-tls-nodelay")
+    link = MqttLink(MqttConfig(host=LOCALHOST, port=broker.port, tcp_nodelay=True, **tls_settings(pki["ca"])),
+                    "lg/tls", client_id="lineguard-tls-nodelay")
     link.start()
     try:
         assert link.wait_connected(15), broker.log_text()

@@ -295,6 +295,14 @@ class Config(BaseModel):
     def _resolve_model(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve(value, info)
 
+    @field_validator("mqtt")
+    @classmethod
+    def _resolve_nodelay(cls, value: MqttConfig, info: ValidationInfo) -> MqttConfig:
+        trigger = info.data.get("trigger")
+        if value.tcp_nodelay is None and trigger is not None:
+            return value.model_copy(update={"tcp_nodelay": trigger.mode != "continuous"})
+        return value
+
     @field_validator("homeassistant")
     @classmethod
     def _discovery_needs_mqtt(cls, value: HomeAssistantConfig, info: ValidationInfo) -> HomeAssistantConfig:

@@ -39,7 +39,8 @@ def build_client(config: MqttConfig, client_id: str, password: str | None,
     client.max_inflight_messages_set(config.max_inflight)
     will_topic, will_payload, will_qos = will
     client.will_set(will_topic, will_payload, qos=will_qos, retain=True)
-    client.on_socket_open = disable_nagle
+    if config.tcp_nodelay:  # null (a link built without a whole config) counts as off, Nagle's default
+        client.on_socket_open = disable_nagle
     return client
 
 
@@ -47,7 +48,8 @@ def disable_nagle(client: mqtt.Client, userdata: object, sock: socket.socket) ->
     """paho's on_socket_open, called on every new connection before CONNECT is sent.
 
     A trigger reply or a result is one small packet: with Nagle's algorithm the kernel holds it until the
-    broker acknowledges the packet before it (measured: about 10 ms per trigger answer).
+    broker acknowledges the packet before it (measured: about 10 ms per trigger answer). Each publish is then
+    a segment of its own, which costs throughput (mqtt.tcp_nodelay).
     """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,5 +1,5 @@
-"""What the station page shows, gathered by a sink on its own thread (edge.publish.sinks): the latest verdict,
-the recent verdicts, and the frames kept lossless for feedback. The inspection loop only hands over references.
+"""What the station page shows, gathered by an inline sink (edge.publish.sinks): the latest verdict, the recent
+verdicts, and the frames kept lossless for feedback. The inspection loop only hands over references.
 The live picture is rendered only when a viewer asks for it (at most web.live_fps times a second, however
 many viewers), so a station nobody watches spends nothing on JPEG encoding."""
 from __future__ import annotations
@@ -15,7 +15,6 @@ import cv2
 from edge.feedback import HeldFrame, RecentFrames
 from edge.publish.sinks import VerdictEvent, VerdictSink
 
-LIVE_QUEUE_EVENTS = 64
 LIVE_JPEG_QUALITY = 80
 FAIL_COLOR_BGR = (0, 0, 255)
 PASS_COLOR_BGR = (0, 180, 0)
@@ -67,10 +66,11 @@ class LiveView:
 
 
 class LiveSink(VerdictSink):
-    """Feeds the station page. Never inline: a JPEG encode must not run in the frame loop."""
+    """Feeds the station page. Inline: it only keeps references (a deque entry, a held frame, the latest event),
+    cheaper than handing each verdict to a thread; the JPEG is encoded later, by a viewer's request."""
 
     name = "web"
-    queue_events = LIVE_QUEUE_EVENTS
+    inline = True
 
     def __init__(self, recent_verdicts: int, frames: RecentFrames | None, roi_of, live_fps: float) -> None:
         self.live = LiveView(self.picture, 1.0 / live_fps)
