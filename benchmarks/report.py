@@ -155,8 +155,20 @@ def trigger_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
              f"({trigger.get('source')})", "", "", "`python -m benchmarks.run --case 7`")]
 
 
+def station_page_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
+    page = r.get("station_page_256") or {}
+    if not page:
+        return []
+    open_ = page.get("efficiency_page_open")
+    met = "met" if open_ is not None and open_ >= page.get("goal", 0.9) else "**not met**"
+    return [("8. Pipeline efficiency 256x256 with the station page's live view open / page closed "
+             "(`pipeline_efficiency_256_page_open`)", f"{_fmt(open_)} / {_fmt(page.get('efficiency_page_closed'))}",
+             f">= {page.get('goal', 0.9)}", met, "`python -m benchmarks.run --case 8`")]
+
+
 def markdown(results: dict) -> str:
-    rows = headline_rows(results) + footprint_rows(results) + soak_rows() + trigger_rows(results)
+    rows = (headline_rows(results) + footprint_rows(results) + soak_rows() + trigger_rows(results)
+            + station_page_rows(results))
     table = ["| figure | value | goal | | command |", "|---|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     machine = results.get("machine") or {}
