@@ -162,5 +162,6 @@ def preflight_web(cfg: Config) -> list[str]:
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:
     """The MQTT link the config describes (not yet connected)."""
-    return MqttLink(cfg.mqtt, base_topic, on_command, on_connection, client_id=cfg.mqtt_client_id,
+    settings = cfg.mqtt.model_copy(update={"tcp_nodelay": cfg.mqtt_nodelay})  # resolved for this run's link
+    return MqttLink(settings, base_topic, on_command, on_connection, client_id=cfg.mqtt_client_id,
                     password=resolve_mqtt_password(cfg.mqtt))

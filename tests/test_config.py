@@ -118,8 +118,6 @@ def test_minimal_file_gives_defaults(tmp_path: Path):
             assert got[key] == tmp_path / default
         elif key == ("storage", "dir"):
             assert got[key] == tmp_path / "state"
-        elif key == ("mqtt", "tcp_nodelay"):
-            assert default is None and got[key] is (config.trigger.mode != "continuous")  # null follows the mode
         else:
             assert got[key] == default, key
 

@@ -152,7 +152,7 @@ def test_nagle_stays_on_where_throughput_matters(broker, make_link) -> None:
     assert link.wait_connected(WAIT_S)
     assert not nagle_disabled(link)
     resolved = {mode: parse_config(f"model: m\nsource: {{kind: folder, path: .}}\ntrigger: {{mode: {mode}}}\n")
-                .mqtt.tcp_nodelay for mode in ("continuous", "triggered")}
+                .mqtt_nodelay for mode in ("continuous", "triggered")}
     assert resolved == {"continuous": False, "triggered": True}
 
 

@@ -106,7 +106,7 @@ class MqttConfig(BaseModel):
         None,
         description="Send each packet at once (TCP_NODELAY): about 10 ms off every command reply, at about 15 % "
         "of the verdicts a second the link can carry. null = on when trigger.mode is triggered (replies "
-        "matter), off in continuous mode (throughput matters).",
+        "matter), off in continuous mode (throughput matters). Takes effect at the next start.",
     )
     heatmap: Literal["never", "fail", "always"] = Field(
         "fail", description="When to publish the JPEG heatmap overlay."

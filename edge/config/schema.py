@@ -295,14 +295,6 @@ class Config(BaseModel):
     def _resolve_model(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve(value, info)
 
-    @field_validator("mqtt")
-    @classmethod
-    def _resolve_nodelay(cls, value: MqttConfig, info: ValidationInfo) -> MqttConfig:
-        trigger = info.data.get("trigger")
-        if value.tcp_nodelay is None and trigger is not None:
-            return value.model_copy(update={"tcp_nodelay": trigger.mode != "continuous"})
-        return value
-
     @field_validator("homeassistant")
     @classmethod
     def _discovery_needs_mqtt(cls, value: HomeAssistantConfig, info: ValidationInfo) -> HomeAssistantConfig:
@@ -315,6 +307,11 @@ class Config(BaseModel):
     def feedback_dir(self) -> Path:
         """feedback.dir, or 'feedback' in storage.dir when unset."""
         return self.feedback.dir or self.storage.dir / "feedback"
+
+    @property
+    def mqtt_nodelay(self) -> bool:
+        """mqtt.tcp_nodelay, or when null: on in trigger mode, where replies matter, off in continuous mode."""
+        return self.mqtt.tcp_nodelay if self.mqtt.tcp_nodelay is not None else self.trigger.mode != "continuous"
 
     @property
     def mqtt_client_id(self) -> str:
