@@ -23,9 +23,10 @@ INTERRUPTED_EXIT = 130  # the shell's code for Ctrl-C
 DESCRIPTION = """\
 lineguard: visual inspection at the edge.
 
-Train a model on images of good parts only (an autoencoder, or a U-Net that learns synthetic defects),
-ship it as a calibrated int8 model bundle, and run the inspection daemon on a Raspberry Pi that
-publishes a pass/fail verdict per frame over MQTT.
+Train a model on images of good parts only (PaDiM, PatchCore or a nearest-neighbour head on an ImageNet
+backbone's features, or the study's autoencoder, chosen by measurement), ship it as a calibrated int8 model bundle, and run the
+inspection daemon on a Raspberry Pi that publishes a pass/fail verdict per frame over MQTT, serves a station
+page and drives reject outputs over GPIO or Modbus.
 """
 
 EPILOG = """\
