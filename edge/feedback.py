@@ -45,6 +45,11 @@ class HeldFrame:
     ts: str
 
 
+def label_folder(label: str, defect: str = "defect") -> Path:
+    """Where a labelled frame goes in the MVTec AD layout: train/good for a good part, test/<defect> otherwise."""
+    return Path("train/good" if label == "good" else f"test/{defect}")
+
+
 class RecentFrames:
     """The latest frames, lossless, within a byte budget. Thread-safe: a sink adds, feedback reads."""
 
@@ -118,7 +123,7 @@ class FeedbackStore:
             raise LookupError(f"seq {seq} is not among the frames kept lossless (the latest ones within "
                               "feedback.keep_frames_mb); label it sooner, or add the file with `lineguard feedback "
                               "--image`")
-        relative = Path("train/good" if label == "good" else f"test/{defect}") / f"{seq:09d}-{Path(held.name).stem}"
+        relative = label_folder(label, defect) / f"{seq:09d}-{Path(held.name).stem}"
         ok, png = cv2.imencode(".png", held.image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
         if not ok:
             raise ValueError(f"seq {seq}: frame could not be encoded as PNG")

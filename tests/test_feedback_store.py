@@ -77,6 +77,11 @@ def test_the_command_line_files_an_image_and_resets_a_stored_threshold_without_a
     assert added.returncode == 0, added.stderr
     copy = tmp_path / "state" / "feedback" / "train" / "good" / FRAMES[0].name
     assert copy.read_bytes() == FRAMES[0].read_bytes()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(FRAMES[0].read_bytes()[:40])  # a truncated PNG: refused, nothing filed
+    refused = run_cli("feedback", "--config", config, "good", "--image", broken)
+    assert refused.returncode == 65 and str(broken) in refused.stderr, refused.stderr
+    assert sorted(p.name for p in copy.parent.iterdir()) == [FRAMES[0].name]
     by_seq = run_cli("feedback", "--config", config, "good", "--seq", "3")
     assert by_seq.returncode == 75 and "no station page answers" in by_seq.stderr
     stored = tmp_path / "state" / THRESHOLD_FILE

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -93,6 +92,19 @@ def _config(path: Path):
         return None
 
 
+def _connect(client: PageClient, command: str) -> int | None:
+    """Open the page session: None when open; EX_CONFIG (said here) for a password problem; EX_TEMPFAIL when no
+    page answers, for the caller to handle."""
+    try:
+        client.open()
+    except PermissionError as exc:  # before OSError, of which it is one
+        print(f"lineguard {command}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OSError:
+        return EX_TEMPFAIL
+    return None
+
+
 def _answer(answer: dict) -> int:
     print(answer.get("reason", ""), file=sys.stdout if answer.get("ok") else sys.stderr)
     return EX_OK if answer.get("ok") else EX_DATAERR
@@ -105,12 +117,8 @@ def cmd_threshold(args) -> int:
     if cfg is None:
         return EX_CONFIG
     client = PageClient(cfg.web)
-    try:
-        client.open()
-    except PermissionError as exc:
-        print(f"lineguard threshold: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except OSError:
+    refused = _connect(client, "threshold")
+    if refused == EX_TEMPFAIL:
         if not args.reset:
             print(f"lineguard threshold: no station page answers at {client.base} (is the daemon running with "
                   "web.enabled?)", file=sys.stderr)
@@ -119,6 +127,8 @@ def cmd_threshold(args) -> int:
         print(f"{threshold_path(cfg.storage.dir)} {'removed' if removed else 'was not there'}; the daemon is not "
               "running and uses the configured or bundle threshold when it starts")
         return EX_OK
+    if refused is not None:
+        return refused
     if args.reset:
         return _answer(client.command("/api/threshold/reset", {}))
     return _answer(client.command("/api/threshold", {"threshold": args.value}))
@@ -131,15 +141,12 @@ def cmd_feedback(args) -> int:
     if args.image is not None:
         return _file_image(args.image, cfg.feedback_dir, args.label, args.defect)
     client = PageClient(cfg.web)
-    try:
-        client.open()
-    except PermissionError as exc:
-        print(f"lineguard feedback: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except OSError:
+    refused = _connect(client, "feedback")
+    if refused == EX_TEMPFAIL:
         print(f"lineguard feedback: no station page answers at {client.base}; use --image for a file",
               file=sys.stderr)
-        return EX_TEMPFAIL
+    if refused is not None:
+        return refused
     return _answer(client.command("/api/feedback", {"seq": args.seq, "label": args.label, "defect": args.defect}))
 
 
@@ -149,17 +156,16 @@ def _file_image(image: Path, folder: Path, label: str, defect: str) -> int:
 
     from edge.core.files import write_bytes_atomic
     from edge.core.preprocess import ImageError, read_image
+    from edge.feedback import label_folder
 
-    target = folder / ("train/good" if label == "good" else f"test/{defect}") / f"{image.stem}.png"
-    if image.suffix.lower() == ".png":
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(image, target)
-    else:
-        try:
-            pixels = read_image(image, "bgr")
-        except ImageError as exc:
-            print(f"lineguard feedback: {exc}", file=sys.stderr)
-            return EX_DATAERR
-        write_bytes_atomic(target, cv2.imencode(".png", pixels)[1].tobytes())
+    target = folder / label_folder(label, defect) / f"{image.stem}.png"
+    try:
+        pixels = read_image(image, "bgr")  # a file training could not read never enters the folder
+    except ImageError as exc:
+        print(f"lineguard feedback: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    # A PNG keeps its own bytes (depth, metadata); anything else becomes a PNG of what it decodes to.
+    data = image.read_bytes() if image.suffix.lower() == ".png" else cv2.imencode(".png", pixels)[1].tobytes()
+    write_bytes_atomic(target, data)
     print(f"{image} saved as {target}")
     return EX_OK
