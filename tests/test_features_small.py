@@ -2,16 +2,14 @@
 autoencoder and the features heads, trained through the CLI on the committed MNIST cut."""
 from __future__ import annotations
 
-import csv
 import json
 
-import cv2
 import numpy as np
 import pytest
 
 from edge.core.bundle import MANIFEST_NAME
 from edge.core.inspector import Inspector
-from tests.support.helpers import MNIST_SMALL, run_cli
+from tests.support.helpers import MNIST_SMALL, evaluated_digits_as_png, run_cli
 
 DIGITS = ("--data", MNIST_SMALL, "--normal", "1", "--anomaly", "9")
 
@@ -37,15 +35,7 @@ def test_knn_score_equals_evaluate_bit_for_bit(knn_bundle, tmp_path):
     report = tmp_path / "report"
     result = run_cli("evaluate", "--model", knn_bundle, *DIGITS, "--out", report)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = list(csv.DictReader((report / "scores.csv").open()))
-    with np.load(MNIST_SMALL) as data:
-        x_test = data["x_test"]
-    picks = rows[:5] + rows[-5:]
-    paths = []
-    for k, row in enumerate(picks):
-        path = tmp_path / f"{k:02d}.png"
-        cv2.imwrite(str(path), x_test[int(row["image"].rsplit("/", 1)[1])])  # names are test/<class>/<index>
-        paths.append(path)
+    picks, paths = evaluated_digits_as_png(report, tmp_path)
     scored = run_cli("score", "--model", knn_bundle, *paths)
     assert scored.returncode == 0, scored.stderr[-2000:]
     lines = [json.loads(line) for line in scored.stdout.splitlines()]

@@ -1,7 +1,6 @@
 """The trainer end to end on small committed data, and every bad input it must refuse cleanly."""
 from __future__ import annotations
 
-import csv
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.support.broker import strict_json
-from tests.support.helpers import MNIST_SMALL, make_mvtec, run_cli
+from tests.support.helpers import MNIST_SMALL, evaluated_digits_as_png, make_mvtec, run_cli
 from trainer import metrics
 
 pytestmark = pytest.mark.slow
@@ -59,15 +58,7 @@ def test_score_cli_matches_evaluate_exactly(mnist_bundle, tmp_path):
     report = tmp_path / "report"
     result = run_cli("evaluate", "--model", mnist_bundle, "--data", MNIST_SMALL, "--out", report)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = list(csv.DictReader((report / "scores.csv").open()))
-    with np.load(MNIST_SMALL) as data:
-        x_test = data["x_test"]
-    picks = rows[:5] + rows[-5:]
-    paths = []
-    for k, row in enumerate(picks):
-        path = tmp_path / f"{k:02d}.png"
-        cv2.imwrite(str(path), x_test[int(row["image"].rsplit("/", 1)[1])])  # names are test/<class>/<index>
-        paths.append(path)
+    picks, paths = evaluated_digits_as_png(report, tmp_path)
     probe = ("import sys; sys.argv = ['lineguard', 'score', '--model', %r] + %r; "
              "from edge.cli import main; code = main(); "
              "assert 'tensorflow' not in sys.modules, 'score imported tensorflow'; sys.exit(code)")

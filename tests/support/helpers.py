@@ -83,3 +83,20 @@ def make_mvtec(root: Path, n_train: int = 40, n_good: int = 8, n_bad: int = 8, s
         cv2.imwrite(str(root / f"test/scratch/{i:03d}.png"), image)
         cv2.imwrite(str(root / f"ground_truth/scratch/{i:03d}_mask.png"), mask)
     return root
+
+
+def evaluated_digits_as_png(report: Path, out: Path, count: int = 5) -> tuple[list[dict], list[Path]]:
+    """The first and last ``count`` rows of an MNIST_SMALL evaluation's scores.csv, and those test digits written
+    as PNG files, for comparing `lineguard score` with what `lineguard evaluate` computed."""
+    import csv
+
+    rows = list(csv.DictReader((report / "scores.csv").open()))
+    with np.load(MNIST_SMALL) as data:
+        x_test = data["x_test"]
+    picks = rows[:count] + rows[-count:]
+    paths = []
+    for k, row in enumerate(picks):
+        path = out / f"{k:02d}.png"
+        cv2.imwrite(str(path), x_test[int(row["image"].rsplit("/", 1)[1])])  # names are test/<class>/<index>
+        paths.append(path)
+    return picks, paths
