@@ -1,0 +1,131 @@
+"""The threshold from good images scored out of fold: the order statistic that holds a target false-reject rate,
+its confidence interval, and the good images that score like defects.
+
+Every training good image is scored by a model fitted without it (k-fold cross-fitting), so all of them count and
+none is scored by a model that has seen it. Folds come from a hash of each image's name: adding one image leaves
+every other image in its fold, so a retrain with one more good image moves the threshold by little.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.stats import beta, binom
+
+from trainer.metrics import CONFIDENCE, conformal_rank, min_good_for_target
+
+FOLDS = 5
+# A good image whose log score lies this many robust standard deviations (1.4826 MAD) above the median is listed
+# for a person to check, and at most OUTLIER_SHARE of the good images (at least one) are left out of the rank:
+# one glare or mislabelled image must not set the threshold on its own.
+OUTLIER_Z = 6.0
+OUTLIER_SHARE = 0.01
+MIN_GOOD_FOR_OUTLIERS = 20  # below this a median and MAD say too little to call anything unusual
+
+
+def fold_of(name: str, folds: int = FOLDS) -> int:
+    """The fold an image belongs to, from its name alone."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") % folds
+
+
+def fold_indices(names: list[str], folds: int = FOLDS) -> list[np.ndarray]:
+    """Indices per fold; empty folds are dropped (a handful of images may not fill every fold)."""
+    assigned = np.array([fold_of(name, folds) for name in names], dtype=np.int64)
+    return [np.flatnonzero(assigned == fold) for fold in range(folds) if np.any(assigned == fold)]
+
+
+def unusual_goods(scores: np.ndarray, z_limit: float = OUTLIER_Z, share: float = OUTLIER_SHARE) -> np.ndarray:
+    """Indices of good scores far above the rest (highest first), at most max(1, share * n) of them."""
+    n = len(scores)
+    if n < MIN_GOOD_FOR_OUTLIERS:
+        return np.empty(0, dtype=np.int64)
+    logs = np.log(np.maximum(scores, 1e-12))
+    median = float(np.median(logs))
+    spread = 1.4826 * float(np.median(np.abs(logs - median)))
+    if spread <= 0:
+        return np.empty(0, dtype=np.int64)
+    z = (logs - median) / spread
+    far = np.flatnonzero(z > z_limit)
+    far = far[np.argsort(-scores[far], kind="stable")]
+    return far[:max(1, int(math.floor(share * n)))]
+
+
+@dataclass
+class ThresholdChoice:
+    """The shipped threshold and what can be said about it."""
+
+    threshold: float
+    target_frr: float
+    n_good: int
+    rank: int  # the rank-th smallest kept good score passes; anything at or above threshold fails
+    reachable: bool  # enough good images to hold the target rate
+    add_good: int  # how many more good images the target needs (0 when reachable)
+    expected_frr: float  # the false-reject rate a new good part meets, expected
+    frr_interval: tuple[float, float]  # ... and its interval at CONFIDENCE
+    threshold_interval: tuple[float, float | None]  # where the target quantile of good scores lies; None: unbounded
+    unusual: list[int] = field(default_factory=list)  # indices into the good scores, highest first
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["frr_interval"] = list(self.frr_interval)
+        out["threshold_interval"] = list(self.threshold_interval)
+        return out
+
+
+def _quantile_interval(kept: np.ndarray, quantile: float) -> tuple[float, float | None]:
+    """Distribution-free interval of a quantile from order statistics (ranks from the binomial)."""
+    n = len(kept)
+    alpha = 1 - CONFIDENCE
+    low_rank = int(binom.ppf(alpha / 2, n, quantile))  # scores below the quantile: at least this many
+    high_rank = int(binom.ppf(1 - alpha / 2, n, quantile)) + 1
+    low = float(kept[max(low_rank, 1) - 1])
+    high = float(kept[high_rank - 1]) if high_rank <= n else None
+    return low, high
+
+
+def choose_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdChoice:
+    """The conformal threshold on out-of-fold good scores, unusual ones left out, with its intervals.
+
+    With n kept scores the ceil((n + 1)(1 - a))-th smallest is the threshold's last passing score: a new good part
+    fails with probability at most a. Its false-reject rate is Beta(n + 1 - r, r) distributed. With too few images
+    for the target the highest kept score is used: the best the data supports, with the rate it really holds.
+    """
+    scores = np.asarray(good_scores, dtype=np.float64)
+    if scores.size == 0 or not np.all(np.isfinite(scores)):
+        raise ValueError("calibration needs finite scores of at least one good image")
+    unusual = unusual_goods(scores)
+    kept = np.sort(np.delete(scores, unusual))
+    n, dropped = len(kept), len(unusual)
+    rank = conformal_rank(n, target_frr)
+    reachable = rank <= n
+    rank = min(rank, n)
+    threshold = float(np.nextafter(kept[rank - 1], np.inf))  # fail when >= threshold: the rank-th score passes
+    alpha = 1 - CONFIDENCE
+    tail, inside = n + 1 - rank, rank
+    share = dropped / scores.size  # unusual images stay rejected: count them in the rate
+    expected = share + (1 - share) * tail / (n + 1)
+    low = share + (1 - share) * float(beta.ppf(alpha / 2, tail, inside))
+    high = share + (1 - share) * float(beta.ppf(1 - alpha / 2, tail, inside))
+    add = 0 if reachable else min_good_for_target(target_frr) - n
+    choice = ThresholdChoice(
+        threshold=threshold, target_frr=target_frr, n_good=int(scores.size), rank=rank, reachable=reachable,
+        add_good=add, expected_frr=expected, frr_interval=(low, high),
+        threshold_interval=_quantile_interval(kept, 1 - target_frr), unusual=[int(i) for i in unusual])
+    choice.note = describe(choice)
+    return choice
+
+
+def describe(choice: ThresholdChoice) -> str:
+    """One sentence for people: what the threshold holds and, when short of images, how many to add."""
+    low, high = choice.frr_interval
+    held = (f"{choice.n_good} good images scored out of fold: a new good part is rejected with probability about "
+            f"{choice.expected_frr:.2%} ({low:.2%} to {high:.2%})")
+    if choice.unusual:
+        held += f"; {len(choice.unusual)} unusual good image(s) left out of the threshold, listed for a check"
+    if not choice.reachable:
+        held += (f"; the target {choice.target_frr:.2%} needs {choice.add_good} more good image(s), so the threshold "
+                 "sits just above the highest usual good score")
+    return held
