@@ -24,7 +24,8 @@ from trainer.models import MODELS
 TRAIN_EXTRA_HINT = "pip install 'lineguard[train]'"
 # Top-level modules that only the train extra installs; missing one means the extra is missing.
 TRAIN_EXTRA_MODULES = frozenset({"tensorflow", "keras", "sklearn", "scipy", "matplotlib", "tqdm"})
-SUMMARY_KEYS = ("image_auroc", "f1", "precision", "recall", "threshold", "pixel_auroc")
+SUMMARY_KEYS = ("defect_catch_rate", "false_reject_rate", "threshold", "image_auroc", "pixel_auroc")
+MIN_CATCH_DEFAULT = 0.9  # trainer.fitness.MIN_CATCH, restated so that --help needs no scientific stack
 
 
 def _classes(text: str) -> list[int]:
@@ -129,6 +130,7 @@ def add_train(sub) -> argparse.ArgumentParser:
                         "good images for --target-frr; auto: best-f1 when --anomaly classes define the test set, else good-quantile")
     p.add_argument("--target-frr", type=FRACTION, default=0.01, help="false-reject rate for good-quantile (default 0.01)")
     p.add_argument("--val-fraction", type=number(float, 0.0, 1.0, high_open=True), default=0.1, help="share of good training images held out for calibration (default 0.1)")
+    _add_min_catch(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same bundle")
     p.add_argument("--threads", type=POSITIVE_INT, default=2, help="interpreter threads for calibration (default 2)")
     p.set_defaults(handler=cmd_train)
@@ -146,6 +148,7 @@ def add_evaluate(sub) -> argparse.ArgumentParser:
                    help="report folder to write; an earlier report there is replaced, any other non-empty folder "
                         "is refused")
     p.add_argument("--force", action="store_true", help="replace REPORT_DIR even if it is not a lineguard report")
+    _add_min_catch(p)
     p.add_argument("--threads", type=POSITIVE_INT, default=2, help="interpreter threads (default 2)")
     p.set_defaults(handler=cmd_evaluate)
     return p
@@ -165,8 +168,21 @@ def _load_data(args, extra_good: list[Path] = ()):
     return dataset
 
 
+def _add_min_catch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--min-catch", type=FRACTION, default=MIN_CATCH_DEFAULT, metavar="FRACTION",
+                        help="share of test defects a model must catch at its threshold to be called fit "
+                             f"(default {MIN_CATCH_DEFAULT})")
+
+
 def _print_summary(result: dict) -> None:
-    print(json.dumps({k: result.get(k) for k in SUMMARY_KEYS}, allow_nan=False))
+    """The verdict in words, then one JSON line for scripts."""
+    from trainer.fitness import summary_lines
+
+    summary = result.get("fitness")
+    if summary:
+        print("\n".join(summary_lines(summary)))
+    figures = {k: result.get(k) for k in SUMMARY_KEYS}
+    print(json.dumps({"verdict": (summary or {}).get("verdict"), **figures}, allow_nan=False))
 
 
 @needs_train_extra
@@ -192,7 +208,7 @@ def cmd_evaluate(args) -> int:
     args.out = Path(os.path.abspath(args.out))
     check_output_dir(args.out, "report", force=args.force, keep=(args.data,), sealed=(args.model,))
 
-    result = evaluate_bundle(args.model, _load_data(args), args.out, threads=args.threads)
+    result = evaluate_bundle(args.model, _load_data(args), args.out, threads=args.threads, min_catch=args.min_catch)
     _print_summary(result)
     print(f"report written to {args.out / 'index.html'}")
     return EX_OK

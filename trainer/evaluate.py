@@ -12,7 +12,7 @@ from edge.core.bundle import Bundle, load_bundle, publish_dir, staging_dir
 from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
 from edge.core.scoring import fails
-from trainer import metrics
+from trainer import fitness, metrics
 from trainer.data import DataError, Dataset, Sample
 from trainer.per_class import per_class, pixel_parity
 
@@ -76,7 +76,8 @@ def parity(int8: ScoredSet, float_: ScoredSet, int8_threshold: float, float_thre
     }
 
 
-def evaluate_bundle(bundle_dir: Path, dataset: Dataset, report_dir: Path, threads: int = 2) -> dict:
+def evaluate_bundle(bundle_dir: Path, dataset: Dataset, report_dir: Path, threads: int = 2,
+                    min_catch: float = fitness.MIN_CATCH) -> dict:
     """`lineguard evaluate`: score the test set with the int8 and float models, write metrics and report."""
     if not dataset.test:
         raise DataError(f"{dataset.description}: no test images to evaluate")
@@ -88,7 +89,7 @@ def evaluate_bundle(bundle_dir: Path, dataset: Dataset, report_dir: Path, thread
     scored = score_samples(int8, dataset.test, bundle.preprocess.color, "scoring (int8)")
     scored_float = score_samples(float_model, dataset.test, bundle.preprocess.color, "scoring (float)")
     float_threshold = bundle.metrics.get("parity", {}).get("float_threshold", bundle.calibration.threshold)
-    result = summarize(bundle, scored, scored_float, float_threshold)
+    result = summarize(bundle, scored, scored_float, float_threshold, min_catch)
     staged = staging_dir(report_dir)
     from trainer.report import write_report
 
@@ -98,10 +99,14 @@ def evaluate_bundle(bundle_dir: Path, dataset: Dataset, report_dir: Path, thread
     return result
 
 
-def summarize(bundle: Bundle, scored: ScoredSet, scored_float: ScoredSet, float_threshold: float) -> dict:
-    """metrics.json: the study's figures at the bundle threshold, the best-F1 point, pixel figures, parity."""
+def summarize(bundle: Bundle, scored: ScoredSet, scored_float: ScoredSet, float_threshold: float,
+              min_catch: float = fitness.MIN_CATCH) -> dict:
+    """metrics.json: fit or not (catch and false-reject rates at the bundle threshold, per class, operating
+    points), the study's figures, the best-F1 point, pixel figures, parity."""
     threshold = bundle.calibration.threshold
-    result = metrics.image_metrics(scored.scores, scored.labels, threshold)
+    result = {"fitness": fitness.fitness(scored.scores, scored.labels, [s.defect for s in scored.samples], threshold,
+                                         fitness.calibration_facts(bundle.calibration.stats), min_catch)}
+    result.update(metrics.image_metrics(scored.scores, scored.labels, threshold))
     if len(np.unique(scored.labels)) == 2:
         best_t, best = metrics.best_f1_threshold(scored.scores, scored.labels)
         result["best_f1"] = {"threshold": best_t, **best}

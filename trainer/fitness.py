@@ -47,6 +47,15 @@ def operating_points(scores: np.ndarray, labels: np.ndarray, frrs=OPERATING_FRRS
     return points
 
 
+def calibration_facts(stats: dict | None) -> dict | None:
+    """What the verdict needs from a bundle's calibration statistics: the target and whether it was in reach."""
+    if not stats or stats.get("target_frr") is None:
+        return None
+    needed = max(int(stats.get("min_good_for_target") or 0) - int(stats.get("n_good") or 0), 0)
+    return {"target_frr": stats["target_frr"], "reachable": stats.get("target_frr_reachable", True),
+            "add_good": int(stats.get("add_good", needed))}
+
+
 def verdict(summary: dict, calibration: dict | None, min_catch: float = MIN_CATCH) -> dict:
     """"fit", "not fit" or "not enough good images", with one sentence that says why."""
     caught, rejected = summary["caught"], summary["false_rejects"]

@@ -55,6 +55,28 @@ def curves(path: Path, scores: np.ndarray, labels: np.ndarray, result: dict) -> 
     return True
 
 
+def operating_curve(path: Path, scores: np.ndarray, labels: np.ndarray, summary: dict) -> bool:
+    """Catch rate against false-reject rate (log axis), the shipped threshold marked: what moving it would buy."""
+    if len(np.unique(labels)) < 2:
+        return False
+    fpr, tpr, _ = roc_curve(labels, scores)
+    good = max(int(np.sum(labels == 0)), 1)
+    floor = 0.5 / good  # zero false rejects drawn at half an image, so a log axis can show them
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    ax.step(np.maximum(fpr, floor), tpr, where="post", label="every threshold on the test images")
+    shipped_frr, shipped_catch = summary["false_rejects"]["rate"], summary["caught"]["rate"]
+    ax.plot([max(shipped_frr, floor)], [shipped_catch], "o", color="black",
+            label=f"shipped threshold: {shipped_catch:.0%} caught, {shipped_frr:.1%} rejected")
+    ax.set_xscale("log")
+    ax.set_xlim(floor * 0.8, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set(xlabel="good parts rejected (false-reject rate)", ylabel="defects caught", title="Operating points")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+    return True
+
+
 def _examples(scored, labels_wanted: int) -> list[int]:
     """The highest- and lowest-scoring images of a class: the ones worth a look."""
     idx = np.flatnonzero(scored.labels == labels_wanted)
@@ -156,13 +178,40 @@ def calibration_warning(bundle: Bundle) -> str | None:
     return None
 
 
+def _pct(row: dict) -> str:
+    if row.get("rate") is None:
+        return "n/a"
+    low, high = row["ci95"]
+    return f"{row['count']}/{row['total']} = {row['rate']:.1%} ({low:.1%} to {high:.1%})"
+
+
+def fitness_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for the report's first section: per class at the threshold, then operating points."""
+    classes = [["all defects", _pct(summary["caught"])]]
+    classes += [[name, _pct(row)] for name, row in summary["per_class"].items()]
+    classes.append(["good parts rejected", _pct(summary["false_rejects"])])
+    points = [[f"{p['false_reject_target']:.1%}", f"{p['false_reject_rate']:.1%}", f"{p['catch_rate']:.1%}",
+               f"{p['threshold']:.4g}"] for p in summary.get("operating_points", [])]
+    tables = [(f"At the shipped threshold {summary['threshold']:.4g} (95% intervals)", ["", "failed"], classes)]
+    if points:
+        tables.append(("Operating points on the test images: the lowest threshold that keeps each false-reject rate",
+                       ["false rejects at most", "false rejects", "defects caught", "threshold"], points))
+    return tables
+
+
 def _intro(result: dict) -> str:
-    return (f"Calibration: {result.get('calibration_method')}. Precision, recall and F1 count \"good\" as the "
+    return (f"All figures. Calibration: {result.get('calibration_method')}. Precision, recall and F1 count \"good\" as the "
             "positive class, as the study did; the confusion counts (tp, fp, tn, fn) count the defect as positive.")
 
 
 def _markdown(title: str, bundle: Bundle, result: dict, images: list[tuple[str, str]]) -> str:
     md = [f"# {title}", ""]
+    summary = result.get("fitness")
+    if summary:
+        md += [f"**{summary['text']}**", ""]
+        for caption, header, rows in fitness_tables(summary):
+            md += [f"### {caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
     warning = calibration_warning(bundle)
     if warning:
         md += [f"> **Warning:** {warning}.", ""]
@@ -180,6 +229,13 @@ def _html(title: str, bundle: Bundle, result: dict, images: list[tuple[str, str]
     esc = html.escape
     warning = calibration_warning(bundle)
     banner = f"<p class='warning'><strong>Warning:</strong> {esc(warning)}.</p>" if warning else ""
+    summary = result.get("fitness")
+    if summary:
+        verdict_class = "fit" if summary["verdict"] == "fit" else "warning"
+        banner = f"<p class='{verdict_class}'><strong>{esc(summary['text'])}</strong></p>" + "".join(
+            f"<h3>{esc(caption)}</h3><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+            for caption, header, rows in fitness_tables(summary)) + banner
     intro = f"<p>{esc(_intro(result))}</p>"
     table = "<tr><th>figure</th><th>metrics.json key</th><th>value</th></tr>" + "".join(
         f"<tr><td>{esc(label)}</td><td>{esc(key)}</td><td>{esc(value)}</td></tr>" for label, key, value in _rows(result))
@@ -215,6 +271,9 @@ def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, res
     threshold = bundle.calibration.threshold
     write_scores(folder / "scores.csv", scored)
     images = []
+    summary = result.get("fitness")
+    if summary and operating_curve(folder / "operating.png", scored.scores, scored.labels, summary):
+        images.append(("operating.png", "Defects caught against good parts rejected, shipped threshold marked"))
     histogram(folder / "histogram.png", scored.scores, scored.labels, threshold)
     images.append(("histogram.png", "Scores of good and anomalous images, threshold dashed"))
     if curves(folder / "curves.png", scored.scores, scored.labels, result):

@@ -60,6 +60,7 @@ class TrainOptions:
     ignore_polygons: list[list[tuple[float, float]]] = field(default_factory=list)  # frame pixel coordinates
     threshold_method: str = "auto"  # auto | best-f1 | good-quantile
     target_frr: float = 0.01
+    min_catch: float = 0.9  # share of test defects a fit model catches at its threshold (trainer.fitness)
     val_fraction: float = 0.1
     augment: list[str] = field(default_factory=list)
     seed: int = 0
@@ -257,7 +258,7 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
     if dataset.test:
         scored = score_samples(int8, dataset.test, color, "evaluating (int8)")
         scored_float = score_samples(float_model, dataset.test, color, "evaluating (float)")
-        result = summarize(bundle, scored, scored_float, float_threshold)
+        result = summarize(bundle, scored, scored_float, float_threshold, opts.min_catch)
         result.update(_choices(bundle.architecture))
         report_dir = bundle.path / "report"
         report_dir.mkdir()
