@@ -37,6 +37,7 @@ class VerdictEvent:
     part_id: str | None
     result: Any  # edge.core.inspector.Inspection
     payload: bytes  # the result message, exactly as published
+    message: dict[str, Any]  # the same message as built (edge.publish.messages.result_payload); read, never change
     alert: bool
     arrival_s: float  # time.monotonic() when the frame was captured
     recorded_s: float  # time.monotonic() when the verdict was durable in the outbox
