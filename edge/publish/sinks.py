@@ -5,8 +5,8 @@ else that wants verdicts (live MQTT heatmap, evidence files, and tomorrow a web 
 `VerdictSink`. Each sink runs on its own thread behind a bounded queue: a slow sink loses its own events
 (counted in stats), a failing one logs and carries on, and neither can stall inspection.
 
-To add a sink, subclass VerdictSink (see edge/publish/example_sink.py) and add it in build_sinks
-(edge/publish/outputs.py).
+To add an output, copy edge/publish/example_sink.py (a VerdictSink and its build function) and add one line to
+OUTPUTS in edge/publish/outputs.py.
 """
 from __future__ import annotations
 
