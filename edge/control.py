@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.commands import Command, CommandRefused, parse_command, request_id_of
+from edge.commands import Command, CommandRefused, FeedbackCommand, parse_command, request_id_of
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
@@ -84,8 +84,8 @@ class Controls:
     cfg: Callable[[], Config]
     inspector: Callable[[], Inspector]
     report: Reporter
-    feedback: Callable[[object], None]  # files a validated feedback command's frame (edge.feedback), then replies
-    reload: Callable[["str | None"], None]  # re-reads config and model, then replies to the request_id
+    feedback: Callable[[FeedbackCommand], None]  # files the frame on the feedback thread (edge.feedback); it replies
+    reload: Callable[[str | None], None]  # re-reads config and model, then replies to the request_id
 
 
 def apply_command(controls: Controls, command: Command) -> None:
