@@ -131,8 +131,8 @@ def test_the_exposition_mounts_on_a_starlette_server():
         status.count(verdict, latency_ms, alert=verdict == "fail")
     bundle = load_bundle(MNIST_BUNDLE)
     stats = lambda: messages.stats_payload(  # noqa: E731
-        "cell-1", bundle, 20.0, status, source={}, outbox={"depth": 2, "dropped": 0}, last_seq=3, delivered=1, evidence={},
-        mqtt_connected=False, sinks={})
+        "cell-1", bundle, 20.0, status, source={}, outbox={"depth": 2, "dropped": 0}, last_seq=3, delivered=1,
+        evidence={}, mqtt_connected=False, sinks={})
     metrics = StationMetrics(stats, status)
     async def get():
         transport = httpx.ASGITransport(app=Starlette(routes=[Mount("/metrics", app=metrics.asgi_app())]))

@@ -67,9 +67,11 @@ def _entities(base: str, threshold: float, threshold_range: tuple[float, float])
             "name": "Outbox depth", "state_topic": stats, "value_template": "{{ value_json.outbox.depth }}",
             "state_class": "measurement", "entity_category": "diagnostic"},
         ("image", "heatmap"): {
-            "name": "Last heatmap", "image_topic": messages.topic(base, messages.HEATMAP), "content_type": "image/jpeg"},
+            "name": "Last heatmap", "image_topic": messages.topic(base, messages.HEATMAP),
+            "content_type": "image/jpeg"},
         ("button", "trigger"): {
-            "name": "Trigger", "command_topic": messages.topic(base, f"{messages.COMMAND}/trigger"), "payload_press": "{}", "qos": 1},
+            "name": "Trigger", "command_topic": messages.topic(base, f"{messages.COMMAND}/trigger"),
+            "payload_press": "{}", "qos": 1},
         ("number", "threshold"): {
             "name": "Threshold", "command_topic": messages.topic(base, f"{messages.COMMAND}/threshold"),
             "state_topic": messages.topic(base, messages.STATE),
