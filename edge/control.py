@@ -11,9 +11,10 @@ import logging
 import queue
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from edge.commands import Command, CommandRefused, parse_command, request_id_of
+from edge.commands import Command, CommandRefused, FeedbackCommand, parse_command, request_id_of
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
@@ -22,6 +23,7 @@ from edge.core.inspector import Inspector
 from edge.io.triggers import Trigger
 from edge.startup import StartupError, build_inspector
 from edge.publish.messages import model_ref
+from edge.publish.reporter import Reporter
 from edge.text import one_line
 from edge.threshold_store import clear_threshold, save_threshold, threshold_path
 
@@ -74,17 +76,29 @@ class CommandQueue:
             return None
 
 
-def apply_command(daemon, command) -> None:
+@dataclass(frozen=True)
+class Controls:
+    """What commands act on: the running config and model (callables: a reload replaces them), the reporter
+    that answers, and the two commands handled elsewhere."""
+
+    cfg: Callable[[], Config]
+    inspector: Callable[[], Inspector]
+    report: Reporter
+    feedback: Callable[[FeedbackCommand], None]  # files the frame on the feedback thread (edge.feedback); it replies
+    reload: Callable[[str | None], None]  # re-reads config and model, then replies to the request_id
+
+
+def apply_command(controls: Controls, command: Command) -> None:
     """Act on a validated command other than a trigger (the main loop's own), between two frames."""
     name, args = command.name, command.args
     if name == "threshold":
-        apply_threshold(daemon.station.inspector, args, daemon.report, daemon.cfg.storage.dir)
+        apply_threshold(controls.inspector(), args, controls.report, controls.cfg().storage.dir)
     elif name == "threshold_reset":
-        reset_threshold(daemon.station.inspector, daemon.cfg, args, daemon.report)
+        reset_threshold(controls.inspector(), controls.cfg(), args, controls.report)
     elif name == "feedback":
-        daemon.web.feedback.label(args, daemon.report.reply)  # written on the feedback thread, not here
+        controls.feedback(args)  # written on the feedback thread, not here
     elif name == "reload":
-        daemon._reload(args.request_id)
+        controls.reload(args.request_id)
 
 
 def apply_threshold(inspector: Inspector, args, report, storage_dir: Path) -> None:

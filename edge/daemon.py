@@ -17,21 +17,23 @@ from pathlib import Path
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
-from edge.control import CommandQueue, apply_command, prepare_reload, reload_outcome, reload_refusal
+from edge.control import CommandQueue, Controls, apply_command, prepare_reload, reload_outcome, reload_refusal
+from edge.core.inspector import Inspector
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.io.plant import PlantIo
 from edge.io.triggers import Trigger, TriggerDesk, frame_after
 from edge.notify import SystemdNotifier
+from edge.publish import messages
 from edge.publish.sender import OutboxSender
-from edge.publish.outputs import build_sinks
+from edge.publish.outputs import OutputParts, build_sinks
 from edge.publish.recorder import VerdictRecorder
-from edge.publish.reporter import Reporter
+from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
 from edge.startup import (StartupError, StorageError, broker_link, build_inspector, open_evidence, open_frames,
                           open_outbox, start_link)
 from edge.station import Station
 from edge.status import StationStatus
-from edge.web.station import StationWeb
+from edge.web.station import PageView, StationWeb
 
 logger = logging.getLogger("lineguard")
 
@@ -40,7 +42,8 @@ FIRST_CONNECT_WAIT_S = 3.0  # bounded, so a broker that swallows packets cannot 
 
 
 class Daemon:
-    """Lifecycle and the frame loop. ``sinks`` are extra outputs besides the configured ones."""
+    """Lifecycle and the frame loop. ``sinks`` are extra outputs besides the configured ones. The parts it runs
+    get narrow views of it (built below the class), never the daemon itself."""
 
     def __init__(self, cfg: Config, config_path: Path, max_frames: int | None = None,
                  drain_timeout_s: float | None = None, debug: bool = False, sinks: list[VerdictSink] = ()) -> None:
@@ -51,26 +54,27 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.notifier = SystemdNotifier()
         self.status = StationStatus()
-        self.report = Reporter(self)
+        self.report = Reporter(reporter_view(self))
         self.commands = CommandQueue(self.report.reply)
         self.triggers = TriggerDesk(self.commands, self.report)  # from MQTT, Modbus and GPIO: queued or busy
         self.io = PlantIo(cfg.io, self.triggers, self.status)
-        self.link = self.sender = self.source = self.station = None
-        self.web = StationWeb(self)  # the station page (edge.web), its live-view sink, feedback and /metrics
+        self.link = self.sender = self.source = self.station = self.evidence = None
+        self.web = StationWeb(page_view(self))  # the station page (edge.web), its live-view sink, feedback, /metrics
+        self.controls = controls(self)
 
     # --- start-up and shutdown, in reverse order of each other ---
 
     def start(self) -> None:
-        cfg, base_topic = self.cfg, f"{self.cfg.mqtt.topic_prefix}/{self.cfg.device_id}"
+        cfg, base_topic = self.cfg, messages.base_topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id)
         inspector = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (exit 75)
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
         self.io.start()  # a Modbus port or GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:
-            self.link = broker_link(cfg, base_topic, self.commands.on_command, self._on_connection)
-        fanout = FanOut(build_sinks(lambda: self.cfg, self.link, self.evidence,
-                                    [self.io.sink, *self.extra_sinks, *self.web.sinks]))
+            self.link = broker_link(cfg, base_topic, self.commands.on_command, self.report.on_connection)
+        fanout = FanOut(build_sinks(OutputParts(lambda: self.cfg, self.link, self.evidence), plant=self.io.sink,
+                                    page=self.web.sinks, extra=self.extra_sinks))
         if self.link is not None:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
         recorder = VerdictRecorder(outbox, base_topic, self.link, self.sender)
@@ -101,7 +105,7 @@ class Daemon:
         if self.station is not None:
             self.station.recorder.outbox.close()
 
-    # --- callbacks from other threads: they only queue work or publish ---
+    # --- a callback from other threads: it only records, notifies and publishes ---
 
     def _on_source_state(self, state: str, detail: str) -> None:
         self.status.source_state, self.status.source_detail = state, detail
@@ -111,30 +115,29 @@ class Daemon:
         self.notifier.status(f"source {state} {detail}".strip())
         self.report.state()
 
-    def _on_connection(self, connected: bool, detail: str) -> None:
-        if connected:
-            self.report.connected()  # discovery and state: changes while disconnected were dropped
-
     # --- the main loop ---
 
     def run(self) -> int:
         self.station.fanout.started()
         next_stats_s = time.monotonic() + self.cfg.mqtt.stats_interval_s
+        serving = False  # a finite replay has ended and the page stays up: commands only, until stop
         while not self.stop.is_set():
             if self.reload_requested.is_set():
-                self._reload(request_id=None)
-            triggered = self.cfg.trigger.mode != "continuous"  # a reload may change it
-            command = self.commands.next(IDLE_WAIT_S if triggered else None)
+                self.reload(request_id=None)
+            waits = serving or self.cfg.trigger.mode != "continuous"  # a reload may change the mode
+            command = self.commands.next(IDLE_WAIT_S if waits else None)
             if command is not None and command.name != "trigger":
-                self._apply(command)
+                apply_command(self.controls, command)
                 continue
-            if command is None and triggered:
-                self.notifier.ping()  # waiting for a trigger is healthy: the loop itself is alive
-            elif not self._inspect_next(command.args if command is not None else None):
-                return self._finish_replay()
+            if command is None and waits:
+                self.notifier.ping()  # waiting for a trigger or a command is healthy: the loop itself is alive
+            elif not self._inspect_next(command.args if command is not None else None) or (
+                    self.max_frames and self.status.counters.frames >= self.max_frames):
+                if not serving:  # the replay has just ended
+                    serving = self._finish_replay()
+                    if not serving:
+                        return EX_OK
             next_stats_s = self.report.stats_if_due(next_stats_s)
-            if self.max_frames and self.status.counters.frames >= self.max_frames:
-                return self._finish_replay()
         return EX_OK
 
     def _inspect_next(self, trigger: Trigger | None) -> bool:
@@ -151,10 +154,7 @@ class Daemon:
         self.notifier.ping()
         return True
 
-    def _apply(self, command) -> None:
-        apply_command(self, command)
-
-    def _reload(self, request_id: str | None) -> None:
+    def reload(self, request_id: str | None) -> None:
         """Re-read config and model; keep the running ones unless both are valid. Runs between two frames."""
         self.reload_requested.clear()
         self.notifier.reloading()
@@ -164,29 +164,69 @@ class Daemon:
                                                               self.source_grayscale)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the running model keeps inspecting
             self.status.last_reload_error = reload_refusal(exc)
-            self.report.reloaded("reload refused; running the previous config and model", False,
-                                 self.status.last_reload_error, request_id)
+            self.notifier.ready("reload refused; running the previous config and model")
+            self.report.reloaded(False, self.status.last_reload_error, request_id)
             return
         self.cfg = cfg
         self.station.switch_to(cfg, inspector)
         self.status.last_reload_error, self.status.restart_required = None, restart_required
         self.evidence.quota_bytes = int(cfg.storage.evidence_quota_mb * 1e6)
-        self.apply_log_level()
+        apply_log_level(self.debug, cfg)
         reason = reload_outcome(inspector, restart_required)
-        self.report.reloaded(f"inspecting with {inspector.bundle.name}", True, reason, request_id)
+        self.notifier.ready(f"inspecting with {inspector.bundle.name}")
+        self.report.reloaded(True, reason, request_id)
 
-    def apply_log_level(self) -> None:
-        """-v outranks the configured log_level, also after a reload."""
-        logging.getLogger().setLevel(logging.DEBUG if self.debug else self.cfg.log_level.upper())
-
-    def _finish_replay(self) -> int:
-        """A finite replay ended: deliver what is pending (bounded), then exit."""
+    def _finish_replay(self) -> bool:
+        """A finite replay ended: deliver what is pending (bounded); True when the page keeps serving (then the
+        loop takes commands until stop), False to exit."""
         timeout_s = self.drain_timeout_override_s
         self.station.recorder.drain(self.cfg.storage.drain_timeout_s if timeout_s is None else timeout_s)
         c = self.status.counters
         logger.info("replay finished: %d frames, %d pass, %d fail", c.frames, c.passed, c.failed)
-        self.web.serve_after_replay()
-        return EX_OK
+        if self.web.keep_serving:
+            logger.info("replay finished; the station page stays up at %s, and commands are taken, until SIGTERM "
+                        "or Ctrl-C", self.web.url or "(web.enabled is false)")
+            self.notifier.status("replay finished; serving the station page")
+        return self.web.keep_serving
+
+
+# --- the narrow views the parts get: only what each reads or calls, late-bound (most exist after start-up) ---
+
+def _inspector(d: Daemon) -> Inspector | None:
+    return d.station.inspector if d.station is not None else None
+
+
+def station_stats(d: Daemon) -> dict:
+    """The <base>/stats payload as of now, from any thread: also what /metrics and the station page show."""
+    station, link, inspector = d.station, d.link, d.station.inspector
+    return messages.stats_payload(
+        d.cfg.device_id, inspector.bundle, inspector.threshold, d.status,
+        source=d.source.stats() if d.source is not None else {}, outbox=station.recorder.stats(),
+        last_seq=station.recorder.last_seq, delivered=d.sender.delivered if d.sender else 0,
+        evidence=d.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
+        sinks=station.fanout.stats(), triggers=d.triggers.stats())
+
+
+def reporter_view(d: Daemon) -> ReporterView:
+    return ReporterView(cfg=lambda: d.cfg, link=lambda: d.link, inspector=lambda: _inspector(d),
+                        stats=lambda: station_stats(d), status=d.status)
+
+
+def page_view(d: Daemon) -> PageView:
+    return PageView(cfg=lambda: d.cfg, inspector=lambda: _inspector(d), stats=lambda: station_stats(d),
+                    status=d.status, link=lambda: d.link, evidence_folder=lambda: d.evidence.folder,
+                    command=d.commands.on_command, listen_replies=d.report.reply_listeners.append)
+
+
+def controls(d: Daemon) -> Controls:
+    return Controls(cfg=lambda: d.cfg, inspector=lambda: d.station.inspector, report=d.report,
+                    feedback=lambda args: d.web.feedback.label(args, d.report.reply),
+                    reload=lambda request_id: d.reload(request_id))
+
+
+def apply_log_level(debug: bool, cfg: Config) -> None:
+    """-v outranks the configured log_level, also after a reload."""
+    logging.getLogger().setLevel(logging.DEBUG if debug else cfg.log_level.upper())
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
@@ -208,7 +248,7 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
     daemon = Daemon(cfg, config_path, max_frames=max_frames, drain_timeout_s=drain_timeout_s, debug=debug,
                     sinks=sinks)
     daemon.web.keep_serving = keep_serving or cfg.web.keep_serving_after_replay  # --keep-serving outlives reloads
-    daemon.apply_log_level()
+    apply_log_level(debug, cfg)
     install_signal_handlers(daemon)
     try:
         daemon.start()

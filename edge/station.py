@@ -39,7 +39,6 @@ class Station:
         self.fanout = fanout
         self.status = status
         self.debounce = AlertDebounce(cfg.alerts.debounce_n, cfg.alerts.debounce_m)
-        self.topic = f"{cfg.mqtt.topic_prefix}/{cfg.device_id}"
 
     def switch_to(self, cfg: Config, inspector: Inspector) -> None:
         """Run a reloaded config and model from the next frame on."""
@@ -61,12 +60,13 @@ class Station:
         seq = self.recorder.next_seq()
         bundle = self.inspector.bundle
         payload = messages.result_payload(seq, self.cfg.device_id, frame.name, part_id, result, bundle, latency_ms)
-        self.recorder.record(seq, [(f"{self.topic}/{messages.RESULT}", payload, 1)]
-                             + ([(f"{self.topic}/{messages.ALERT}", payload, 1)] if alert else []))
+        self.recorder.record(seq, [(messages.RESULT, payload.body, 1)]
+                             + ([(messages.ALERT, payload.body, 1)] if alert else []))
         logger.info("%s %-4s score %.4g (norm %.3f)%s", frame.name, result.verdict.upper(), result.score,
                     result.score_norm, f" part {part_id}" if part_id else "")
         self.fanout.verdict(VerdictEvent(
-            seq=seq, image=frame.image, image_name=frame.name, part_id=part_id, result=result, payload=payload,
-            alert=alert, arrival_s=frame.arrival_s, recorded_s=time.monotonic(), spec=self.inspector.spec,
-            pixel_threshold=self.inspector.calibration.pixel_threshold, frame_roi=self.inspector.frame_roi))
+            seq=seq, image=frame.image, image_name=frame.name, part_id=part_id, result=result, payload=payload.body,
+            message=payload.data, alert=alert, arrival_s=frame.arrival_s, recorded_s=time.monotonic(),
+            spec=self.inspector.spec, pixel_threshold=self.inspector.calibration.pixel_threshold,
+            frame_roi=self.inspector.frame_roi))
         return seq

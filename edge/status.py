@@ -1,4 +1,5 @@
-"""What the station has done since it started, for the <base>/stats payload and the journal."""
+"""What the station has done since it started, for the <base>/stats payload (edge.publish.messages) and the
+journal."""
 from __future__ import annotations
 
 import time
@@ -8,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from edge.publish.messages import model_ref, utc_now
 
 LATENCY_WINDOW = 2048  # verdicts whose latency the percentiles cover
 # Upper bounds of the cumulative latency histogram (Prometheus buckets), in ms; one more bucket holds the rest.
@@ -61,23 +60,13 @@ class StationStatus:
         counters.unscorable += verdict == "unscorable"
         counters.alerts += alert
 
-    def stats_payload(self, device_id: str, bundle, threshold: float, *, source: dict, outbox: dict,
-                      last_seq: int, delivered: int, evidence: dict, mqtt_connected: bool, sinks: dict,
-                      triggers: dict | None = None) -> dict:
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_s
+
+    def latency_percentiles(self) -> list[float | None]:
+        """p50, p95 and p99 of the recent latencies (ms), from any thread; None each before the first verdict."""
         latencies = np.array(tuple(self.latencies_ms), dtype=float)  # one atomic copy: /metrics reads from its thread
-        uptime = time.monotonic() - self.started_s
-        p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]).round(3).tolist() if latencies.size else [None] * 3)
-        c = self.counters
-        return {
-            "ts": utc_now(), "device_id": device_id, "uptime_s": round(uptime, 1),
-            "frames": c.frames, "pass": c.passed, "fail": c.failed, "unscorable": c.unscorable,
-            "alerts": c.alerts, "errors": c.errors, "dropped": source.get("dropped", 0),
-            "fps": round(c.frames / uptime, 2) if uptime > 0 else 0.0,
-            "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
-            "outbox": outbox, "last_seq": last_seq, "delivered": delivered,
-            "source": source, "evidence": evidence, "sinks": sinks, "mqtt_connected": mqtt_connected,
-            "model": model_ref(bundle), "threshold": threshold, "last_reload_error": self.last_reload_error,
-            "restart_required": self.restart_required, "cpu_temp_c": cpu_temperature_c(),
-            "reloads": c.reloads, "reload_failures": c.reload_failures,
-            "triggers": triggers or {},
-        }
+        return np.percentile(latencies, [50, 95, 99]).round(3).tolist() if latencies.size else [None] * 3
+
+    def cpu_temp_c(self) -> float | None:
+        return cpu_temperature_c()

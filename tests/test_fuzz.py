@@ -22,6 +22,7 @@ from edge.config.errors import ConfigError
 from edge.config.load import load_config, parse_config
 from edge.config.schema import Config
 from edge.config.secrets import resolve_mqtt_password
+from edge.control import apply_command
 from edge.daemon import Daemon
 from edge.publish.mqtt import MqttLink
 from edge.notify import SystemdNotifier
@@ -278,7 +279,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     instance.start()
     instance.link = RecordingLink()
     instance.reloads = []
-    instance._reload = instance.reloads.append  # the real reload is exercised in test_reload.py
+    instance.reload = instance.reloads.append  # the real reload is exercised in test_reload.py
     yield instance
     instance.shutdown(clean=True)
 
@@ -297,7 +298,7 @@ def check_applied(daemon: Daemon, command: Command) -> None:
     if command.name == "trigger":
         return  # the main loop inspects a frame for it; tests/test_daemon.py covers that with a real process
     link, before = daemon.link, len(daemon.link.published)
-    daemon._apply(command)
+    apply_command(daemon.controls, command)
     args = command.args
     if command.name == "threshold":
         [reply] = link.since(before, "reply")

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from edge.core.bundle import load_bundle
+from edge.publish import messages
 from edge.publish.metrics import StationMetrics
 from edge.status import StationStatus
 from tests.support.broker import free_port
@@ -129,9 +130,9 @@ def test_the_exposition_mounts_on_a_starlette_server():
     for verdict, latency_ms in (("pass", 3.0), ("fail", 40.0), ("pass", 700.0)):
         status.count(verdict, latency_ms, alert=verdict == "fail")
     bundle = load_bundle(MNIST_BUNDLE)
-    stats = lambda: status.stats_payload(  # noqa: E731
-        "cell-1", bundle, 20.0, source={}, outbox={"depth": 2, "dropped": 0}, last_seq=3, delivered=1, evidence={},
-        mqtt_connected=False, sinks={})
+    stats = lambda: messages.stats_payload(  # noqa: E731
+        "cell-1", bundle, 20.0, status, source={}, outbox={"depth": 2, "dropped": 0}, last_seq=3, delivered=1,
+        evidence={}, mqtt_connected=False, sinks={})
     metrics = StationMetrics(stats, status)
     async def get():
         transport = httpx.ASGITransport(app=Starlette(routes=[Mount("/metrics", app=metrics.asgi_app())]))

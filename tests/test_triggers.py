@@ -159,3 +159,22 @@ def test_a_live_camera_reports_running_once_frames_flow(tmp_path, broker, make_c
     assert camera.sent > 0 and "reconnecting" not in sources(), sources()
     finish(daemon)
     assert collector.wait_for(lambda m: sources()[-1] == "stopped", 15), sources()
+
+
+def test_after_a_replay_a_station_that_keeps_serving_answers_triggers_and_commands(tmp_path, broker, make_collector):
+    frames = sample_folder(tmp_path, count=3)
+    config = write_config(tmp_path, broker.port, frames, source={"fps": 0})
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/reply"])
+    daemon = DaemonProcess(config, None, "--keep-serving")
+    assert daemon.wait_for_log("commands are taken, until SIGTERM", 60), daemon.log()[-3000:]
+    assert len(results(collector)) == 3
+    for request_id in ("late", "later"):  # each answered, so the second is not refused as busy
+        trigger(collector, request_id)
+        assert collector.wait_for(lambda m: any(r["request_id"] == request_id for r in replies(collector)), 15)
+    collector.publish(f"{BASE}/cmd/reload", json.dumps({"request_id": "reload"}))
+    assert collector.wait_for(lambda m: len(replies(collector)) == 3, 15), daemon.log()[-3000:]
+    late, later, reload = replies(collector)
+    for reply in (late, later):
+        assert (reply["ok"], reply["seq"]) == (False, None) and reply["reason"].startswith("no frame"), reply
+    assert reload["ok"] is True and len(results(collector)) == 3
+    finish(daemon)

@@ -41,7 +41,7 @@ def threshold_step(threshold: float) -> float:
 
 def _entities(base: str, threshold: float, threshold_range: tuple[float, float]) -> dict[tuple[str, str], dict]:
     """(component, object id) -> the entity's own keys."""
-    result, stats = f"{base}/{messages.RESULT}", f"{base}/{messages.STATS}"
+    result, stats = messages.topic(base, messages.RESULT), messages.topic(base, messages.STATS)
     low, high = threshold_range
     return {
         ("binary_sensor", "defect"): {
@@ -67,11 +67,14 @@ def _entities(base: str, threshold: float, threshold_range: tuple[float, float])
             "name": "Outbox depth", "state_topic": stats, "value_template": "{{ value_json.outbox.depth }}",
             "state_class": "measurement", "entity_category": "diagnostic"},
         ("image", "heatmap"): {
-            "name": "Last heatmap", "image_topic": f"{base}/{messages.HEATMAP}", "content_type": "image/jpeg"},
+            "name": "Last heatmap", "image_topic": messages.topic(base, messages.HEATMAP),
+            "content_type": "image/jpeg"},
         ("button", "trigger"): {
-            "name": "Trigger", "command_topic": f"{base}/cmd/trigger", "payload_press": "{}", "qos": 1},
+            "name": "Trigger", "command_topic": messages.topic(base, f"{messages.COMMAND}/trigger"),
+            "payload_press": "{}", "qos": 1},
         ("number", "threshold"): {
-            "name": "Threshold", "command_topic": f"{base}/cmd/threshold", "state_topic": f"{base}/{messages.STATE}",
+            "name": "Threshold", "command_topic": messages.topic(base, f"{messages.COMMAND}/threshold"),
+            "state_topic": messages.topic(base, messages.STATE),
             "value_template": "{{ value_json.threshold }}", "min": low, "max": high,
             "step": threshold_step(threshold), "mode": "box", "entity_category": "config", "qos": 1},
     }
@@ -80,10 +83,10 @@ def _entities(base: str, threshold: float, threshold_range: tuple[float, float])
 def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str, model_name: str,
                        threshold: float, threshold_range: tuple[float, float]) -> list[tuple[str, bytes]]:
     """(topic, payload) of every retained discovery config message for this station."""
-    base = f"{topic_prefix}/{device_id}"
+    base = messages.base_topic(topic_prefix, device_id)
     node = node_id(topic_prefix, device_id)
     shared: dict[str, Any] = {
-        "availability": [{"topic": f"{base}/status", "payload_available": "online",
+        "availability": [{"topic": messages.topic(base, messages.STATUS), "payload_available": "online",
                           "payload_not_available": "offline"}],
         "device": {"identifiers": [node], "name": device_id, "manufacturer": "lineguard",
                    "model": f"visual inspection ({model_name})", "sw_version": _version()},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,7 +17,28 @@ HEATMAP = "heatmap"
 STATE = "state"
 STATS = "stats"
 REPLY = "reply"
+STATUS = "status"  # retained `online` / `offline`, kept by the link (edge.publish.mqtt)
+COMMAND = "cmd"  # commands arrive under <base>/cmd/<name>
 REASON_COMMAND_MAX_CHARS = 64
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A message built once: ``data`` for whoever reads it in this process (do not change it), ``body`` the
+    exact bytes published."""
+
+    data: dict[str, Any]
+    body: bytes
+
+
+def base_topic(topic_prefix: str, device_id: str) -> str:
+    """<base>, which every topic of the station starts with: ``<mqtt.topic_prefix>/<device_id>``."""
+    return f"{topic_prefix}/{device_id}"
+
+
+def topic(base: str, subtopic: str) -> str:
+    """The full topic of a message under <base> (``result``, ``state``, ``cmd/...``)."""
+    return f"{base}/{subtopic}"
 
 
 def utc_now() -> str:
@@ -35,21 +57,21 @@ def model_ref(bundle) -> dict[str, str]:
 
 
 def result_payload(seq: int, device_id: str, image: str, part_id: str | None, result, bundle,
-                   latency_ms: float) -> bytes:
+                   latency_ms: float) -> Payload:
     """<base>/result (and <base>/alert): one verdict."""
-    return to_json({
+    data = {
         "id": uuid.uuid4().hex, "seq": seq, "ts": utc_now(), "device_id": device_id,
         "image": image, "part_id": part_id, "score": result.score, "score_norm": round(result.score_norm, 6),
         "threshold": result.threshold, "verdict": result.verdict, "reason": result.reason,
         "regions": result.regions, "model": model_ref(bundle), "latency_ms": round(latency_ms, 3),
-    })
+    }
+    return Payload(data, to_json(data))
 
 
-def heatmap_properties(seq: int, result_payload: bytes) -> list[tuple[str, str]]:
-    """MQTT 5 user properties of a <base>/heatmap JPEG: the `id` and `seq` of its result, and its verdict, so a
-    dashboard matches picture and verdict (user property values are strings)."""
-    result = json.loads(result_payload)
-    return [("id", result["id"]), ("seq", str(seq)), ("verdict", result["verdict"])]
+def heatmap_properties(result: dict[str, Any]) -> list[tuple[str, str]]:
+    """MQTT 5 user properties of a <base>/heatmap JPEG: the `id` and `seq` of its result (``Payload.data``), and
+    its verdict, so a dashboard matches picture and verdict (user property values are strings)."""
+    return [("id", result["id"]), ("seq", str(result["seq"])), ("verdict", result["verdict"])]
 
 
 def state_payload(source_state: str, detail: str, bundle, threshold: float, last_reload_error: str | None,
@@ -58,6 +80,29 @@ def state_payload(source_state: str, detail: str, bundle, threshold: float, last
     return {
         "source": source_state, "detail": detail, "model": model_ref(bundle), "threshold": threshold,
         "last_reload_error": last_reload_error, "restart_required": restart_required, "ts": utc_now(),
+    }
+
+
+def stats_payload(device_id: str, bundle, threshold: float, status, *, source: dict, outbox: dict, last_seq: int,
+                  delivered: int, evidence: dict, mqtt_connected: bool, sinks: dict,
+                  triggers: dict | None = None) -> dict[str, Any]:
+    """<base>/stats: what the station has done since it started (``status``: edge.status.StationStatus) and how
+    its parts fare. Also what /metrics and the station page's charts show."""
+    c = status.counters
+    uptime = status.uptime_s()
+    p50, p95, p99 = status.latency_percentiles()
+    return {
+        "ts": utc_now(), "device_id": device_id, "uptime_s": round(uptime, 1),
+        "frames": c.frames, "pass": c.passed, "fail": c.failed, "unscorable": c.unscorable,
+        "alerts": c.alerts, "errors": c.errors, "dropped": source.get("dropped", 0),
+        "fps": round(c.frames / uptime, 2) if uptime > 0 else 0.0,
+        "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+        "outbox": outbox, "last_seq": last_seq, "delivered": delivered,
+        "source": source, "evidence": evidence, "sinks": sinks, "mqtt_connected": mqtt_connected,
+        "model": model_ref(bundle), "threshold": threshold, "last_reload_error": status.last_reload_error,
+        "restart_required": status.restart_required, "cpu_temp_c": status.cpu_temp_c(),
+        "reloads": c.reloads, "reload_failures": c.reload_failures,
+        "triggers": triggers or {},
     }
 
 

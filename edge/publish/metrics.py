@@ -1,8 +1,8 @@
 """Prometheus metrics of a running station: the figures of the <base>/stats payload, as counters, gauges and a
 latency histogram whose names start with `lineguard_`.
 
-Every scrape reads the same numbers the stats payload is built from (edge.publish.reporter.Reporter.stats_data),
-so /metrics and MQTT never disagree. `metrics.enabled` serves them on `metrics.host:metrics.port`; a web server
+Every scrape reads the same numbers the stats payload is built from (edge.publish.messages.stats_payload), so
+/metrics and MQTT never disagree. `metrics.enabled` serves them on `metrics.host:metrics.port`; a web server
 that wants /metrics too mounts :meth:`StationMetrics.asgi_app` or calls :meth:`StationMetrics.render`.
 prometheus_client is part of the `edge` extra and imported only when metrics are wanted.
 """
@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from edge.startup import StartupError
-from edge.status import LATENCY_BUCKETS_MS
+from edge.status import LATENCY_BUCKETS_MS, StationStatus
+
+if TYPE_CHECKING:
+    from edge.config.integrations import MetricsConfig
+    from edge.publish.mqtt import MqttLink
 
 logger = logging.getLogger("lineguard")
 
@@ -175,21 +180,23 @@ class StationMetrics:
             self._server = self._thread = None
 
 
-def serve_metrics(daemon) -> StationMetrics | None:
-    """The daemon's metrics: for GET /metrics on the station page (web.enabled) and, when `metrics.enabled`, on
-    metrics.port. None when neither wants them. StartupError (exit 78) when metrics.enabled and prometheus_client
-    is missing or the port cannot be bound. Call before the MQTT link starts, so every connection is counted."""
-    settings = daemon.cfg.metrics
-    if not (settings.enabled or daemon.cfg.web.enabled):
+def serve_metrics(settings: MetricsConfig, page_enabled: bool, stats: Callable[[], dict], status: StationStatus,
+                  link: MqttLink | None) -> StationMetrics | None:
+    """A station's metrics: ``stats`` the <base>/stats payload as of now, ``status`` its StationStatus (for the
+    latency histogram), ``link`` its broker link, whose connections are counted. For GET /metrics on the station
+    page (``page_enabled``) and, when `metrics.enabled`, on metrics.port. None when neither wants them.
+    StartupError (exit 78) when metrics.enabled and prometheus_client is missing or the port cannot be bound.
+    Call before the MQTT link starts, so every connection is counted."""
+    if not (settings.enabled or page_enabled):
         return None
     try:
-        metrics = StationMetrics(daemon.report.stats_data, daemon.status)
+        metrics = StationMetrics(stats, status)
     except ImportError:
         if not settings.enabled:
             return None  # the page then serves no /metrics: nobody asked for them by name
         raise StartupError("metrics.enabled needs prometheus_client: install the 'edge' extra") from None
-    if daemon.link is not None:
-        daemon.link.add_connection_listener(metrics.on_connection)
+    if link is not None:
+        link.add_connection_listener(metrics.on_connection)
     if settings.enabled:
         try:
             metrics.serve(settings.host, settings.port)

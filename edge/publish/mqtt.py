@@ -21,6 +21,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.publish import messages
 from edge.publish.mqtt_client import build_client
 
 if TYPE_CHECKING:
@@ -29,11 +30,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _paho_logger = logging.getLogger(f"{__name__}.paho")
 
-STATUS_SUBTOPIC = "status"
+STATUS_SUBTOPIC = messages.STATUS
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
 STATUS_QOS = 1
-COMMAND_SUBTOPIC = "cmd"
+COMMAND_SUBTOPIC = messages.COMMAND
 COMMAND_QOS = 1
 TOPIC_WILDCARDS = ("+", "#")
 
@@ -72,8 +73,8 @@ class MqttLink:
         self.client_id = client_id
         self._password = password
         self.base_topic = base_topic
-        self.status_topic = f"{base_topic}/{STATUS_SUBTOPIC}"
-        self._command_prefix = f"{base_topic}/{COMMAND_SUBTOPIC}/"
+        self.status_topic = messages.topic(base_topic, STATUS_SUBTOPIC)
+        self._command_prefix = messages.topic(base_topic, f"{COMMAND_SUBTOPIC}/")
         self._on_command = on_command
         self._connection_listeners: list[ConnectionListener] = []
         self._publish_listeners: list[PublishListener] = []
@@ -170,7 +171,7 @@ class MqttLink:
 
         Dropped (returns False) while disconnected; anything that must not be lost goes through the outbox.
         ``user_properties`` go out with MQTT 5 only (a 3.1.1 link has nowhere to put them)."""
-        return self.publish_topic(f"{self.base_topic}/{subtopic}", payload, qos, retain, user_properties)
+        return self.publish_topic(messages.topic(self.base_topic, subtopic), payload, qos, retain, user_properties)
 
     def publish_topic(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
                       user_properties: list[tuple[str, str]] = ()) -> bool:
@@ -260,7 +261,7 @@ class MqttLink:
             client._max_inflight_messages = min(self.config.max_inflight, getattr(properties, "ReceiveMaximum", 65535))
         # Subscribe first: the broker handles a client's packets in order, so a
         # dashboard that sees "online" can send a command and it is not missed.
-        client.subscribe(f"{self.base_topic}/{COMMAND_SUBTOPIC}/#", qos=COMMAND_QOS)
+        client.subscribe(f"{self._command_prefix}#", qos=COMMAND_QOS)
         client.publish(self.status_topic, STATUS_ONLINE, qos=STATUS_QOS, retain=True)
         with self._lock:
             self._sessions_started += 1
@@ -332,10 +333,10 @@ class MqttLink:
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes: list[ReasonCode],
                       properties: Properties) -> None:
         if any(code.is_failure for code in reason_codes):
-            logger.error("broker refused the command subscription %s/%s/#: %s",
-                         self.base_topic, COMMAND_SUBTOPIC, ", ".join(map(str, reason_codes)))
+            logger.error("broker refused the command subscription %s#: %s",
+                         self._command_prefix, ", ".join(map(str, reason_codes)))
         else:
-            logger.debug("subscribed to %s/%s/#", self.base_topic, COMMAND_SUBTOPIC)
+            logger.debug("subscribed to %s#", self._command_prefix)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         try:

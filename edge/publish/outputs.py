@@ -1,8 +1,15 @@
-"""The sinks a station runs, chosen from its config: the live MQTT heatmap and evidence files today."""
+"""The sinks a station runs, assembled here and only here: the outputs registered in OUTPUTS (evidence files and
+the live MQTT heatmap today), then the station's own (plant IO, the station page) and any a caller adds.
+
+To add an output: a module with its VerdictSink and a build function (start from edge/publish/example_sink.py),
+and one line in OUTPUTS.
+"""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
@@ -10,6 +17,10 @@ from edge.core.preprocess import to_uint8
 from edge.publish import messages
 from edge.publish.evidence import EvidenceStore
 from edge.publish.sinks import VerdictEvent, VerdictSink
+
+if TYPE_CHECKING:
+    from edge.config.schema import Config
+    from edge.publish.mqtt import MqttLink
 
 HEATMAP_QUEUE_EVENTS = 8  # a live view: when the broker link is slow, older pictures are not worth sending
 EVIDENCE_QUEUE_EVENTS = 64  # failed frames whose files may wait for a slow disk
@@ -38,7 +49,7 @@ class HeatmapSink(VerdictSink):
         ok, jpeg = cv2.imencode(".jpg", event.overlay())
         if ok:
             self.link.publish(messages.HEATMAP, jpeg.tobytes(), qos=0,
-                              user_properties=messages.heatmap_properties(event.seq, event.payload))
+                              user_properties=messages.heatmap_properties(event.message))
 
 
 class EvidenceSink(VerdictSink):
@@ -59,9 +70,36 @@ class EvidenceSink(VerdictSink):
         self.store.save(stem, {"": to_uint8(event.image), "-heat": event.overlay()})  # JPEG holds 8 bits
 
 
-def build_sinks(cfg_of: Callable, link, evidence: EvidenceStore, extra: list[VerdictSink]) -> list[VerdictSink]:
-    """The configured sinks, then any given by the caller (benchmarks, embedding applications)."""
-    sinks: list[VerdictSink] = [EvidenceSink(evidence, lambda: cfg_of().storage.evidence)]
-    if link is not None:
-        sinks.append(HeatmapSink(link, lambda: cfg_of().mqtt.heatmap))
-    return sinks + list(extra)
+@dataclass(frozen=True)
+class OutputParts:
+    """What an output may build its sink from."""
+
+    cfg: Callable[[], Config]  # the running config: read it per verdict, and a reload applies at once
+    link: MqttLink | None  # the broker link; None when mqtt.enabled is false
+    evidence: EvidenceStore  # storage.dir/evidence, with its quota
+
+
+Build = Callable[[OutputParts], "VerdictSink | None"]  # None: this station does not want the output
+
+
+def build_evidence(parts: OutputParts) -> EvidenceSink:
+    return EvidenceSink(parts.evidence, lambda: parts.cfg().storage.evidence)
+
+
+def build_heatmap(parts: OutputParts) -> HeatmapSink | None:
+    return HeatmapSink(parts.link, lambda: parts.cfg().mqtt.heatmap) if parts.link is not None else None
+
+
+# Every output a station may run, by name, in the order verdicts reach them: one line per output.
+OUTPUTS: dict[str, Build] = {
+    "evidence": build_evidence,
+    "heatmap": build_heatmap,
+}
+
+
+def build_sinks(parts: OutputParts, *, plant: VerdictSink, page: Iterable[VerdictSink],
+                extra: Iterable[VerdictSink] = ()) -> list[VerdictSink]:
+    """Every sink a station runs, in the order each verdict reaches them: the registered outputs, the plant IO's,
+    those a caller adds (benchmarks, embedding applications), then the station page's (inline, cheapest last)."""
+    outputs = [sink for build in OUTPUTS.values() if (sink := build(parts)) is not None]
+    return [*outputs, plant, *extra, *page]

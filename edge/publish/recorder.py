@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 
+from edge.publish import messages
 from edge.publish.outbox import Outbox, OutboxError
 from edge.text import one_line
 
 logger = logging.getLogger("lineguard")
 
-Message = tuple[str, bytes, int]  # topic, payload, qos
+Message = tuple[str, bytes, int]  # subtopic under <base> (edge.publish.messages), payload, qos
 
 
 @dataclass
@@ -43,13 +44,13 @@ class VerdictRecorder:
         self.last_seq += 1
         return self.last_seq
 
-    def record(self, seq: int, messages: list[Message]) -> None:
+    def record(self, seq: int, sent: list[Message]) -> None:
         """Queue one verdict's messages durably; if the outbox cannot be written, publish them directly."""
         try:
-            self.outbox.put(seq, messages)
+            self.outbox.put(seq, [(messages.topic(self.base_topic, sub), payload, qos) for sub, payload, qos in sent])
         except OutboxError as exc:
             self._write_failed(exc)
-            self._publish_undurable(messages)
+            self._publish_undurable(sent)
             return
         if self.health.last_error is not None:
             logger.warning("outbox writable again after %d failed write(s); verdicts are durable again",
@@ -65,9 +66,8 @@ class VerdictRecorder:
         self.health.errors += 1
         self.health.last_error = one_line(str(exc))
 
-    def _publish_undurable(self, messages: list[Message]) -> None:
-        for topic, payload, qos in messages:
-            subtopic = topic.removeprefix(f"{self.base_topic}/")
+    def _publish_undurable(self, sent: list[Message]) -> None:
+        for subtopic, payload, qos in sent:
             if self.link is not None and self.link.publish(subtopic, payload, qos=qos):
                 self.health.published_directly += 1
             else:

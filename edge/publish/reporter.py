@@ -7,24 +7,45 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge.publish import messages
 from edge.publish.discovery import discovery_messages
+from edge.status import StationStatus
+
+if TYPE_CHECKING:
+    from edge.config.schema import Config
+    from edge.core.inspector import Inspector
+    from edge.publish.mqtt import MqttLink
 
 logger = logging.getLogger("lineguard")
 
 STOPPED = "stopped"  # the state's source after a clean stop
 
 
-class Reporter:
-    """Publishes what a running daemon (edge.daemon.Daemon) has to say about itself."""
+@dataclass(frozen=True)
+class ReporterView:
+    """What the reporter reads of a running station. Callables, since the link and the model exist only after
+    start-up and a reload replaces the config and the model."""
 
-    def __init__(self, daemon) -> None:
-        self.daemon = daemon
+    cfg: Callable[[], Config]
+    link: Callable[[], MqttLink | None]  # None without a broker
+    inspector: Callable[[], Inspector | None]  # None before a model is loaded
+    stats: Callable[[], dict]  # the <base>/stats payload as of now (edge.publish.messages.stats_payload)
+    status: StationStatus  # the reporter also writes the stop and reload outcomes into it
+
+
+class Reporter:
+    """Publishes what a running station has to say about itself."""
+
+    def __init__(self, view: ReporterView) -> None:
+        self.view = view
         self.reply_listeners: list = []  # also told every reply (the station page waits for its own)
 
     def _publish(self, subtopic: str, data: dict, retain: bool = False) -> None:
-        link = self.daemon.link
+        link = self.view.link()
         if link is not None:
             link.publish(subtopic, messages.to_json(data), qos=1, retain=retain)
 
@@ -33,55 +54,42 @@ class Reporter:
         for listener in self.reply_listeners:
             listener(command, ok, reason, request_id)
 
-    def connected(self) -> None:
-        """On every (re)connect: Home Assistant discovery, then state (changes while disconnected were dropped,
-        and the retained one may be stale)."""
-        self.announce()
-        self.state()
+    def on_connection(self, connected: bool, detail: str) -> None:
+        """An MqttLink connection listener. On every (re)connect: Home Assistant discovery, then state (changes
+        while disconnected were dropped, and the retained one may be stale)."""
+        if connected:
+            self.announce()
+            self.state()
 
     def announce(self) -> None:
         """The retained Home Assistant discovery configs, when homeassistant.enabled (edge.publish.discovery)."""
-        daemon = self.daemon
-        if not daemon.cfg.homeassistant.enabled or daemon.link is None or daemon.station is None:
+        cfg, link, inspector = self.view.cfg(), self.view.link(), self.view.inspector()
+        if not cfg.homeassistant.enabled or link is None or inspector is None:
             return
-        inspector = daemon.station.inspector
         for topic, payload in discovery_messages(
-                daemon.cfg.homeassistant.discovery_prefix, daemon.cfg.mqtt.topic_prefix, daemon.cfg.device_id,
+                cfg.homeassistant.discovery_prefix, cfg.mqtt.topic_prefix, cfg.device_id,
                 inspector.bundle.name, inspector.threshold, inspector.calibration.threshold_range()):
-            daemon.link.publish_topic(topic, payload, qos=1, retain=True)
+            link.publish_topic(topic, payload, qos=1, retain=True)
 
     def state(self) -> None:
         """The retained <base>/state; nothing before a model is loaded."""
-        daemon = self.daemon
-        if daemon.station is None:
+        inspector, status = self.view.inspector(), self.view.status
+        if inspector is None:
             return
-        status, inspector = daemon.status, daemon.station.inspector
         self._publish(messages.STATE, messages.state_payload(
             status.source_state, status.source_detail, inspector.bundle, inspector.threshold,
             status.last_reload_error, status.restart_required), retain=True)
 
     def stats(self) -> None:
-        if self.daemon.link is not None and self.daemon.station is not None:
-            self._publish(messages.STATS, self.stats_data())
-
-    def stats_data(self) -> dict:
-        """The <base>/stats payload as of now; also what /metrics shows (edge.publish.metrics) and the station page
-        charts, from any thread."""
-        daemon = self.daemon
-        station, link = daemon.station, daemon.link
-        return daemon.status.stats_payload(
-            daemon.cfg.device_id, station.inspector.bundle, station.inspector.threshold,
-            source=daemon.source.stats() if daemon.source is not None else {}, outbox=station.recorder.stats(),
-            last_seq=station.recorder.last_seq, delivered=daemon.sender.delivered if daemon.sender else 0,
-            evidence=daemon.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
-            sinks=station.fanout.stats(), triggers=daemon.triggers.stats())
+        if self.view.link() is not None and self.view.inspector() is not None:
+            self._publish(messages.STATS, self.view.stats())
 
     def final(self, clean: bool) -> None:
         """Before the link closes: last stats and, on a clean stop, the retained state `stopped`. The status
         topic then says `offline` for any stop; `state` tells a planned stop from a crash (where it keeps the
         last source state)."""
         self.stats()
-        status = self.daemon.status
+        status = self.view.status
         if clean:
             status.source_detail = f"clean stop; the source was {status.source_state} {status.source_detail}".strip()
             status.source_state = STOPPED
@@ -93,7 +101,7 @@ class Reporter:
         if now < next_due_s:
             return next_due_s
         self.stats()
-        return now + self.daemon.cfg.mqtt.stats_interval_s
+        return now + self.view.cfg().mqtt.stats_interval_s
 
     def trigger_answer(self, answer) -> None:
         """The reply to an MQTT trigger (edge.io.triggers.Answer): ok only when inspected, with its seq."""
@@ -107,11 +115,10 @@ class Reporter:
         self.stats()
         self.state()
 
-    def reloaded(self, status: str, ok: bool, reason: str, request_id: str | None) -> None:
-        """After a reload or its refusal: systemd status, then stats and state, then the reply, so a reply
-        means the state is current."""
-        self.daemon.notifier.ready(status)
-        counters = self.daemon.status.counters
+    def reloaded(self, ok: bool, reason: str, request_id: str | None) -> None:
+        """After a reload or its refusal (and systemd told): stats and state, then the reply, so a reply means the
+        state is current."""
+        counters = self.view.status.counters
         counters.reloads += ok
         counters.reload_failures += not ok
         if ok:

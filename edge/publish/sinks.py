@@ -5,8 +5,8 @@ else that wants verdicts (live MQTT heatmap, evidence files, and tomorrow a web 
 `VerdictSink`. Each sink runs on its own thread behind a bounded queue: a slow sink loses its own events
 (counted in stats), a failing one logs and carries on, and neither can stall inspection.
 
-To add a sink, subclass VerdictSink (see edge/publish/example_sink.py) and add it in build_sinks
-(edge/publish/outputs.py).
+To add an output, copy edge/publish/example_sink.py (a VerdictSink and its build function) and add one line to
+OUTPUTS in edge/publish/outputs.py.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class VerdictEvent:
     part_id: str | None
     result: Any  # edge.core.inspector.Inspection
     payload: bytes  # the result message, exactly as published
+    message: dict[str, Any]  # the same message as built (edge.publish.messages.result_payload); read, never change
     alert: bool
     arrival_s: float  # time.monotonic() when the frame was captured
     recorded_s: float  # time.monotonic() when the verdict was durable in the outbox

@@ -4,7 +4,6 @@ The live picture is rendered only when a viewer asks for it (at most web.live_fp
 many viewers), so a station nobody watches spends nothing on JPEG encoding."""
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -83,7 +82,7 @@ class LiveSink(VerdictSink):
         self.started.set()
 
     def on_verdict(self, event: VerdictEvent) -> None:
-        verdict = json.loads(event.payload)
+        verdict = event.message
         self.recent.append(verdict)
         if self.frames is not None:
             self.frames.add(HeldFrame(event.seq, event.image, event.image_name, event.result.score,

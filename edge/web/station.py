@@ -1,6 +1,6 @@
-"""The station page's link to a running daemon: what it reads, and commands it queues like MQTT ones.
+"""The station page's link to a running station: what it reads, and commands it queues like MQTT ones.
 
-Changes go through the daemon's CommandQueue, exactly as MQTT `cmd/<name>` messages do (validated on arrival,
+Changes go through the station's CommandQueue, exactly as MQTT `cmd/<name>` messages do (validated on arrival,
 applied by the main loop between two frames, answered on <base>/reply and reflected on <base>/state); the page
 waits for its own reply by request_id.
 """
@@ -11,31 +11,56 @@ import json
 import logging
 import secrets
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.feedback import FeedbackStore, RecentFrames
 from edge.publish.metrics import serve_metrics
 from edge.publish.messages import model_ref
+from edge.status import StationStatus
 from edge.threshold_store import StoredThresholdError, load_threshold
 from edge.web.live import LiveSink
+
+if TYPE_CHECKING:
+    from edge.config.schema import Config
+    from edge.core.inspector import Inspector
+    from edge.publish.mqtt import MqttLink
 
 logger = logging.getLogger("lineguard")
 
 REPLY_WAIT_S = 10.0
-LINGER_WAIT_S = 0.5
 CALIBRATION_SCORES = Path("report") / "scores.csv"  # written by `lineguard train` into the bundle
 MAX_CALIBRATION_SCORES = 20000
 
+ReplyListener = Callable[[str, bool, str, "str | None"], None]
+
+
+@dataclass(frozen=True)
+class PageView:
+    """What the page reads of a running station, and where its commands go. Callables, since the model, the
+    link and the evidence folder exist only after start-up and a reload replaces the config and the model."""
+
+    cfg: Callable[[], Config]
+    inspector: Callable[[], Inspector | None]  # None before a model is loaded
+    stats: Callable[[], dict]  # the <base>/stats payload as of now (edge.publish.messages.stats_payload)
+    status: StationStatus
+    link: Callable[[], MqttLink | None]  # its connections are counted in /metrics
+    evidence_folder: Callable[[], Path]
+    command: Callable[[str, bytes], None]  # queues a command as MQTT's cmd/<name> does (CommandQueue.on_command)
+    listen_replies: Callable[[ReplyListener], None]  # hear every reply to a command, from any interface
+
 
 class StationWeb:
-    """Owns the page's sink, the feedback store and the web server thread of one daemon."""
+    """Owns the page's sink, the feedback store and the web server thread of one station."""
 
-    def __init__(self, daemon) -> None:
-        cfg = daemon.cfg
-        self.daemon = daemon
+    def __init__(self, view: PageView) -> None:
+        cfg = view.cfg()
+        self.view = view
         self.frames = RecentFrames(int(cfg.feedback.keep_frames_mb * 1e6))
         self.feedback = FeedbackStore(cfg.feedback_dir, self.frames)
-        self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: daemon.cfg.inference.roi, cfg.web.live_fps)
+        self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: view.cfg().inference.roi, cfg.web.live_fps)
         self.sinks = [self.sink]
         self.server = self.metrics = None
         self.extra_routes: list = []  # more Starlette routes on the same server (e.g. /metrics); add before start()
@@ -43,14 +68,16 @@ class StationWeb:
         self._waiting: dict[str, dict] = {}
         self._replied = threading.Condition()
         self._calibration_cache: tuple[Path, list[dict]] | None = None
-        daemon.report.reply_listeners.append(self._on_reply)
+        view.listen_replies(self._on_reply)
 
     # --- lifecycle ---
 
     def start(self) -> None:
         """Serve the page (web.enabled) and the metrics: after the station exists, before the MQTT link starts."""
-        web = self.daemon.cfg.web
-        self.metrics = serve_metrics(self.daemon)
+        view = self.view
+        cfg = view.cfg()
+        web = cfg.web
+        self.metrics = serve_metrics(cfg.metrics, web.enabled, view.stats, view.status, view.link())
         if not web.enabled:
             return
         from edge.web.app import build_app
@@ -74,32 +101,18 @@ class StationWeb:
             self.metrics.close()
         self.feedback.close()
 
-    def serve_after_replay(self) -> None:
-        """A finite replay ended: with web.keep_serving_after_replay, keep the page and commands up until stop."""
-        daemon = self.daemon
-        if not self.keep_serving:
-            return
-        from edge.control import apply_command
-
-        logger.info("replay finished; the station page stays up at %s, and commands are taken, until SIGTERM or "
-                    "Ctrl-C", self.server.url if self.server is not None else "(web.enabled is false)")
-        daemon.notifier.status("replay finished; serving the station page")
-        while not daemon.stop.is_set():
-            if daemon.reload_requested.is_set():
-                daemon._reload(request_id=None)
-            command = daemon.commands.next(LINGER_WAIT_S)
-            if command is not None and command.name != "trigger":
-                apply_command(daemon, command)
-            daemon.notifier.ping()
+    @property
+    def url(self) -> str | None:
+        """Where the page is served; None when web.enabled is false."""
+        return self.server.url if self.server is not None else None
 
     # --- what the page reads (from the server's threads) ---
 
     def inspecting(self) -> bool:
-        return self.sink.started.is_set() and self.daemon.station is not None
+        return self.sink.started.is_set() and self.view.inspector() is not None
 
     def state(self) -> dict:
-        daemon = self.daemon
-        inspector, status, cfg = daemon.station.inspector, daemon.status, daemon.cfg
+        inspector, status, cfg = self.view.inspector(), self.view.status, self.view.cfg()
         low, high = inspector.calibration.threshold_range()
         try:
             stored = load_threshold(cfg.storage.dir)
@@ -112,14 +125,14 @@ class StationWeb:
                 "restart_required": status.restart_required, "inspecting": self.inspecting()}
 
     def stats(self) -> dict:
-        return self.daemon.report.stats_data()
+        return self.view.stats()
 
     def recent(self) -> list[dict]:
         return list(self.sink.recent)
 
     def evidence_file(self, seq: int, kind: str) -> Path | None:
         """The evidence JPEG of a verdict: kind "frame" or "heat"."""
-        folder = self.daemon.evidence.folder
+        folder = self.view.evidence_folder()
         for path in sorted(folder.glob(f"{seq:09d}-*.jpg")):
             if path.stem.endswith("-heat") == (kind == "heat"):
                 return path
@@ -128,7 +141,7 @@ class StationWeb:
     def evidence_seqs(self) -> set[int]:
         """The seqs that have evidence images (named <seq>-<image>.jpg)."""
         seqs = set()
-        for path in self.daemon.evidence.folder.glob("*-heat.jpg"):
+        for path in self.view.evidence_folder().glob("*-heat.jpg"):
             head = path.name.split("-", 1)[0]
             if head.isdigit():
                 seqs.add(int(head))
@@ -139,7 +152,7 @@ class StationWeb:
 
     def calibration_scores(self) -> list[dict]:
         """The bundle's own test scores (report/scores.csv), for the histogram; [] when it has none."""
-        path = self.daemon.station.inspector.bundle.path / CALIBRATION_SCORES
+        path = self.view.inspector().bundle.path / CALIBRATION_SCORES
         if self._calibration_cache is None or self._calibration_cache[0] != path:
             self._calibration_cache = (path, _read_scores(path))
         return self._calibration_cache[1]
@@ -151,7 +164,7 @@ class StationWeb:
         request_id = f"web-{secrets.token_hex(8)}"
         with self._replied:
             self._waiting[request_id] = {}
-        self.daemon.commands.on_command(name, json.dumps({**args, "request_id": request_id}).encode())
+        self.view.command(name, json.dumps({**args, "request_id": request_id}).encode())
         with self._replied:
             self._replied.wait_for(lambda: self._waiting[request_id], REPLY_WAIT_S)
             reply = self._waiting.pop(request_id)
