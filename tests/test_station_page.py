@@ -188,6 +188,9 @@ def test_live_view_review_feedback_and_threshold_in_a_real_browser(tmp_path, bro
     # Threshold by eye: the flip count and list match what the stored scores say, wherever the slider is dragged.
     open_tab(browser, "threshold")
     assert poll(lambda: browser.find_element(By.ID, "threshold-current").text != "-")
+    with urllib.request.urlopen(url + "api/state", timeout=5) as response:
+        fitness = json.loads(response.read())["fitness"]
+    assert fitness["text"] and browser.find_element(By.ID, "threshold-fitness").text == fitness["text"]
     checked_with_flips = None
     for offset in (-60, 60, -150, 150, -30, 30):
         candidate, count, listed = drag_threshold(browser, offset)
@@ -331,3 +334,15 @@ def test_a_page_off_loopback_without_a_password_does_not_start(tmp_path):
     check = run_cli("check-config", config, env={"LINEGUARD_WEB_PASSWORD": ""})
     assert check.returncode == 78 and "web.host is 0.0.0.0" in check.stderr, check.stderr
     assert run_cli("check-config", config, env={"LINEGUARD_WEB_PASSWORD": PASSWORD}).returncode == 0
+
+
+def test_the_page_states_the_trainers_verdict_or_that_none_was_measured():
+    from types import SimpleNamespace
+
+    from edge.web.station import NOT_MEASURED, fitness_of
+
+    summary = {"verdict": "not fit", "text": "not fit: catches 50% (1/2) at 0.0% false rejects", "threshold": 3.0,
+               "caught": {"rate": 0.5}, "false_rejects": {"rate": 0.0}, "operating_points": []}
+    assert fitness_of(SimpleNamespace(metrics={"fitness": summary}))["text"] == summary["text"]
+    assert fitness_of(SimpleNamespace(metrics={}))["text"] == NOT_MEASURED
+    assert fitness_of(SimpleNamespace(metrics={"fitness": "garbage"}))["verdict"] is None

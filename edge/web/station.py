@@ -122,7 +122,8 @@ class StationWeb:
                 "bundle_threshold": inspector.calibration.threshold, "configured_threshold": cfg.inference.threshold,
                 "stored_threshold": stored, "threshold_range": [low, high], "source": status.source_state,
                 "source_detail": status.source_detail, "last_reload_error": status.last_reload_error,
-                "restart_required": status.restart_required, "inspecting": self.inspecting()}
+                "restart_required": status.restart_required, "inspecting": self.inspecting(),
+                "fitness": fitness_of(inspector.bundle)}
 
     def stats(self) -> dict:
         return self.view.stats()
@@ -184,3 +185,14 @@ def _read_scores(path: Path) -> list[dict]:
         return [{"score": float(row["score"]), "label": int(row["label"])} for row in rows]
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+NOT_MEASURED = "not measured for this bundle: `lineguard evaluate` on labelled images measures it"
+
+
+def fitness_of(bundle) -> dict:
+    """The trainer's verdict on the bundle (fit or not, defects caught and good parts rejected at its threshold)."""
+    summary = (bundle.metrics or {}).get("fitness") if isinstance(bundle.metrics, dict) else None
+    if not isinstance(summary, dict) or not isinstance(summary.get("text"), str):
+        return {"verdict": None, "text": NOT_MEASURED}
+    return {key: summary.get(key) for key in ("verdict", "text", "threshold", "caught", "false_rejects")}

@@ -171,6 +171,7 @@ async function loadScores() {
   text("threshold-bundle", fmt(state.bundle_threshold));
   text("threshold-origin", state.stored_threshold ? `set by command at ${state.stored_threshold.ts}`
     : state.configured_threshold ? "from inference.threshold" : "the bundle's own");
+  text("threshold-fitness", state.fitness.text);
   $("threshold-slider").value = thresholdToSlider(state.threshold);
   showCandidate();
 }
