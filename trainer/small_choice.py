@@ -54,8 +54,8 @@ def _autoencoder_auroc(options, kept: np.ndarray, good: np.ndarray, defective: n
 
 
 def _features_choice(options, kept: np.ndarray, good: np.ndarray, defective: np.ndarray) -> tuple[str, dict]:
-    from trainer.models import features
-    from trainer.models.feature_fit import choose_head
+    from edge.kinds.features import fit as features
+    from edge.kinds.features.fit_heads import choose_head
 
     int8_bytes, float_bytes = features._backbone(options.size)
     with tempfile.TemporaryDirectory(prefix="lineguard-backbone-") as folder:
@@ -70,7 +70,7 @@ def _features_choice(options, kept: np.ndarray, good: np.ndarray, defective: np.
 
 def choose(options, dataset: Dataset, fit_samples: list[Sample]):
     """The options with `model` (and for features `head` and `size`) chosen; and the measurements."""
-    from trainer.models.features import held_out_defects
+    from edge.kinds.features.fit import held_out_defects
     from trainer.train import load_arrays
 
     dense = replace(options, model="dense").resolved(dataset)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.core.pipelines.base import Pipeline, PipelineOutput
+from edge.kinds.base import Pipeline, PipelineOutput
 
 FEATURE_CHANNELS = 16  # what the example's last stage returns per position
 

@@ -16,8 +16,8 @@ class ModelChoice:
     """One `--model` value: which trainer module makes it and which device pipeline kind runs it."""
 
     name: str
-    module: str  # trainer.models.<module>: build, fit(options, x_train), export(model, x_train, folder, seed)
-    kind: str  # the bundle's kind, a pipeline in edge.core.pipelines
+    module: str  # edge.kinds.<module>.fit: fit(options, x_train), export(model, x_train, folder, seed), architecture
+    kind: str  # the bundle's kind, a pipeline in edge.kinds
     residual: str | None  # default residual map; None: the model outputs its map, so --residual does not apply
     reducer: str  # default image score from the map
     defaults: dict[str, Any] = field(default_factory=dict)  # TrainOptions fields left to the data
@@ -39,4 +39,4 @@ MODELS: dict[str, ModelChoice] = {choice.name: choice for choice in (
 
 def module_for(choice: ModelChoice) -> ModuleType:
     """The choice's trainer module (imports TensorFlow)."""
-    return importlib.import_module(f"{__name__}.{choice.module}")
+    return importlib.import_module(f"edge.kinds.{choice.module}.fit")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow import keras
 
-from trainer.models.common import adam, export_single_stage, fit_steps
+from edge.kinds.components.fit_keras import adam, export_single_stage, fit_steps
 
 
 def build(shape: tuple[int, int, int]) -> keras.Model:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.core.bundle import MANIFEST_NAME, BundleError
-from edge.core.pipelines.base import Pipeline, PipelineOutput
+from edge.kinds.base import Pipeline, PipelineOutput
 from edge.core.scoring import channel_mean
 
 

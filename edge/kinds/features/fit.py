@@ -1,9 +1,9 @@
 """The `features` kind: an ImageNet MobileNetV2 (models/backbones/) and a head fitted on its patch features.
 
 Nothing is trained by gradient descent: the head's statistics come from the good images' features, extracted by
-the int8 backbone through the device's own code (edge.core.pipelines.features.BackboneFeatures), so the device
+the int8 backbone through the device's own code (edge.kinds.features.BackboneFeatures), so the device
 scores exactly the features the head was fitted on. Heads: `padim` (a Gaussian per patch position) and
-`patchcore` (a coreset of good patches); edge.core.feature_heads runs them.
+`patchcore` (a coreset of good patches); edge.kinds.features.heads runs them.
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.core.bundle import Stage, sha256_of
-from edge.core.feature_heads import HEAD_FILE
+from edge.kinds.features.heads import HEAD_FILE
 from edge.core.files import write_bytes_atomic
-from edge.core.pipelines.features import BackboneFeatures
+from edge.kinds.features import BackboneFeatures
 from edge.core.runtime import TFLiteStage
 from trainer import backbones
-from trainer.models.feature_fit import choose_head, fit_head
+from edge.kinds.features.fit_heads import choose_head, fit_head
 from trainer.synthetic import DefectSynthesizer
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """ImageNet features: a pretrained backbone (one TFLite stage with one output per chosen layer), then a head in
-numpy (edge.core.feature_heads) that turns every patch into a distance from the good parts' statistics.
+numpy (edge.kinds.features.heads) that turns every patch into a distance from the good parts' statistics.
 
 The patch distances are upsampled to the model input; the shared scoring smooths them (scoring.smoothing_sigma)
 and reduces them to the image score.
@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from edge.core.bundle import MANIFEST_NAME, Bundle, BundleError
-from edge.core.feature_heads import HeadError, load_head, patch_features
-from edge.core.pipelines.base import Pipeline, PipelineOutput
+from edge.kinds.features.heads import HeadError, load_head, patch_features
+from edge.kinds.base import Pipeline, PipelineOutput
 
 BACKBONE_STRIDE = 8  # of the finest layer: the patch grid
 

@@ -1,6 +1,6 @@
 """Fitting the `features` heads on good images' patch features, and choosing between them from good images only.
 
-The device side of each head is edge.core.feature_heads; what is fitted here is exactly what it reads.
+The device side of each head is edge.kinds.features.heads; what is fitted here is exactly what it reads.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from edge.core.feature_heads import GlobalKnnHead, PadimHead, PatchcoreHead, cell_order, pack_upper, unpack_upper
+from edge.kinds.features.heads import GlobalKnnHead, PadimHead, PatchcoreHead, cell_order, pack_upper, unpack_upper
 
 logger = logging.getLogger(__name__)
 

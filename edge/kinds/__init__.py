@@ -5,10 +5,10 @@ The bundle's `kind` picks the class here. To add a kind, start from _template.py
 from __future__ import annotations
 
 from edge.core.bundle import MANIFEST_NAME, Bundle, BundleError
-from edge.core.pipelines.autoencoder import AutoencoderPipeline
-from edge.core.pipelines.base import Pipeline, PipelineOutput
-from edge.core.pipelines.features import FeaturesPipeline
-from edge.core.pipelines.segmenter import SegmenterPipeline
+from edge.kinds.autoencoder import AutoencoderPipeline
+from edge.kinds.base import Pipeline, PipelineOutput
+from edge.kinds.features import FeaturesPipeline
+from edge.kinds.segmenter import SegmenterPipeline
 
 PIPELINES: dict[str, type[Pipeline]] = {cls.kind: cls for cls in (AutoencoderPipeline, SegmenterPipeline,
                                                                   FeaturesPipeline)}
