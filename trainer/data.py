@@ -12,8 +12,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from edge.core.preprocess import ImageError, image_files, read_image
+from edge.core.preprocess import ImageError, PreprocessSpec, image_files, preprocess, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -294,3 +295,14 @@ def summarize(dataset: Dataset) -> str:
     counts = Counter(s.defect for s in dataset.test)
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     return f"{dataset.description}: {len(dataset.train)} training images; test: {parts or 'none'}"
+
+
+def load_arrays(samples: list[Sample], spec: PreprocessSpec) -> np.ndarray:
+    """The samples as the model input (N x H x W x C float32), preprocessed as the device does."""
+    out = np.empty((len(samples), *spec.shape), dtype=np.float32)
+    for i, sample in enumerate(tqdm(samples, desc="loading", unit="img", leave=False, mininterval=0.5)):
+        try:
+            out[i] = preprocess(sample.image(spec.color), spec)
+        except ValueError as exc:
+            raise DataError(f"{sample.path or sample.name}: {exc}") from None
+    return out

@@ -1,27 +1,20 @@
-"""Model kinds: one module per kind, each turning the preprocessed model input into an anomaly map.
+"""Model kinds, one folder each: edge/kinds/<kind>/__init__.py is what the device runs (preprocessed model input
+-> anomaly map), edge/kinds/<kind>/fit.py what the trainer fits and exports. The bundle's `kind` picks the
+pipeline; the trainer's `--model` picks a choice of a kind.
 
-The bundle's `kind` picks the class here. To add a kind, start from _template.py.
+To add a kind: copy edge/kinds/_template/ to edge/kinds/<kind>/ and add one `register` line below.
 """
 from __future__ import annotations
 
-from edge.core.bundle import MANIFEST_NAME, Bundle, BundleError
 from edge.kinds.autoencoder import AutoencoderPipeline
-from edge.kinds.base import Pipeline, PipelineOutput
+from edge.kinds.base import ModelChoice, Pipeline, PipelineOutput
 from edge.kinds.features import FeaturesPipeline
+from edge.kinds.registry import MODELS, PIPELINES, fitting_module_name, open_pipeline, register, unregister
 from edge.kinds.segmenter import SegmenterPipeline
 
-PIPELINES: dict[str, type[Pipeline]] = {cls.kind: cls for cls in (AutoencoderPipeline, SegmenterPipeline,
-                                                                  FeaturesPipeline)}
+register(AutoencoderPipeline)
+register(SegmenterPipeline)
+register(FeaturesPipeline)
 
-
-def open_pipeline(bundle: Bundle, threads: int = 1, use_float_model: bool = False) -> Pipeline:
-    """The bundle's kind, with its stages loaded and checked."""
-    try:
-        pipeline_class = PIPELINES[bundle.kind]
-    except KeyError:
-        raise BundleError(f"{bundle.path / MANIFEST_NAME}: model kind {bundle.kind!r} is not known to this "
-                          f"lineguard (it knows {', '.join(sorted(PIPELINES))})") from None
-    return pipeline_class(bundle, threads=threads, use_float_model=use_float_model)
-
-
-__all__ = ["PIPELINES", "Pipeline", "PipelineOutput", "open_pipeline"]
+__all__ = ["MODELS", "PIPELINES", "ModelChoice", "Pipeline", "PipelineOutput", "fitting_module_name", "open_pipeline",
+           "register", "unregister"]
