@@ -187,6 +187,17 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 
 
+MODULES_AFTER_SCORING = """
+import contextlib, io, json, sys
+from edge.cli import main
+codes = []
+with contextlib.redirect_stdout(io.StringIO()):
+    for bundle, image in BUNDLES_AND_IMAGES:
+        codes.append(main(["score", "--model", bundle, image]))
+print(json.dumps({"codes": codes, "modules": sorted(sys.modules)}))
+"""
+
+
 def _modules_of_a_real_process(script: str) -> object:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -205,6 +216,22 @@ def test_a_real_process_runs_a_device_command_without_trainer_or_tensorflow():
     outcome = _modules_of_a_real_process(MODULES_AFTER_A_DEVICE_COMMAND)
     assert outcome["code"] == 0
     assert _off_device(outcome["modules"]) == []
+
+
+def test_a_real_process_scores_every_kind_without_fit_modules_trainer_or_tensorflow():
+    """`lineguard score` on a bundle of each committed kind: no fit module, no trainer, no TensorFlow loaded."""
+    models = ROOT / "models"
+    tile = next((ROOT / "tests" / "fixtures" / "magnetic-tile" / "test" / "good").iterdir())
+    digit = next((ROOT / "samples" / "mnist").glob("*.png"))
+    pairs = [(str(models / "mnist-1"), str(digit))] + [(str(models / name), str(tile)) for name in
+                                                       ("magnetic-tile", "magnetic-tile-ae", "magnetic-tile-seg")]
+    kinds = {json.loads((ROOT / bundle / "model.json").read_text())["kind"] for bundle, _ in pairs}
+    assert kinds == {"autoencoder", "features", "segmenter"}
+    outcome = _modules_of_a_real_process(f"BUNDLES_AND_IMAGES = {pairs!r}\n" + MODULES_AFTER_SCORING)
+    assert outcome["codes"] == [0] * len(pairs)
+    assert _off_device(outcome["modules"]) == []
+    assert [m for m in outcome["modules"] if is_fit_module(m)] == []
+    assert "edge.kinds.features.heads.padim" in outcome["modules"]  # the check saw the kinds really load
 
 
 MAX_MODULE_LINES = 400

@@ -19,7 +19,7 @@ from edge.core.preprocess import PreprocessSpec
 from edge.core.quality import fit_limits, measure
 from edge.core.scoring import Calibration, ScoringSpec
 from trainer import metrics, small_choice
-from trainer.data import DataError, Dataset, Sample, load_arrays
+from trainer.data import DataError, Dataset, Sample, load_arrays, read_checked
 from trainer.evaluate import ScoredSet, score_samples, summarize
 from trainer.models import MODELS, module_for
 
@@ -210,9 +210,7 @@ def _add_ignore(bundle: Bundle, opts: TrainOptions, staged: Path, dataset: Datas
         raise DataError("--ignore-polygons are in frame pixels: they need images of one size")
     bundle.ignore_polygons = [[tuple(map(float, p)) for p in poly] for poly in opts.ignore_polygons]
     if opts.ignore_mask is not None:
-        mask = cv2.imread(str(opts.ignore_mask), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise DataError(f"{opts.ignore_mask}: not a readable mask image")
+        mask = read_checked(opts.ignore_mask, "gray", "ignore mask")  # as the device will read it back
         cv2.imwrite(str(staged / IGNORE_MASK_NAME), mask)
         bundle.has_ignore_mask = True
 

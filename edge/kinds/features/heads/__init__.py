@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.kinds.features.heads.base import HEAD_FILE, Head, HeadError, HeadFit, check_arrays
+from edge.kinds.features.heads.base import HEAD_FILE, Head, HeadError, HeadFit, check_arrays, require
 from edge.kinds.features.heads.knn import GlobalKnnHead
 from edge.kinds.features.heads.padim import PadimHead, cell_order, pack_upper, unpack_upper
 from edge.kinds.features.heads.patchcore import PatchcoreHead
@@ -78,4 +78,4 @@ def load_head(path: Path, head_type: str, sha256: str, feature_channels: int) ->
 
 
 __all__ = ["HEADS", "HEAD_FILE", "GlobalKnnHead", "Head", "HeadError", "HeadFit", "PadimHead", "PatchcoreHead",
-           "cell_order", "fit_head", "head_from_arrays", "load_head", "pack_upper", "register_head", "unpack_upper"]
+           "cell_order", "require", "fit_head", "head_from_arrays", "load_head", "pack_upper", "register_head", "unpack_upper"]
