@@ -42,7 +42,8 @@ def head_from_arrays(head_type: str, arrays: dict[str, np.ndarray], path: Path, 
     return HEADS[head_type].from_arrays(arrays, path)
 
 
-def fit_head(head_type: str, features: np.ndarray, setting: HeadFit) -> tuple[dict[str, np.ndarray], dict, Head]:
+def fit_head(head_type: str, features: np.ndarray,
+             setting: HeadFit) -> tuple[dict[str, np.ndarray], dict, Head]:
     """Fit a head on (images, positions, channels) features: its arrays (what the bundle stores), what model.json
     records about it, and the head built from the arrays as the device will read them back."""
     if head_type not in HEADS:
@@ -78,4 +79,5 @@ def load_head(path: Path, head_type: str, sha256: str, feature_channels: int) ->
 
 
 __all__ = ["HEADS", "HEAD_FILE", "GlobalKnnHead", "Head", "HeadError", "HeadFit", "PadimHead", "PatchcoreHead",
-           "cell_order", "require", "fit_head", "head_from_arrays", "load_head", "pack_upper", "register_head", "unpack_upper"]
+           "cell_order", "fit_head", "head_from_arrays", "load_head", "pack_upper", "register_head", "require",
+           "unpack_upper"]
