@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.core import pipelines
+from edge import kinds
 from edge.core.bundle import MANIFEST_NAME, Bundle, Stage, load_bundle, save_manifest, sha256_of
 from edge.core.inspector import Inspector
-from edge.core.pipelines import _template
+from edge.kinds import _template
 from edge.core.preprocess import PreprocessSpec, read_image
 from edge.core.runtime import ModelLoadError, StageChain
 from edge.core.scoring import Calibration, ScoringSpec
@@ -117,7 +117,7 @@ def test_a_two_stage_bundle_runs_its_stages_in_order(tmp_path, monkeypatch):
         scoring=ScoringSpec(residual=None, reducer="max"), calibration=Calibration(threshold=1.0),
     )
     save_manifest(bundle)
-    monkeypatch.setitem(pipelines.PIPELINES, _template.FeatureNormPipeline.kind, _template.FeatureNormPipeline)
+    monkeypatch.setitem(kinds.PIPELINES, _template.FeatureNormPipeline.kind, _template.FeatureNormPipeline)
     inspector = Inspector(folder, quality_gate=False)
     assert len(inspector.pipeline.chain.stages) == 2
     sha = [sha256_of(folder / "backbone.tflite"), sha256_of(folder / "head.tflite")]
@@ -142,7 +142,7 @@ def test_stages_that_do_not_fit_together_are_refused(tmp_path):
 
 
 def test_the_trainer_template_makes_a_bundle_the_device_runs(tmp_path):
-    from trainer.models import _template as template
+    from edge.kinds._template import fit as template
     from trainer.train import TrainOptions
 
     options = TrainOptions(model="pixel-example", steps=3, batch_size=4, learning_rate=1e-3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.core.bundle import MANIFEST_NAME, BundleError, sha256_of
-from edge.core.feature_heads import HEAD_FILE
+from edge.kinds.features.heads import HEAD_FILE
 from edge.core.inspector import Inspector
 from tests.support.helpers import FIXTURES, ROOT, run_cli
 
@@ -136,7 +136,7 @@ def test_backbone_script_cuts_resizes_and_dequantizes(tmp_path):
 
 def test_padim_blocks_score_as_per_position_precisions_would():
     """A covariance shared by each 2x2 block gives the distances of the same precision repeated per position."""
-    from edge.core.feature_heads import PadimHead, cell_order
+    from edge.kinds.features.heads import PadimHead, cell_order
 
     rng = np.random.default_rng(0)
     grid, channels = (6, 4), 5

@@ -241,3 +241,15 @@ def test_opencv_itself_refuses_the_bomb_once_lineguard_is_imported(bomb):
     result = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, cwd=ROOT,
                             env=env, timeout=CLI_TIMEOUT_S)
     assert result.stdout.strip() == "refused", result.stdout + result.stderr[-2000:]
+
+
+def test_the_trainer_refuses_a_bomb_as_score_does_without_decoding_it(tmp_path, bomb):
+    from trainer.data import DataError, load_dataset
+
+    good = tmp_path / "data" / "train" / "good"
+    shutil.copytree(SAMPLES, good)
+    shutil.copy(bomb, good / "zz-bomb.png")
+    with pytest.raises(DataError) as refused:
+        load_dataset(tmp_path / "data")
+    assert str(refused.value) == (f"{good / 'zz-bomb.png'}: {BOMB_SIDE}x{BOMB_SIDE} pixels is above the limit of "
+                                  f"{MAX_IMAGE_PIXELS:,} pixels; not decoded")

@@ -47,3 +47,21 @@ def test_daemon_scores_16_bit_frames_exactly_as_score_does(tmp_path, broker, mak
     # The low byte matters: read as 8-bit, the same frames would score differently.
     truncated = score_cli(sorted(shallow.glob("*.png")))
     assert any(truncated[name]["score"] != expected[name]["score"] for name in expected)
+
+
+def test_the_trainer_reads_16_bit_files_as_the_device_does(tmp_path):
+    """Training data, ground-truth masks and the ignore mask go through the device's reader: the low byte counts."""
+    from edge.core.preprocess import PreprocessSpec, preprocess, read_image
+    from trainer.data import Sample, image_sizes, load_arrays
+
+    frames, shallow = write_frames(tmp_path)
+    deep_files, shallow_files = sorted(frames.glob("*.png")), sorted(shallow.glob("*.png"))
+    spec = PreprocessSpec(color="gray", height=28, width=28)
+    x = load_arrays([Sample(path.name, path=path) for path in deep_files], spec)
+    for got, path in zip(x, deep_files):
+        assert np.array_equal(got, preprocess(read_image(path, "gray"), spec))
+    assert not np.array_equal(x, load_arrays([Sample(p.name, path=p) for p in shallow_files], spec))
+    assert image_sizes(deep_files) == {read_image(deep_files[0], "gray").shape}
+    mask_path = tmp_path / "mask.png"
+    assert cv2.imwrite(str(mask_path), np.full((28, 28), 40000, np.uint16))  # above half of 16 bits
+    assert Sample("bad", label=1, mask_path=mask_path).mask((14, 14)).all()

@@ -19,6 +19,7 @@ from edge.argtypes import FRACTION, POSITIVE_INT, number, polygons, roi, size
 from edge.exitcodes import EX_CONFIG, EX_OK
 from edge.core.scoring import REDUCERS, RESIDUALS
 from trainer import AUGMENTATIONS
+from edge.kinds.features.heads import HEADS
 from trainer.models import MODELS
 
 TRAIN_EXTRA_HINT = "pip install 'lineguard[train]'"
@@ -112,7 +113,7 @@ def add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--width", type=POSITIVE_INT,
                    help="hidden units (dense, default 392), base filters (conv 32, segmenter 8)")
     p.add_argument("--latent", type=POSITIVE_INT, help="latent size (dense 64, conv 100; the segmenter has none)")
-    p.add_argument("--head", choices=("auto", "padim", "patchcore", "knn"), default="auto",
+    p.add_argument("--head", choices=("auto", *HEADS), default="auto",
                    help="features: padim (a Gaussian per patch position; parts always in the same place) or patchcore "
                         "(nearest good patch, position-free) or knn (small images: the pooled image vector, mean "
                         "distance to the 2 nearest good images); auto: the one that best finds synthetic defects on "

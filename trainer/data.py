@@ -12,8 +12,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from edge.core.preprocess import ImageError, image_files, read_image
+from edge.core.preprocess import ImageError, PreprocessSpec, image_files, preprocess, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,15 @@ NPZ_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error
 
 class DataError(ValueError):
     """Unusable training or evaluation data; the message names the file or folder."""
+
+
+def read_checked(path: Path, color: str, what: str = "image") -> np.ndarray:
+    """An image file through the device's bounded reader (edge.core.preprocess.read_image): the same size and
+    pixel limits, formats and bit depths in training as on the device. DataError names the file."""
+    try:
+        return read_image(path, color)
+    except ImageError as exc:
+        raise DataError(str(exc) if what == "image" else f"{exc} ({what})") from None
 
 
 @dataclass
@@ -42,19 +52,15 @@ class Sample:
     def image(self, color: str) -> np.ndarray:
         if self.array is not None:
             return self.array
-        try:
-            return read_image(self.path, color)
-        except ImageError as exc:
-            raise DataError(str(exc)) from None
+        return read_checked(self.path, color)
 
     def mask(self, shape: tuple[int, int]) -> np.ndarray:
         """Boolean ground-truth mask resized to (height, width); all False for good images or no mask."""
         if self.mask_path is None:
             return np.zeros(shape, dtype=bool)
-        mask = cv2.imread(str(self.mask_path), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise DataError(f"{self.mask_path}: not a readable mask image")
-        return cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 127
+        mask = read_checked(self.mask_path, "gray", "mask image")
+        half = np.iinfo(mask.dtype).max // 2 if mask.dtype.kind in "iu" else 0.5  # 127 for 8 bits, as before
+        return cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > half
 
 
 @dataclass
@@ -91,9 +97,7 @@ def _mask_for(root: Path, defect: str, image: Path) -> Path | None:
 def detect_color(paths: list[Path]) -> str:
     """'rgb' when any of the first images has distinct colour channels, else 'gray'."""
     for path in paths[:COLOR_PROBE_IMAGES]:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise DataError(f"{path}: not a readable image")
+        image = read_checked(path, "bgr")  # gray files decode to three equal channels
         if image.ndim == 3 and image.shape[2] >= 3:
             b, g, r = image[..., 0], image[..., 1], image[..., 2]
             if not (np.array_equal(b, g) and np.array_equal(g, r)):
@@ -102,13 +106,10 @@ def detect_color(paths: list[Path]) -> str:
 
 
 def image_sizes(paths: list[Path]) -> set[tuple[int, int]]:
-    """Distinct (height, width) of image files, read from headers where OpenCV allows."""
+    """Distinct (height, width) of image files, decoded as the device decodes them."""
     sizes = set()
     for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise DataError(f"{path}: not a readable image")
-        sizes.add(image.shape[:2])
+        sizes.add(read_checked(path, "gray").shape[:2])
     return sizes
 
 
@@ -294,3 +295,14 @@ def summarize(dataset: Dataset) -> str:
     counts = Counter(s.defect for s in dataset.test)
     parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     return f"{dataset.description}: {len(dataset.train)} training images; test: {parts or 'none'}"
+
+
+def load_arrays(samples: list[Sample], spec: PreprocessSpec) -> np.ndarray:
+    """The samples as the model input (N x H x W x C float32), preprocessed as the device does."""
+    out = np.empty((len(samples), *spec.shape), dtype=np.float32)
+    for i, sample in enumerate(tqdm(samples, desc="loading", unit="img", leave=False, mininterval=0.5)):
+        try:
+            out[i] = preprocess(sample.image(spec.color), spec)
+        except ValueError as exc:
+            raise DataError(f"{sample.path or sample.name}: {exc}") from None
+    return out

@@ -20,22 +20,26 @@ import cv2
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from trainer.data import Dataset, Sample
+from edge.core.preprocess import PreprocessSpec
+from trainer.data import Dataset, Sample, load_arrays
+from trainer.models import MODELS, module_for
 
 logger = logging.getLogger(__name__)
 
 SMALL_MAX_SIDE = 32  # images up to this side (px), MNIST-sized, get the measured choice: autoencoder or features
 SMALL_IMAGE_HEADS = ("knn",)  # the whole-image feature head; see the module text for why patch heads don't compete
-FEATURES_UPSCALE = 2  # small images reach the backbone enlarged: MNIST 1 vs 9 0.9993 at 56 px, 0.9978 at 28
+# The two candidates. The features choice's small_upscale (2) enlarges small images for the backbone: MNIST 1 vs 9
+# 0.9993 at 56 px, 0.9978 at 28.
+AUTOENCODER, FEATURES = "dense", "features"
 
 
 def is_small(dataset: Dataset) -> bool:
     return max(max(size) for size in dataset.sizes) <= SMALL_MAX_SIDE
 
 
-def features_size(dataset: Dataset) -> tuple[int, int]:
+def enlarged_size(dataset: Dataset, upscale: int) -> tuple[int, int]:
     height, width = max(dataset.sizes)
-    return height * FEATURES_UPSCALE, width * FEATURES_UPSCALE
+    return height * upscale, width * upscale
 
 
 def _resized(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -45,47 +49,38 @@ def _resized(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _autoencoder_auroc(options, kept: np.ndarray, good: np.ndarray, defective: np.ndarray) -> float:
-    from trainer.models import MODELS, module_for
-
-    model = module_for(MODELS["dense"]).fit(options, kept)
+    model = module_for(MODELS[AUTOENCODER]).fit(options, kept)
     scores = [np.abs(x - model.predict(x, batch_size=256, verbose=0)).reshape(len(x), -1).sum(axis=1)
               for x in (good, defective)]
     return float(roc_auc_score(np.r_[np.zeros(len(good)), np.ones(len(defective))], np.concatenate(scores)))
 
 
 def _features_choice(options, kept: np.ndarray, good: np.ndarray, defective: np.ndarray) -> tuple[str, dict]:
-    from trainer.models import features
-    from trainer.models.feature_fit import choose_head
-
-    int8_bytes, float_bytes = features._backbone(options.size)
+    features = module_for(MODELS[FEATURES])
+    int8_bytes, float_bytes = features.sized_backbone(options.size)
     with tempfile.TemporaryDirectory(prefix="lineguard-backbone-") as folder:
         extractor = features.open_extractor(int8_bytes, Path(folder), options.threads)
-        layers = [extractor.stage.output_shape[-1], *(s[-1] for _, s, *_ in extractor.stage.extra_outputs)]
-        grid = extractor.grid
+        setting = features.head_setting(extractor, len(int8_bytes) + len(float_bytes), options.seed)
         fit, held, bad = (np.stack(list(features.extract(extractor, _resized(x, options.size), desc)))
                           for x, desc in ((kept, "features"), (good, "held out"), (defective, "synthetic defects")))
-    return choose_head(fit, held, bad, len(int8_bytes) + len(float_bytes), options.seed,
-                       SMALL_IMAGE_HEADS, features.knn_channels(layers), grid)
+    return features.choose_head(fit, held, bad, setting, SMALL_IMAGE_HEADS)
 
 
 def choose(options, dataset: Dataset, fit_samples: list[Sample]):
     """The options with `model` (and for features `head` and `size`) chosen; and the measurements."""
-    from trainer.models.features import held_out_defects
-    from trainer.train import load_arrays
-
-    dense = replace(options, model="dense").resolved(dataset)
+    dense = replace(options, model=AUTOENCODER).resolved(dataset)
     x = load_arrays(fit_samples, dense_spec(dense))
-    split = held_out_defects(x, options.seed)
+    split = module_for(MODELS[FEATURES]).held_out_defects(x, options.seed)
     if split is None:
         reason = f"dense: too few images ({len(x)}) to hold some out and measure"
-        return replace(options, model="dense"), {"reason": reason}
+        return replace(options, model=AUTOENCODER), {"reason": reason}
     kept, held, defective = split
     logger.info("model choice for small images: the dense autoencoder and the features knn head, measured on %d "
                 "held-out good images with synthetic defects", len(held))
     measured = {"dense": round(_autoencoder_auroc(dense, x[kept], x[held], defective), 4)}
     logger.info("model choice: dense autoencoder AUROC %.4f", measured["dense"])
-    size = features_size(dataset)
-    feats = replace(options, model="features", size=size).resolved(dataset)
+    size = enlarged_size(dataset, MODELS[FEATURES].small_upscale)
+    feats = replace(options, model=FEATURES, size=size).resolved(dataset)
     head, head_choice = _features_choice(feats, x[kept], x[held], defective)
     measured.update({f"features/{name}": value for name, value in head_choice["auroc_on_synthetic"].items()})
     winner = max(measured, key=lambda name: (measured[name], name == "dense"))  # a tie keeps the study's model
@@ -93,12 +88,10 @@ def choose(options, dataset: Dataset, fit_samples: list[Sample]):
               f"images with synthetic defects (" + ", ".join(f"{k} {v:.4f}" for k, v in measured.items()) + ")")
     logger.info("model: %s", reason)
     info = {"auroc_on_synthetic": measured, "reason": reason}
-    if winner == "dense":
-        return replace(options, model="dense"), info
-    return replace(options, model="features", head=winner.split("/")[1], size=options.size or size), info
+    if winner == AUTOENCODER:
+        return replace(options, model=AUTOENCODER), info
+    return replace(options, model=FEATURES, head=winner.split("/")[1], size=options.size or size), info
 
 
-def dense_spec(options):
-    from edge.core.preprocess import PreprocessSpec
-
+def dense_spec(options) -> PreprocessSpec:
     return PreprocessSpec(color=options.color, height=options.size[0], width=options.size[1], roi=options.roi)

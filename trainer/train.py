@@ -15,11 +15,11 @@ from edge.argtypes import MIN_SIDE_PX
 from edge.core.bundle import IGNORE_MASK_NAME, Bundle, publish_dir, save_manifest, staging_dir
 from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
-from edge.core.preprocess import PreprocessSpec, preprocess
+from edge.core.preprocess import PreprocessSpec
 from edge.core.quality import fit_limits, measure
 from edge.core.scoring import Calibration, ScoringSpec
 from trainer import metrics, small_choice
-from trainer.data import DataError, Dataset, Sample
+from trainer.data import DataError, Dataset, Sample, load_arrays, read_checked
 from trainer.evaluate import ScoredSet, score_samples, summarize
 from trainer.models import MODELS, module_for
 
@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 TRAINER_VERSION = "0.1.0"
 DENSE_MAX_SIDE = 32  # MNIST-sized images get the study's dense model
-CONV_DEFAULT_SIDE = 128
-FEATURES_DEFAULT_SIDE = 224  # the ImageNet backbone's native input
+SMALL_DEFAULT_MODEL = "dense"  # `--model auto` without a measured choice: the study's model for small gray images
+DEFAULT_MODEL = "features"  # and for the rest (magnetic tile, README: ImageNet features beat every from-scratch model)
 PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image anomaly-map pixels: what counts as an anomalous pixel
 # When good images leave (almost) no residual the quantile is 0, which a bundle may not carry (every pixel would
 # count as anomalous): then any residual above the smallest normal float32 counts.
@@ -40,7 +40,7 @@ class TrainOptions:
     """Everything `lineguard train` can be told; None means "choose from the data"."""
 
     name: str | None = None
-    model: str = "auto"  # auto | dense | conv | segmenter | features
+    model: str = "auto"  # auto or a choice in edge.kinds.MODELS: dense | conv | segmenter | features
     size: tuple[int, int] | None = None  # (height, width); None: native when small, else 128x128
     color: str | None = None  # None: from the data
     roi: tuple[int, int, int, int] | None = None
@@ -51,7 +51,7 @@ class TrainOptions:
     topk_fraction: float = 0.01
     width: int | None = None
     latent: int | None = None
-    head: str = "auto"  # features: padim | patchcore | knn | auto (measured on held-out good images)
+    head: str = "auto"  # features: a head in edge.kinds.features.heads.HEADS, or auto (measured on held-out images)
     crop: int | None = None  # segmenter: train on random square crops of this size, infer on the whole frame
     steps: int | None = None
     batch_size: int | None = None
@@ -75,10 +75,10 @@ class TrainOptions:
             # Measured on magnetic tile (README): ImageNet features beat every from-scratch model by far.
             # train_bundle measures the choice for small images (trainer.small_choice); this is the fallback.
             small = max(max(size) for size in dataset.sizes) <= DENSE_MAX_SIDE and out.color == "gray"
-            out.model = "dense" if small else "features"
-        out.size = self.size or default_size(dataset, out.model)
+            out.model = SMALL_DEFAULT_MODEL if small else DEFAULT_MODEL
         if out.model not in MODELS:
             raise ValueError(f"model must be auto or one of {sorted(MODELS)}, got {out.model!r}")
+        out.size = self.size or default_size(dataset, out.model)
         choice = MODELS[out.model]
         if choice.residual is None and out.residual is not None:
             raise ValueError(f"the {out.model} outputs its anomaly map: --residual does not apply to it")
@@ -108,11 +108,12 @@ def check_image_sizes(dataset: Dataset) -> None:
 def default_size(dataset: Dataset, model: str) -> tuple[int, int]:
     """The model input when --size is not given. Every image is resized to it, as the device resizes frames."""
     largest = max(max(size) for size in dataset.sizes)
-    if model == "features" and small_choice.is_small(dataset):
-        return small_choice.features_size(dataset)  # the backbone sees small images enlarged
+    choice = MODELS[model]
+    if choice.small_upscale > 1 and small_choice.is_small(dataset):
+        return small_choice.enlarged_size(dataset, choice.small_upscale)  # the model sees small images enlarged
     if len(dataset.sizes) == 1 and largest <= DENSE_MAX_SIDE:
         return next(iter(dataset.sizes))
-    side = FEATURES_DEFAULT_SIDE if model == "features" else CONV_DEFAULT_SIDE
+    side = choice.default_side
     if len(dataset.sizes) > 1:
         listed = ", ".join(f"{w}x{h}" for h, w in sorted(dataset.sizes)[:4])
         logger.info("%s: images of %d sizes (%s, ...): every image is resized to %dx%d, as the device resizes "
@@ -128,18 +129,6 @@ def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[l
     if n_val >= len(train):
         raise DataError(f"only {len(train)} training images: too few to hold out {fraction:.0%} for calibration")
     return [train[i] for i in order[n_val:]], [train[i] for i in order[:n_val]]
-
-
-def load_arrays(samples: list[Sample], spec: PreprocessSpec) -> np.ndarray:
-    from tqdm import tqdm
-
-    out = np.empty((len(samples), *spec.shape), dtype=np.float32)
-    for i, sample in enumerate(tqdm(samples, desc="loading", unit="img", leave=False, mininterval=0.5)):
-        try:
-            out[i] = preprocess(sample.image(spec.color), spec)
-        except ValueError as exc:
-            raise DataError(f"{sample.path or sample.name}: {exc}") from None
-    return out
 
 
 def choose_threshold(options: TrainOptions, calib: ScoredSet) -> tuple[float, str]:
@@ -222,9 +211,7 @@ def _add_ignore(bundle: Bundle, opts: TrainOptions, staged: Path, dataset: Datas
         raise DataError("--ignore-polygons are in frame pixels: they need images of one size")
     bundle.ignore_polygons = [[tuple(map(float, p)) for p in poly] for poly in opts.ignore_polygons]
     if opts.ignore_mask is not None:
-        mask = cv2.imread(str(opts.ignore_mask), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise DataError(f"{opts.ignore_mask}: not a readable mask image")
+        mask = read_checked(opts.ignore_mask, "gray", "ignore mask")  # as the device will read it back
         cv2.imwrite(str(staged / IGNORE_MASK_NAME), mask)
         bundle.has_ignore_mask = True
 

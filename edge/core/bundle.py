@@ -2,7 +2,7 @@
 
 Reading and writing live here, so the trainer writes exactly what the device reads.
 
-Format 2 names the model kind (which pipeline in edge.core.pipelines turns a frame into an anomaly map) and
+Format 2 names the model kind (which pipeline in edge.kinds turns a frame into an anomaly map) and
 its stages: TFLite files run in order, each with its sha256 and an optional float twin. Format 1 bundles (one
 model file; the segmenter marked by the residual "map") are read and mapped onto format 2.
 """
@@ -70,7 +70,7 @@ class Bundle:
 
     path: Path
     name: str
-    kind: str  # the pipeline in edge.core.pipelines, e.g. "autoencoder" or "segmenter"
+    kind: str  # the pipeline in edge.kinds, e.g. "autoencoder" or "segmenter"
     stages: list[Stage]
     preprocess: PreprocessSpec
     scoring: ScoringSpec

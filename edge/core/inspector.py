@@ -17,7 +17,7 @@ import numpy as np
 from edge.core import scoring
 from edge.core.overlay import overlay_scale
 from edge.core.bundle import Bundle, BundleError, load_bundle
-from edge.core.pipelines import open_pipeline
+from edge.kinds import open_pipeline
 from edge.core.preprocess import ImageError, PreprocessSpec, crop, read_image, scale, to_pixels
 from edge.core.quality import problem
 

@@ -1,6 +1,6 @@
 """Residual maps, image scores, verdicts, calibration maths and regions: one implementation for trainer and device.
 
-The model kinds in edge.core.pipelines make the anomaly map; from there on every kind is scored the same way.
+The model kinds in edge.kinds make the anomaly map; from there on every kind is scored the same way.
 """
 from __future__ import annotations
 

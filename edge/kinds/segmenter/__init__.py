@@ -4,12 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from edge.core.bundle import MANIFEST_NAME, BundleError
-from edge.core.pipelines.base import Pipeline, PipelineOutput
+from edge.kinds.base import ModelChoice, Pipeline, PipelineOutput
 from edge.core.scoring import channel_mean
 
 
 class SegmenterPipeline(Pipeline):
     kind = "segmenter"
+    choices = (ModelChoice("segmenter", None, "max", {"width": 8, "latent": 0, "batch_size": 8, "steps": 3000,
+                                                      "learning_rate": 2e-3, "crop": 0}),)
 
     def __init__(self, bundle, threads: int = 1, use_float_model: bool = False) -> None:
         if bundle.scoring.residual is not None:

@@ -1,9 +1,10 @@
-"""The `features` kind: an ImageNet MobileNetV2 (models/backbones/) and a head fitted on its patch features.
+"""The trainer's side of the `features` kind: an ImageNet MobileNetV2 (models/backbones/) and a head fitted on its
+patch features.
 
 Nothing is trained by gradient descent: the head's statistics come from the good images' features, extracted by
-the int8 backbone through the device's own code (edge.core.pipelines.features.BackboneFeatures), so the device
-scores exactly the features the head was fitted on. Heads: `padim` (a Gaussian per patch position) and
-`patchcore` (a coreset of good patches); edge.core.feature_heads runs them.
+the int8 backbone through the device's own code (edge.kinds.components.backbone.BackboneFeatures), so the device
+scores exactly the features the head was fitted on. The heads (edge.kinds.features.heads) are fitted and checked
+through their one registry.
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.core.bundle import Stage, sha256_of
-from edge.core.feature_heads import HEAD_FILE
 from edge.core.files import write_bytes_atomic
-from edge.core.pipelines.features import BackboneFeatures
 from edge.core.runtime import TFLiteStage
+from edge.kinds.components.backbone import BackboneFeatures
+from edge.kinds.features.fit_heads import choose_head, progress
+from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
 from trainer import backbones
-from trainer.models.feature_fit import choose_head, fit_head
 from trainer.synthetic import DefectSynthesizer
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class FittedFeatures:
     head_sha256: str = ""
 
 
-def _backbone(size: tuple[int, int]) -> tuple[bytes, bytes]:
+def sized_backbone(size: tuple[int, int]) -> tuple[bytes, bytes]:
+    """The int8 backbone for a (height, width) input, and its float twin."""
     height, width = size
     cut = backbones.backbone_path().read_bytes()
     sized = backbones.with_input_size(cut, height, width)
@@ -81,11 +83,6 @@ def head_candidates(positions: int) -> tuple[str, ...]:
     return ("knn", "padim", "patchcore") if positions <= SMALL_GRID_POSITIONS else ("padim", "patchcore")
 
 
-def knn_channels(layer_channels: list[int]) -> np.ndarray:
-    """The knn head pools the deepest layer (stride 16): on MNIST 1 vs 9 it separates better than both layers."""
-    return np.arange(sum(layer_channels[:-1]), sum(layer_channels), dtype=np.int32)
-
-
 def held_out_defects(x_train: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(kept, held-out) indices and the held-out images with synthetic defects; None with too few images."""
     order = np.random.default_rng(seed).permutation(len(x_train))
@@ -96,8 +93,13 @@ def held_out_defects(x_train: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
     return kept, held, _synthetic_defects(x_train[held], x_train[kept], seed)
 
 
-def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, budget: int,
-               layer_channels: list[int]) -> tuple[str, dict]:
+def head_setting(extractor: BackboneFeatures, budget: int, seed: int) -> HeadFit:
+    """What fitting a head on this extractor's features may use."""
+    return HeadFit(budget_bytes=budget, seed=seed, layer_channels=tuple(extractor.layer_channels),
+                   grid=extractor.grid, progress=progress)
+
+
+def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, setting: HeadFit) -> tuple[str, dict]:
     """--head, or with none given the head that best finds synthetic defects on held-out good images."""
     if options.head != "auto":
         return options.head, {"reason": f"{options.head}: chosen with --head"}
@@ -108,24 +110,23 @@ def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, bu
                                          "measure"}
     kept, held, defective = split
     defect_features = np.stack(list(extract(extractor, defective, "synthetic defects")))
-    return choose_head(features[kept], features[held], defect_features, budget, options.seed, candidates,
-                       knn_channels(layer_channels), extractor.grid)
+    return choose_head(features[kept], features[held], defect_features, setting, candidates)
 
 
 def fit(options, x_train: np.ndarray) -> FittedFeatures:
-    int8_bytes, float_bytes = _backbone(options.size)
+    int8_bytes, float_bytes = sized_backbone(options.size)
     with tempfile.TemporaryDirectory(prefix="lineguard-backbone-") as folder:
         extractor = open_extractor(int8_bytes, Path(folder), options.threads)
         positions = extractor.grid[0] * extractor.grid[1]
-        layer_channels = [extractor.stage.output_shape[-1], *(s[-1] for _, s, *_ in extractor.stage.extra_outputs)]
+        layer_channels = [int(c) for c in extractor.layer_channels]
         logger.info("backbone: ImageNet MobileNetV2 cut at stride 8 and 16, %d patches of %d channels per image",
                     positions, extractor.channels)
         features = np.stack(list(extract(extractor, x_train)))
-        budget = len(int8_bytes) + len(float_bytes)
-        head_type, choice = _pick_head(options, x_train, features, extractor, budget, layer_channels)
-        scale, zero, grid = extractor.input_scale, extractor.input_zero, extractor.grid
+        setting = head_setting(extractor, len(int8_bytes) + len(float_bytes), options.seed)
+        head_type, choice = _pick_head(options, x_train, features, extractor, setting)
+        scale, zero = extractor.input_scale, extractor.input_zero
     logger.info("head: %s", choice["reason"])
-    arrays, details = fit_head(head_type, features, budget, options.seed, knn_channels(layer_channels), grid)
+    arrays, details, _ = fit_head(head_type, features, setting)
     logger.info("%s head fitted: %s", head_type, details)
     return FittedFeatures(int8_bytes, float_bytes, head_type, arrays, float(scale), float(zero), layer_channels,
                           {**details, "choice": choice})

@@ -1,15 +1,15 @@
-"""Template for a new `--model` choice: copy this file to trainer/models/<name>.py and fill in the three parts.
+"""Template for a kind's fit module (edge/kinds/<kind>/fit.py): the trainer's side, in three parts.
 
-A trainer module builds a Keras model (or several stages), fits it on good images, and exports TFLite files
-into the staged bundle folder. The device runs them through the pipeline named by its kind, so:
+A fit module builds a Keras model (or several stages), fits it on good images, and exports TFLite files into the
+staged bundle folder. The device runs them through the kind's pipeline (edge/kinds/<kind>/__init__.py), so:
 
-1. Write the device side first: edge/core/pipelines/<kind>.py (see edge/core/pipelines/_template.py). The
-   trainer calibrates and evaluates through that same code, by way of edge.core.inspector.Inspector.
+1. Write the device side first (see __init__.py here). The trainer calibrates and evaluates through that same
+   code, by way of edge.core.inspector.Inspector.
 2. Here: `fit(options, x_train)` returns what `export` needs; `export(model, x_train, folder, seed)` writes the
    model files and returns their Stage list in run order (hashes are filled in when the manifest is saved);
    `architecture(options, model)` is what model.json records about the model.
-3. Register the choice in trainer/models/__init__.py (MODELS): its name, this module, the pipeline kind, the
-   default residual (None when the model outputs its map) and reducer, and the TrainOptions defaults.
+3. The pipeline's `choices` name the `--model` values, their default residual (None when the model outputs its
+   map) and reducer, and the TrainOptions defaults; registering the pipeline registers them.
 
 This file is not registered; it shows the shape with the smallest honest model: a per-pixel linear
 autoencoder (one 1x1 convolution), run on the device by the "autoencoder" pipeline.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow import keras
 
-from trainer.models.common import adam, export_single_stage, fit_steps
+from edge.kinds.components.fit_keras import adam, export_single_stage, fit_steps
 
 
 def build(shape: tuple[int, int, int]) -> keras.Model:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from edge.core.bundle import MANIFEST_NAME, BundleError
-from edge.core.pipelines.base import Pipeline, PipelineOutput
+from edge.kinds.base import ModelChoice, Pipeline, PipelineOutput
 from edge.core.scoring import residual_map
 
 
 class AutoencoderPipeline(Pipeline):
     kind = "autoencoder"
+    choices = (
+        ModelChoice("dense", "l1", "sum", {"width": 392, "latent": 64, "batch_size": 128, "steps": 3000,
+                                           "learning_rate": 1e-3, "crop": 0}),
+        ModelChoice("conv", "l1", "sum", {"width": 32, "latent": 100, "batch_size": 16, "steps": 3000,
+                                          "learning_rate": 5e-4, "crop": 0}),
+    )
 
     def __init__(self, bundle, threads: int = 1, use_float_model: bool = False) -> None:
         if bundle.scoring.residual is None:

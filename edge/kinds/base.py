@@ -1,8 +1,9 @@
-"""What every model kind shares: its stages loaded from the bundle and checked against the manifest."""
+"""What every model kind shares: its stages loaded from the bundle and checked against the manifest, and the
+trainer's `--model` choices it runs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -18,10 +19,31 @@ class PipelineOutput:
     reconstruction: np.ndarray | None = None  # HxWxC in [0, 1], for kinds that reconstruct (shown in reports)
 
 
+@dataclass(frozen=True)
+class ModelChoice:
+    """One `--model` value of the trainer: a kind's default scoring and TrainOptions. The registry fills in `kind`."""
+
+    name: str
+    residual: str | None  # default residual map; None: the model outputs its map, so --residual does not apply
+    reducer: str  # default image score from the map
+    defaults: dict[str, Any] = field(default_factory=dict)  # TrainOptions fields left to the data
+    default_side: int = 128  # model input side (px) when --size is not given and the images are not small
+    small_upscale: int = 1  # small images reach the model enlarged this many times
+    kind: str = ""
+
+
 class Pipeline:
-    """Preprocessed model input -> anomaly map. Subclasses name their kind and the output shape they need."""
+    """Preprocessed model input -> anomaly map. Subclasses name their kind and the output shape they need.
+
+    `choices` are the trainer's `--model` values this kind runs. The trainer's side of the kind is the module
+    `fit_module` names, by default `fit` next to the kind's own module (edge/kinds/<kind>/fit.py): it has
+    `fit(options, x_train)`, `export(model, x_train, folder, seed)` and `architecture(options, model)`, may import
+    TensorFlow, and the device never imports it.
+    """
 
     kind: ClassVar[str]
+    choices: ClassVar[tuple[ModelChoice, ...]] = ()
+    fit_module: ClassVar[str | None] = None
 
     def __init__(self, bundle: Bundle, threads: int = 1, use_float_model: bool = False) -> None:
         self.bundle = bundle

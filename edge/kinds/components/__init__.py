@@ -1,0 +1,1 @@
+"""Pieces more than one model kind can use: the backbone feature extractor (device), Keras fitting (trainer)."""
