@@ -18,6 +18,7 @@ from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
 from edge.control import CommandQueue, apply_command, prepare_reload, reload_outcome, reload_refusal
+from edge.errors import StartupError, StorageError
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.io.plant import PlantIo
 from edge.io.triggers import Trigger, TriggerDesk, frame_after
@@ -27,8 +28,7 @@ from edge.publish.outputs import build_sinks
 from edge.publish.recorder import VerdictRecorder
 from edge.publish.reporter import Reporter
 from edge.publish.sinks import FanOut, VerdictSink
-from edge.startup import (StartupError, StorageError, broker_link, build_inspector, open_evidence, open_frames,
-                          open_outbox, start_link)
+from edge.startup import broker_link, build_inspector, open_evidence, open_frames, open_outbox, start_link
 from edge.station import Station
 from edge.status import StationStatus
 from edge.web.station import StationWeb

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 
-from edge.startup import StartupError
+from edge.errors import StartupError
 from edge.status import LATENCY_BUCKETS_MS
 
 logger = logging.getLogger("lineguard")
