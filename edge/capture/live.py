@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Callable
 import cv2
 import numpy as np
 
-from edge.capture.base import (
-    STATE_RECONNECTING, STATE_RUNNING, Frame, StateCallback, notify, one_line, redact_url, to_gray,
-)
+from edge.capture.base import STATE_RECONNECTING, STATE_RUNNING, Frame, StateCallback, notify, redact_url, to_gray
+from edge.text import one_line
 
 if TYPE_CHECKING:
     from edge.config.schema import SourceConfig
