@@ -22,7 +22,7 @@ from edge.config.io import IoConfig
 from edge.config.web import FeedbackConfig, WebConfig
 
 # The source section: the config class of the kind it names (edge.capture.registry), each with only its own
-# settings. Rebuilt when a kind registers later (Config._use_registered_kinds).
+# settings. Rebuilt when a kind registers later (_use_registered_kinds).
 SourceSection = Annotated[Union[source_types()], Field(discriminator="kind")]
 
 
