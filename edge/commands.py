@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge.text import one_line
+
 MAX_PAYLOAD_BYTES = 4096
 PART_ID_MAX_CHARS = 128
 REASON_KEY_MAX_CHARS = 64  # an unknown key is echoed in the reason only this far
@@ -77,11 +79,6 @@ class Command:
     args: _Command
 
 
-def _one_line(text: str) -> str:
-    """Reasons go back in a one-line reply and log line; keys and values from the payload may hold line breaks."""
-    return " ".join(text.split()) or "refused"
-
-
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(p)[:REASON_KEY_MAX_CHARS] for p in error["loc"]) or "payload"
@@ -93,7 +90,7 @@ def parse_command(name: str, payload: bytes) -> Command:
     try:
         return _parse(name, payload)
     except CommandRefused as exc:
-        raise CommandRefused(_one_line(str(exc))) from None
+        raise CommandRefused(one_line(str(exc)) or "refused") from None
 
 
 def _parse(name: str, payload: bytes) -> Command:

@@ -20,10 +20,11 @@ from edge.config.load import load_config
 from edge.config.schema import Config
 from edge.config.secrets import resolve_mqtt_password
 from edge.core.inspector import Inspector
+from edge.errors import StartupError
 from edge.io.triggers import Trigger
-from edge.startup import StartupError, build_inspector
 from edge.publish.messages import model_ref
 from edge.publish.reporter import Reporter
+from edge.startup import build_inspector
 from edge.text import one_line
 from edge.threshold_store import clear_threshold, save_threshold, threshold_path
 

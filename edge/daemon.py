@@ -19,6 +19,7 @@ from edge.config.load import load_config
 from edge.config.schema import Config
 from edge.control import CommandQueue, Controls, apply_command, prepare_reload, reload_outcome, reload_refusal
 from edge.core.inspector import Inspector
+from edge.errors import StartupError, StorageError
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.io.plant import PlantIo
 from edge.io.triggers import Trigger, TriggerDesk, frame_after
@@ -29,8 +30,7 @@ from edge.publish.outputs import OutputParts, build_sinks
 from edge.publish.recorder import VerdictRecorder
 from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
-from edge.startup import (StartupError, StorageError, broker_link, build_inspector, open_evidence, open_frames,
-                          open_outbox, start_link)
+from edge.startup import broker_link, build_inspector, open_evidence, open_frames, open_outbox, start_link
 from edge.station import Station
 from edge.status import StationStatus
 from edge.web.station import PageView, StationWeb

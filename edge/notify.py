@@ -20,6 +20,8 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 
+from edge.text import one_line
+
 logger = logging.getLogger(__name__)
 
 NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
@@ -71,11 +73,6 @@ def _watchdog_timeout_s(env: Mapping[str, str]) -> float | None:
     return usec / USEC_PER_S
 
 
-def _one_line(text: str) -> str:
-    """Text safe as a single assignment value: a newline would start a new assignment."""
-    return " ".join(text.splitlines())
-
-
 class SystemdNotifier:
     """Sends sd_notify messages to the socket systemd passed in the environment.
 
@@ -108,12 +105,12 @@ class SystemdNotifier:
         """Report start-up (or a reload) complete, optionally with a status line."""
         message = "READY=1"
         if status is not None:
-            message += "\nSTATUS=" + _one_line(status)
+            message += "\nSTATUS=" + one_line(status)
         self._send(message)
 
     def status(self, text: str) -> None:
         """Set the free-text status shown by ``systemctl status``."""
-        self._send("STATUS=" + _one_line(text))
+        self._send("STATUS=" + one_line(text))
 
     def stopping(self) -> None:
         """Report that shutdown has begun."""

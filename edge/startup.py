@@ -14,25 +14,20 @@ from edge.core.bundle import BundleError
 from edge.core.inspector import Inspector
 from edge.core.preprocess import ImageError, read_image
 from edge.core.runtime import ModelLoadError
+from edge.errors import StartupError, StorageError
+from edge.io.plant import preflight_io
 from edge.publish import outbox
 from edge.publish.evidence import EvidenceStore, free_bytes
 from edge.publish.mqtt import MqttLink
 from edge.text import one_line
 from edge.threshold_store import StoredThresholdError, load_threshold, stored_threshold_problem
+from edge.web.auth import check_web_password, resolve_web_password
 
 logger = logging.getLogger("lineguard")
 
 OUTBOX_FILE = "outbox.sqlite3"
 EVIDENCE_FOLDER = "evidence"
 PROBE_BYTES = 64 * 1024  # what check-config writes (and removes) to see that storage.dir takes data
-
-
-class StartupError(Exception):
-    """Config, bundle or source problem found before inspecting: exit 78, systemd does not restart."""
-
-
-class StorageError(Exception):
-    """storage.dir is full, read-only or unwritable: exit 75, systemd restarts the service after a delay."""
 
 
 def build_inspector(cfg: Config) -> Inspector:
@@ -145,14 +140,11 @@ def preflight(cfg: Config) -> list[str]:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    from edge.io.plant import preflight_io  # it builds on this module
     return problems + preflight_source(cfg.source) + preflight_io(cfg.io) + preflight_web(cfg)
 
 
 def preflight_web(cfg: Config) -> list[str]:
     """The station page's password: an exposed page needs one, and its file must be readable."""
-    from edge.web.auth import check_web_password, resolve_web_password
-
     try:
         problem = check_web_password(cfg.web, resolve_web_password(cfg.web))
     except ConfigError as exc:

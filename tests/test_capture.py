@@ -19,9 +19,12 @@ from pydantic import ValidationError
 from edge.capture import template
 from edge.capture.base import CaptureError, Frame, FrameSource
 from edge.capture.folder import FolderSource
-from edge.capture.live import LiveSource, gstreamer_available
-from edge.capture.registry import SOURCE_KINDS, open_source, preflight_source
-from edge.config.schema import SourceConfig
+from edge.capture.gstreamer import gstreamer_available
+from edge.capture.kinds import kind_names
+from edge.capture.live import LiveSource
+from edge.capture.registry import open_source, preflight_source, source_config
+from edge.capture.settings import SourceSettings
+from edge.config.schema import json_schema
 from edge.core.preprocess import read_image
 from tests.support import helpers
 from tests.support.mjpeg import MjpegServer
@@ -106,10 +109,10 @@ def mjpeg_server():
     server.stop()
 
 
-def stream_config(url: str, **overrides) -> SourceConfig:
+def stream_config(url: str, **overrides) -> SourceSettings:
     values = dict(kind="stream", url=url, reconnect_initial_s=0.1, reconnect_max_s=0.4, read_timeout_s=1.0)
     values.update(overrides)
-    return SourceConfig(**values)
+    return source_config(**values)
 
 
 @pytest.fixture()
@@ -117,7 +120,7 @@ def open_sources():
     """Opens sources and always closes them, so no grabber outlives its test."""
     opened: list[FrameSource] = []
 
-    def opener(config: SourceConfig, on_state=None, grayscale: bool = False) -> FrameSource:
+    def opener(config: SourceSettings, on_state=None, grayscale: bool = False) -> FrameSource:
         source = open_source(config, grayscale, on_state)
         opened.append(source)
         return source
@@ -131,7 +134,7 @@ def open_sources():
 
 
 def test_folder_delivers_every_image_sorted_by_name_and_skips_unreadable(image_folder: Path):
-    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0))
+    source = open_source(source_config(kind="folder", path=image_folder, fps=0))
     frames = [source.read(timeout_s=1.0) for _ in range(4)]
 
     assert [f.name for f in frames[:3]] == ["0001_one.png", "0002_five.jpg", "0003_nine.png"]
@@ -148,7 +151,7 @@ def test_folder_delivers_every_image_sorted_by_name_and_skips_unreadable(image_f
 
 
 def test_folder_loop_restarts_and_counts_unreadable_each_pass(image_folder: Path):
-    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0, loop=True))
+    source = open_source(source_config(kind="folder", path=image_folder, fps=0, loop=True))
     names = [source.read(timeout_s=1.0).name for _ in range(7)]
 
     assert names == ["0001_one.png", "0002_five.jpg", "0003_nine.png"] * 2 + ["0001_one.png"]
@@ -158,7 +161,7 @@ def test_folder_loop_restarts_and_counts_unreadable_each_pass(image_folder: Path
 
 def test_folder_loop_of_only_unreadable_files_ends_instead_of_spinning(tmp_path: Path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    source = open_source(SourceConfig(kind="folder", path=tmp_path, fps=0, loop=True))
+    source = open_source(source_config(kind="folder", path=tmp_path, fps=0, loop=True))
 
     assert source.read(timeout_s=1.0) is None
     assert source.exhausted
@@ -166,7 +169,7 @@ def test_folder_loop_of_only_unreadable_files_ends_instead_of_spinning(tmp_path:
 
 
 def test_folder_grayscale_reads_single_channel(image_folder: Path):
-    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0), grayscale=True)
+    source = open_source(source_config(kind="folder", path=image_folder, fps=0), grayscale=True)
     frame = source.read(timeout_s=1.0)
 
     assert frame.image.shape == (FRAME_HEIGHT, FRAME_WIDTH)
@@ -175,7 +178,7 @@ def test_folder_grayscale_reads_single_channel(image_folder: Path):
 
 def test_folder_paces_on_a_monotonic_schedule(image_folder: Path):
     fps = 5.0
-    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=fps, loop=True))
+    source = open_source(source_config(kind="folder", path=image_folder, fps=fps, loop=True))
     first = source.read(timeout_s=1.0)
     # The next slot is 200 ms away: a shorter wait gets nothing, and that is not an error.
     assert source.read(timeout_s=0.001) is None
@@ -189,7 +192,7 @@ def test_folder_paces_on_a_monotonic_schedule(image_folder: Path):
 def test_folder_pacing_absorbs_work_time_instead_of_adding_it(image_folder: Path):
     fps = 5.0
     work_s = 0.15
-    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=fps, loop=True))
+    source = open_source(source_config(kind="folder", path=image_folder, fps=fps, loop=True))
     work = threading.Event()
     arrivals_s = []
     for _ in range(6):
@@ -203,7 +206,7 @@ def test_folder_pacing_absorbs_work_time_instead_of_adding_it(image_folder: Path
 
 def test_folder_reports_running_then_end_through_on_state(image_folder: Path):
     log = StateLog()
-    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0), on_state=log)
+    source = open_source(source_config(kind="folder", path=image_folder, fps=0), on_state=log)
     assert log.states == []  # nothing flows before the first read
     while source.read(timeout_s=1.0) is not None:
         pass
@@ -214,17 +217,17 @@ def test_folder_reports_running_then_end_through_on_state(image_folder: Path):
 def test_folder_missing_raises_capture_error_and_empty_ends_at_once(tmp_path: Path):
     missing = tmp_path / "no_such_folder"
     with pytest.raises(CaptureError, match=str(missing)):
-        open_source(SourceConfig(kind="folder", path=missing))
+        open_source(source_config(kind="folder", path=missing))
 
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.txt").write_text("no images here")
-    source = open_source(SourceConfig(kind="folder", path=empty, fps=0))
+    source = open_source(source_config(kind="folder", path=empty, fps=0))
     assert source.read(0.1) is None and source.exhausted  # an empty replay ends at once
 
 
 def test_folder_close_interrupts_a_paced_wait(image_folder: Path):
-    source = open_source(SourceConfig(kind="folder", path=image_folder, fps=0.2))
+    source = open_source(source_config(kind="folder", path=image_folder, fps=0.2))
     assert source.read(timeout_s=1.0) is not None
     threading.Timer(0.1, source.close).start()
 
@@ -237,7 +240,7 @@ def test_folder_close_interrupts_a_paced_wait(image_folder: Path):
 
 
 def test_video_delivers_every_frame_in_order(video_file: Path):
-    source = open_source(SourceConfig(kind="video", path=video_file, fps=0))
+    source = open_source(source_config(kind="video", path=video_file, fps=0))
     frames = []
     while (frame := source.read(timeout_s=1.0)) is not None:
         frames.append(frame)
@@ -251,7 +254,7 @@ def test_video_delivers_every_frame_in_order(video_file: Path):
 
 
 def test_video_loop_starts_again_from_the_first_frame(video_file: Path):
-    source = open_source(SourceConfig(kind="video", path=video_file, fps=0, loop=True), grayscale=True)
+    source = open_source(source_config(kind="video", path=video_file, fps=0, loop=True), grayscale=True)
     frames = [source.read(timeout_s=1.0) for _ in range(VIDEO_FRAME_COUNT + 3)]
     source.close()
 
@@ -263,7 +266,7 @@ def test_video_loop_starts_again_from_the_first_frame(video_file: Path):
 
 
 def test_video_loop_ends_quietly_when_the_file_disappears(video_file: Path):
-    source = open_source(SourceConfig(kind="video", path=video_file, fps=0, loop=True))
+    source = open_source(source_config(kind="video", path=video_file, fps=0, loop=True))
     for _ in range(VIDEO_FRAME_COUNT):
         assert source.read(timeout_s=1.0) is not None
     video_file.unlink()
@@ -276,14 +279,14 @@ def test_video_loop_ends_quietly_when_the_file_disappears(video_file: Path):
 def test_video_missing_file_raises_capture_error_naming_the_path(tmp_path: Path):
     missing = tmp_path / "gone.avi"
     with pytest.raises(CaptureError, match=str(missing)):
-        open_source(SourceConfig(kind="video", path=missing))
+        open_source(source_config(kind="video", path=missing))
 
 
 def test_video_that_cannot_be_decoded_raises_capture_error(tmp_path: Path):
     not_video = tmp_path / "fake.avi"
     not_video.write_bytes(b"definitely not a video container")
     with pytest.raises(CaptureError, match=str(not_video)):
-        open_source(SourceConfig(kind="video", path=not_video))
+        open_source(source_config(kind="video", path=not_video))
 
 
 # ---------------------------------------------------------------- live stream over HTTP
@@ -443,7 +446,7 @@ def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path, ca
             all_opened.set()
         return cv2.VideoCapture(str(video_file)) if step == "play" else cv2.VideoCapture()
 
-    config = SourceConfig(kind="stream", url="rtsp://scripted.invalid/", reconnect_initial_s=0.4, reconnect_max_s=1.2)
+    config = source_config(kind="stream", url="rtsp://scripted.invalid/", reconnect_initial_s=0.4, reconnect_max_s=1.2)
     caplog.set_level(logging.WARNING, logger="edge.capture.live")
     source = LiveSource(config, scripted_opener)
     try:
@@ -464,7 +467,7 @@ def test_backoff_doubles_to_the_cap_and_resets_after_frames(video_file: Path, ca
 
 def test_missing_camera_keeps_reconnecting_without_raising(open_sources):
     log = StateLog()
-    config = SourceConfig(kind="camera", index=63, reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    config = source_config(kind="camera", index=63, reconnect_initial_s=0.05, reconnect_max_s=0.1)
     source = open_sources(config, on_state=log)
 
     assert source.read(timeout_s=0.3) is None
@@ -478,55 +481,56 @@ def test_missing_camera_keeps_reconnecting_without_raising(open_sources):
 def test_gstreamer_without_support_raises_a_clear_capture_error():
     pipeline = "videotestsrc ! videoconvert ! appsink"
     with pytest.raises(CaptureError) as caught:
-        open_source(SourceConfig(kind="gstreamer", url=pipeline))
+        open_source(source_config(kind="gstreamer", url=pipeline))
 
     message = str(caught.value)
     assert "GStreamer" in message and "python3-opencv" in message and pipeline in message
     assert "\n" not in message
     # check-config finds the same problem without opening anything
-    assert preflight_source(SourceConfig(kind="gstreamer", url=pipeline)) == [f"source.kind: {message}"]
+    assert preflight_source(source_config(kind="gstreamer", url=pipeline)) == [f"source.kind: {message}"]
 
 
 def test_configuration_that_can_never_work_is_refused():
-    with pytest.raises(ValidationError, match="kind"):
-        SourceConfig(kind="webcam")
+    with pytest.raises(CaptureError, match="unknown source kind 'webcam'"):
+        source_config(kind="webcam")
     with pytest.raises(ValidationError, match="url"):
-        SourceConfig(kind="stream")
+        source_config(kind="stream")
 
 
 
 def test_sources_satisfy_the_frame_source_protocol(image_folder: Path):
-    assert isinstance(FolderSource(SourceConfig(kind="folder", path=image_folder)), FrameSource)
+    assert isinstance(FolderSource(source_config(kind="folder", path=image_folder)), FrameSource)
 
 
 # ---------------------------------------------------------------- registry, preflight, template, depth
 
 
 def test_config_accepts_exactly_the_registered_kinds():
-    schema = SourceConfig.model_json_schema()
-    assert schema["properties"]["kind"]["enum"] == list(SOURCE_KINDS)
+    source = json_schema()["properties"]["source"]
+    assert set(source["discriminator"]["mapping"]) == set(kind_names()) == {
+        "folder", "video", "camera", "stream", "gstreamer"}
 
 
 def test_preflight_finds_a_missing_folder_or_video_as_opening_would(tmp_path: Path, image_folder: Path):
-    assert preflight_source(SourceConfig(kind="folder", path=image_folder)) == []
-    assert preflight_source(SourceConfig(kind="camera", index=63)) == []  # a camera may come later
+    assert preflight_source(source_config(kind="folder", path=image_folder)) == []
+    assert preflight_source(source_config(kind="camera", index=63)) == []  # a camera may come later
     missing = tmp_path / "gone"
     for kind, what in (("folder", "image folder"), ("video", "video file")):
-        assert preflight_source(SourceConfig(kind=kind, path=missing)) == [f"source.path: {what} not found: {missing}"]
+        assert preflight_source(source_config(kind=kind, path=missing)) == [f"source.path: {what} not found: {missing}"]
         with pytest.raises(CaptureError, match=f"{what} not found: {missing}"):
-            open_source(SourceConfig(kind=kind, path=missing))
+            open_source(source_config(kind=kind, path=missing))
 
 
 def test_template_source_delivers_its_image_once_or_in_a_loop(image_folder: Path):
     image = image_folder / "0001_one.png"
-    once = template.open_still(SourceConfig(kind="video", path=image, fps=0), True, None)
+    once = template.open_still(template.StillConfig(path=image, fps=0), True, None)
     frame = once.read(timeout_s=1.0)
     assert frame.name == "0001_one.png" and frame.image.shape == (FRAME_HEIGHT, FRAME_WIDTH)
     assert once.read(timeout_s=1.0) is None and once.exhausted
-    looped = template.open_still(SourceConfig(kind="video", path=image, fps=0, loop=True), False, None)
+    looped = template.open_still(template.StillConfig(path=image, fps=0, loop=True), False, None)
     assert [looped.read(timeout_s=1.0).index for _ in range(3)] == [0, 1, 2]
     assert isinstance(looped, FrameSource)
-    assert template.still_problems(SourceConfig(kind="video", path=image_folder / "none.png")) == [
+    assert template.still_problems(template.StillConfig(path=image_folder / "none.png")) == [
         ("path", f"image file not found: {image_folder / 'none.png'}")]
 
 
@@ -535,7 +539,7 @@ def test_folder_keeps_16_bit_depth_as_score_reads_it(tmp_path: Path, grayscale: 
     shape = (FRAME_HEIGHT, FRAME_WIDTH) if grayscale else (FRAME_HEIGHT, FRAME_WIDTH, 3)
     deep = np.random.default_rng(7).integers(0, 65536, shape, dtype=np.uint16)
     assert cv2.imwrite(str(tmp_path / "deep.png"), deep)
-    frame = open_source(SourceConfig(kind="folder", path=tmp_path, fps=0), grayscale).read(timeout_s=1.0)
+    frame = open_source(source_config(kind="folder", path=tmp_path, fps=0), grayscale).read(timeout_s=1.0)
 
     assert frame.image.dtype == np.uint16
     expected = read_image(tmp_path / "deep.png", "gray" if grayscale else "bgr")

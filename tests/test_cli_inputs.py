@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture.live import gstreamer_available
+from edge.capture.gstreamer import gstreamer_available
 from edge.core.bundle import publish_dir, staging_dir
 from tests.support.broker import strict_json
 from tests.support.helpers import LINEGUARD, MNIST_BUNDLE, MNIST_SMALL, ROOT, SAMPLES, run_cli

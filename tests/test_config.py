@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
+from edge.capture.kinds import source_kind
+from edge.capture.registry import DEFAULT_KIND
 from edge.config.broker import MqttConfig
 from edge.config.errors import ConfigError
 from edge.config.load import load_config, parse_config
@@ -55,6 +57,8 @@ def defaults(model: type[BaseModel] = Config, prefix: tuple = ()) -> dict[tuple,
     result: dict[tuple, Any] = {}
     for name, field in model.model_fields.items():
         annotation = field.annotation
+        if field.discriminator is not None:  # the source section: config.yaml shows the default kind's keys
+            annotation = source_kind(DEFAULT_KIND).config
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             result.update(defaults(annotation, prefix + (name,)))
         else:
@@ -284,7 +288,7 @@ def test_cross_field_rules(text: str, expected: str):
 
 def test_cross_field_rules_accept_valid_combinations():
     camera = parse_config("source: {kind: camera, index: 2, width: 640, height: 480}")
-    assert camera.source.path is None and camera.source.index == 2
+    assert not hasattr(camera.source, "path") and camera.source.index == 2
     stream = parse_config("source: {kind: stream, url: 'rtsp://cam/1'}")
     assert stream.source.url == "rtsp://cam/1"
     gst = parse_config("source: {kind: gstreamer, url: 'libcamerasrc ! videoconvert ! appsink drop=true'}")
@@ -403,11 +407,11 @@ def test_json_schema_is_serialisable_and_described():
     assert schema["type"] == "object"
     assert schema["additionalProperties"] is False
     sections = schema["$defs"]
-    assert {"SourceConfig", "MqttConfig", "TlsConfig", "StorageConfig"} <= set(sections)
+    assert {"FolderConfig", "CameraConfig", "MqttConfig", "TlsConfig", "StorageConfig"} <= set(sections)
     for model in [schema, *sections.values()]:
         for name, prop in model["properties"].items():
             assert prop.get("description"), name
-    assert sections["SourceConfig"]["properties"]["fps"]["maximum"] == 1000
+    assert sections["FolderConfig"]["properties"]["fps"]["maximum"] == 1000
 
 
 # ---------------------------------------------------------------- property test

@@ -186,7 +186,7 @@ def camera() -> Iterator[MjpegServer]:
 @pytest.mark.slow
 def test_stream_that_ends_or_stalls_is_reconnected_reported_and_flows_again(
         tmp_path, broker, make_collector, camera, notify):
-    source = {"kind": "stream", "url": camera.url, "path": None, "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0,
+    source = {"kind": "stream", "url": camera.url, "reconnect_initial_s": 0.2, "reconnect_max_s": 1.0,
               "read_timeout_s": 1.0}
     config = write_config(tmp_path, broker.port, tmp_path, source=source, mqtt=QUIET, storage=NO_EVIDENCE)
     collector = make_collector(broker, [f"{BASE}/#"])

@@ -107,7 +107,8 @@ def assert_usable(config: Config) -> None:
     assert isinstance(config, Config)
     assert config.storage.dir.is_absolute() and config.model.is_absolute()
     assert math.isfinite(config.source.fps) and 0 <= config.source.fps <= 1000
-    assert config.source.reconnect_max_s >= config.source.reconnect_initial_s > 0
+    if config.source.kind in ("camera", "stream", "gstreamer"):  # the live kinds' own keys
+        assert config.source.reconnect_max_s >= config.source.reconnect_initial_s > 0
     assert config.mqtt.reconnect_max_s >= config.mqtt.reconnect_min_s > 0
     assert config.alerts.debounce_m >= config.alerts.debounce_n >= 1
     if config.source.kind in ("folder", "video"):

@@ -21,7 +21,7 @@ import pytest
 
 from edge import MAX_IMAGE_PIXELS
 from edge.capture.folder import FolderSource
-from edge.config.schema import SourceConfig
+from edge.capture.registry import source_config
 from edge.core.preprocess import MAX_IMAGE_FILE_BYTES, ImageError, image_size, read_image
 from edge.exitcodes import EX_CONFIG, EX_DATAERR
 from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
@@ -133,7 +133,7 @@ def test_content_that_is_no_supported_image_is_refused_before_decoding(tmp_path)
 def test_a_folder_source_counts_a_bomb_as_unreadable_and_never_delivers_it(tmp_path, bomb):
     frames = sample_folder(tmp_path, 3)
     shutil.copy(bomb, frames / "001-bomb.png")
-    source = FolderSource(SourceConfig(kind="folder", path=frames, fps=0), grayscale=True)
+    source = FolderSource(source_config(kind="folder", path=frames, fps=0), grayscale=True)
     names = []
     while (frame := source.read(5)) is not None:
         names.append(frame.name)

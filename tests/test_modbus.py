@@ -138,7 +138,7 @@ def test_ready_drops_while_the_camera_is_away(tmp_path, broker):
     camera = MjpegServer(fps=20.0)
     camera.start()
     port = free_port()
-    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url, "path": None,
+    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url,
                                                                    "reconnect_initial_s": 0.2},
                           trigger={"mode": "triggered"}, io={"modbus": {"enabled": True, "port": port}})
     daemon = DaemonProcess(config)

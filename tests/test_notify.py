@@ -96,7 +96,7 @@ def test_status_stopping_and_reloading(listener: Listener) -> None:
 
 def test_status_newlines_cannot_inject_assignments(listener: Listener) -> None:
     notifier_for(listener).status("camera lost\nREADY=1")
-    assert listener.recv() == b"STATUS=camera lost READY=1"
+    assert listener.recv() == b"STATUS=camera lost; READY=1"
 
 
 def test_unicode_status(listener: Listener) -> None:

@@ -57,7 +57,7 @@ def camera():
 
 
 def start_on_stream(tmp_path, broker, make_collector, camera, delay_ms: float):
-    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url, "path": None},
+    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url},
                           trigger={"mode": "triggered", "delay_ms": delay_ms, "timeout_s": 5.0})
     collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/reply"])
     daemon = DaemonProcess(config)
@@ -151,7 +151,7 @@ def test_a_trigger_with_no_frame_in_time_is_answered_so(tmp_path, broker, make_c
 def test_a_live_camera_reports_running_once_frames_flow(tmp_path, broker, make_collector, camera):
     """A stream that works from its first connection says `running` on the state topic, as a replay does
     (no change of state inside the grabber, yet the station has said `starting` until then)."""
-    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url, "path": None})
+    config = write_config(tmp_path, broker.port, tmp_path, source={"kind": "stream", "url": camera.url})
     collector = make_collector(broker, [f"{BASE}/state"])
     daemon = DaemonProcess(config)
     sources = lambda: [strict_json(p)["source"] for p in collector.payloads(f"{BASE}/state")]  # noqa: E731

@@ -13,8 +13,9 @@ import threading
 import pytest
 
 from edge.capture.base import redact_url
-from edge.capture.live import gstreamer_available, open_stream
-from edge.config.schema import SourceConfig
+from edge.capture.gstreamer import gstreamer_available
+from edge.capture.registry import source_config
+from edge.capture.stream import open_stream
 from tests.support.broker import free_port
 from tests.support.daemon_harness import BASE, PREFIX, DaemonProcess, sample_folder, write_config
 from tests.support.helpers import run_cli
@@ -75,7 +76,7 @@ def test_a_live_source_reports_and_counts_its_url_redacted(caplog):
     """The grabber's log lines, its state callback and its stats carry no secret of the url."""
     url = (f"rtsp://admin:UI-s3cret@127.0.0.1:{free_port()}/live?password=Q1-s3cret&pwd=Q2-s3cret"
            "&user-pw=Q3-s3cret&token=Q4-s3cret")
-    config = SourceConfig(kind="stream", url=url, read_timeout_s=1.0, reconnect_initial_s=0.1, reconnect_max_s=0.2)
+    config = source_config(kind="stream", url=url, read_timeout_s=1.0, reconnect_initial_s=0.1, reconnect_max_s=0.2)
     details: list[str] = []
     failed = threading.Event()
 

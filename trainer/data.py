@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.core.preprocess import ImageError, PreprocessSpec, image_files, preprocess, read_image
+from edge.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -167,23 +168,18 @@ def _unreadable_npz(path: Path, reason: str) -> DataError:
     return DataError(f"{path}: not a readable .npz of images and labels ({reason})")
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc)
-    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
-
-
 def _open_failure_reason(exc: Exception) -> str:
     # numpy falls back to pickle for anything that is neither .npz nor .npy: that is not an archive at all
     if "pickle" in str(exc) or isinstance(exc, zipfile.BadZipFile):
         return "not a zip archive of named arrays"
-    return f"damaged archive: {_first_line(exc)}"
+    return f"damaged archive: {one_line(exc, limit=120)}"
 
 
 def _array_failure_reason(exc: Exception) -> str:
     # numpy's wording suggests allow_pickle, which must never be used on data files: name the cause only
     if "pickle" in str(exc):
         return "object arrays, which need pickle and are never loaded"
-    return _first_line(exc)
+    return one_line(exc, limit=120)
 
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:

@@ -1,2 +1,3 @@
-"""Frame sources: ``registry`` lists the kinds (folder, video, camera, stream, gstreamer) and opens them; one module
-per kind family (``folder``, ``video``, ``live``); ``template`` shows how to add a kind."""
+"""Frame sources: one module per kind (``folder``, ``video``, ``camera``, ``stream``, ``gstreamer``), each with its
+own settings class, registered in ``kinds``; ``registry`` imports the built-in kinds and opens the configured one;
+``live`` and ``replay`` hold what the kinds share; ``template`` shows how to add a kind."""

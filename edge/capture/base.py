@@ -88,11 +88,6 @@ def notify(on_state: StateCallback | None, state: str, detail: str) -> None:
         logger.exception("on_state callback failed for state %s", state)
 
 
-def one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def to_gray(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         return image

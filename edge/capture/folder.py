@@ -4,16 +4,16 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Literal
 
 import numpy as np
+from pydantic import Field
 
 from edge.capture.base import StateCallback
+from edge.capture.kinds import SourceKind, register
 from edge.capture.replay import ReplaySource
+from edge.capture.settings import ReplaySettings
 from edge.core.preprocess import IMAGE_SUFFIXES, ImageError, image_files, read_image
-
-if TYPE_CHECKING:
-    from edge.config.schema import SourceConfig
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +26,20 @@ PREFETCH_SAMPLE_FILES = 8
 Decoded = tuple[np.ndarray | None, str]  # the image, or None and why not
 
 
-def folder_problems(config: SourceConfig) -> list[tuple[str, str]]:
+class FolderConfig(ReplaySettings):
+    """source.kind folder: source.path is a folder of images."""
+
+    kind: Literal["folder"] = Field("folder", description="Every image file of a folder (source.path), in name order.")
+
+
+def folder_problems(config: FolderConfig) -> list[tuple[str, str]]:
     """Why this folder cannot be replayed, as (key, message) pairs."""
     if not Path(config.path).is_dir():
         return [("path", f"image folder not found: {config.path}")]
     return []
 
 
-def open_folder(config: SourceConfig, grayscale: bool, on_state: StateCallback | None) -> FolderSource:
+def open_folder(config: FolderConfig, grayscale: bool, on_state: StateCallback | None) -> FolderSource:
     return FolderSource(config, grayscale, on_state)
 
 
@@ -45,7 +51,7 @@ class FolderSource(ReplaySource):
     and the order of frames happen as each file is taken, exactly as without the worker.
     """
 
-    def __init__(self, config: SourceConfig, grayscale: bool = False, on_state: StateCallback | None = None) -> None:
+    def __init__(self, config: FolderConfig, grayscale: bool = False, on_state: StateCallback | None = None) -> None:
         super().__init__(config, grayscale, on_state)
         self._files = _list_images(Path(config.path))
         self._position = 0
@@ -142,3 +148,6 @@ def _list_images(folder: Path) -> list[Path]:
         suffixes = " ".join(sorted(IMAGE_SUFFIXES))
         logger.warning("no images (%s) in folder %s: nothing to replay", suffixes, folder)
     return files
+
+
+KIND = register(SourceKind(config=FolderConfig, opener=open_folder, problems=folder_problems))

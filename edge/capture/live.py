@@ -1,4 +1,4 @@
-"""Kinds ``camera``, ``stream`` and ``gstreamer``: live sources read by a grabber thread, the newest frame wins.
+"""Live sources (kinds ``camera``, ``stream``, ``gstreamer``): read by a grabber thread, the newest frame wins.
 
 A live source never raises from read(): when the device or server fails, stalls or ends, it is released and
 reopened with exponential backoff, and each state change goes to ``on_state``. A frame replaced before it was
@@ -7,117 +7,35 @@ read counts as dropped.
 How long close() can take: the grabber checks its stop event between reads and sleeps its backoff on that
 event, so it stops within one frame interval. Only a blocked driver call delays it, and that is bounded:
 FFmpeg and GStreamer opens/reads time out after ``read_timeout_s``; V4L2 reads time out after
-OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT seconds, which this module sets to ``read_timeout_s`` (rounded up) unless
-the environment already sets it.
+OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT seconds, which edge.capture.camera sets to ``read_timeout_s`` (rounded up)
+unless the environment already sets it.
 """
 from __future__ import annotations
 
 import logging
-import math
-import os
-import re
 import threading
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import cv2
 import numpy as np
 
-from edge.capture.base import (
-    STATE_RECONNECTING, STATE_RUNNING, Frame, StateCallback, notify, one_line, redact_url, to_gray,
-)
-
-if TYPE_CHECKING:
-    from edge.config.schema import SourceConfig
+from edge.capture.base import STATE_RECONNECTING, STATE_RUNNING, Frame, StateCallback, notify, redact_url, to_gray
+from edge.capture.settings import LiveSettings
+from edge.text import one_line
 
 logger = logging.getLogger(__name__)
 
 # Extra time close() grants a grabber blocked in a driver call beyond its own timeout.
 CLOSE_JOIN_MARGIN_S = 1.0
-V4L2_SELECT_TIMEOUT_ENV = "OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT"
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 CaptureOpener = Callable[[], cv2.VideoCapture]
 
 
-# ---------------------------------------------------------------- per kind: url checks, problems, openers
-
-
-def check_stream_url(url: str) -> None:
-    if not _URL_SCHEME.match(url):
-        raise ValueError("must be a URL such as rtsp://camera.local/stream")
-
-
-def check_pipeline(pipeline: str) -> None:
-    # OpenCV can only pull frames out of a pipeline whose last element is appsink.
-    if not pipeline.rsplit("!", 1)[-1].strip().startswith("appsink"):
-        raise ValueError("a GStreamer pipeline must end in an appsink element")
-
-
-def gstreamer_available() -> bool:
-    """Whether this OpenCV build includes the GStreamer video backend."""
-    match = re.search(r"GStreamer:\s*(\S+)", cv2.getBuildInformation())
-    return bool(match) and match.group(1).upper() != "NO"
-
-
-def gstreamer_problems(config: SourceConfig) -> list[tuple[str, str]]:
-    """Why this pipeline cannot run here, as (key, message) pairs."""
-    if gstreamer_available():
-        return []
-    return [("kind", f"gstreamer source {redact_url(config.url)!r}: this OpenCV build has no GStreamer support "
-             "(cv2.getBuildInformation() shows 'GStreamer: NO', as in the pip opencv-python wheels); "
-             "use Raspberry Pi OS's python3-opencv package (apt install python3-opencv), which is built with it "
-             "(a venv sees it only with --system-site-packages)")]
-
-
-def no_problems(config: SourceConfig) -> list[tuple[str, str]]:
-    """Cameras and streams may come and go: the grabber waits for them, so nothing is refused up front."""
-    return []
-
-
-def open_camera(config: SourceConfig, grayscale: bool, on_state: StateCallback | None) -> LiveSource:
-    # OpenCV reads this once per process, on the first V4L2 wait; the default is 10 s.
-    os.environ.setdefault(V4L2_SELECT_TIMEOUT_ENV, str(max(1, math.ceil(config.read_timeout_s))))
-    return LiveSource(config, lambda: _open_v4l2(config), grayscale, on_state)
-
-
-def open_stream(config: SourceConfig, grayscale: bool, on_state: StateCallback | None) -> LiveSource:
-    timeouts = _timeouts(config)
-    return LiveSource(config, lambda: cv2.VideoCapture(config.url, cv2.CAP_FFMPEG, timeouts), grayscale, on_state)
-
-
-def open_gstreamer(config: SourceConfig, grayscale: bool, on_state: StateCallback | None) -> LiveSource:
-    timeouts = _timeouts(config)
-    return LiveSource(config, lambda: cv2.VideoCapture(config.url, cv2.CAP_GSTREAMER, timeouts), grayscale,
-                      on_state)
-
-
-def _timeouts(config: SourceConfig) -> list[int]:
+def capture_timeouts(config: LiveSettings) -> list[int]:
     """Open and read timeouts for FFmpeg and GStreamer captures, so no driver call blocks for long."""
     timeout_ms = int(config.read_timeout_s * 1000)
     return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
-
-
-def _open_v4l2(config: SourceConfig) -> cv2.VideoCapture:
-    capture = cv2.VideoCapture(config.index, cv2.CAP_V4L2)
-    if capture.isOpened():
-        if config.width:
-            capture.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
-        if config.height:
-            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, config.height)
-        if config.fps > 0:
-            capture.set(cv2.CAP_PROP_FPS, config.fps)
-    return capture
-
-
-def _live_label(config: SourceConfig) -> str:
-    if config.kind == "camera":
-        return f"camera /dev/video{config.index}"
-    return f"{config.kind} {redact_url(config.url or '')}"
-
-
-# ---------------------------------------------------------------- the grabber
-
 
 
 class LiveSource:
@@ -130,13 +48,13 @@ class LiveSource:
 
     finite = False
 
-    def __init__(self, config: SourceConfig, opener: CaptureOpener, grayscale: bool = False,
+    def __init__(self, config: LiveSettings, opener: CaptureOpener, grayscale: bool = False,
                  on_state: StateCallback | None = None) -> None:
         self._config = config
         self._opener = opener
         self._grayscale = grayscale
         self._on_state = on_state
-        self._label = _live_label(config)
+        self._label = config.label()
         self._lock = threading.Lock()
         self._frame_ready = threading.Condition(self._lock)
         self._stop = threading.Event()

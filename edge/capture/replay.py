@@ -4,14 +4,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from edge.capture.base import STATE_ENDED, STATE_RUNNING, Frame, StateCallback, notify, to_gray
-
-if TYPE_CHECKING:
-    from edge.config.schema import SourceConfig
+from edge.capture.settings import ReplaySettings
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +41,7 @@ class Pacer:
 class ReplaySource:
     """Base of the replay sources: subclasses supply _next_image() and, if they hold a decoder, _release()."""
 
-    def __init__(self, config: SourceConfig, grayscale: bool, on_state: StateCallback | None) -> None:
+    def __init__(self, config: ReplaySettings, grayscale: bool, on_state: StateCallback | None) -> None:
         self.finite = not config.loop
         self._config = config
         self._grayscale = grayscale

@@ -3,35 +3,41 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from edge.capture.base import CaptureError, StateCallback
+from edge.capture.kinds import SourceKind, register
 from edge.capture.replay import ReplaySource
-
-if TYPE_CHECKING:
-    from edge.config.schema import SourceConfig
+from edge.capture.settings import ReplaySettings
 
 logger = logging.getLogger(__name__)
 
 
-def video_problems(config: SourceConfig) -> list[tuple[str, str]]:
+class VideoConfig(ReplaySettings):
+    """source.kind video: source.path is a video file."""
+
+    kind: Literal["video"] = Field("video", description="Every frame of a video file (source.path), in order.")
+
+
+def video_problems(config: VideoConfig) -> list[tuple[str, str]]:
     """Why this video file cannot be replayed, as (key, message) pairs."""
     if not Path(config.path).is_file():
         return [("path", f"video file not found: {config.path}")]
     return []
 
 
-def open_video(config: SourceConfig, grayscale: bool, on_state: StateCallback | None) -> VideoSource:
+def open_video(config: VideoConfig, grayscale: bool, on_state: StateCallback | None) -> VideoSource:
     return VideoSource(config, grayscale, on_state)
 
 
 class VideoSource(ReplaySource):
     """Every frame of a video file in order, BGR as OpenCV decodes it; looping reopens the file."""
 
-    def __init__(self, config: SourceConfig, grayscale: bool = False, on_state: StateCallback | None = None) -> None:
+    def __init__(self, config: VideoConfig, grayscale: bool = False, on_state: StateCallback | None = None) -> None:
         super().__init__(config, grayscale, on_state)
         self._path = Path(config.path)
         self._capture = self._open()
@@ -75,3 +81,6 @@ class VideoSource(ReplaySource):
             logger.warning("video replay stops: %s", exc)
             return False, None
         return self._capture.read()
+
+
+KIND = register(SourceKind(config=VideoConfig, opener=open_video, problems=video_problems))

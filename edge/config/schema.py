@@ -10,103 +10,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from edge.capture.registry import SOURCE_KINDS, check_url, required_key
+from edge.capture.registry import DEFAULT_KIND, on_change, source_types
 from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
 from edge.config.integrations import HomeAssistantConfig, MetricsConfig
 from edge.config.io import IoConfig
 from edge.config.web import FeedbackConfig, WebConfig
 
-SourceKind = Literal[SOURCE_KINDS]  # the kinds registered in edge.capture.registry
-
-
-class SourceConfig(BaseModel):
-    """Where frames come from."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    kind: SourceKind = Field(
-        "folder",
-        description="Frame source: folder of images, video file, V4L2 camera, "
-        "RTSP/HTTP stream or a GStreamer pipeline.",
-    )
-    path: FilePath | None = Field(
-        None,
-        validate_default=True,
-        description="Folder of images or video file (required for kind folder and video).",
-    )
-    url: str | None = Field(
-        None,
-        min_length=1,
-        validate_default=True,
-        description="RTSP/HTTP URL for kind stream, or a GStreamer pipeline string "
-        "ending in appsink for kind gstreamer (required for those kinds).",
-    )
-    index: int = Field(0, ge=0, strict=True, description="V4L2 camera index (/dev/videoN).")
-    fps: float = Field(
-        10.0,
-        ge=0,
-        le=1000,
-        strict=True,
-        description="Continuous inspection rate in frames per second; 0 = as fast as frames come.",
-    )
-    loop: bool = Field(
-        False,
-        strict=True,
-        description="Restart folder/video replay at the end instead of exiting.",
-    )
-    width: int | None = Field(
-        None, gt=0, strict=True, description="Requested camera capture width in pixels."
-    )
-    height: int | None = Field(
-        None, gt=0, strict=True, description="Requested camera capture height in pixels."
-    )
-    reconnect_initial_s: float = Field(
-        1.0, gt=0, strict=True, description="First delay before reopening a failed live source."
-    )
-    reconnect_max_s: float = Field(
-        30.0,
-        gt=0,
-        strict=True,
-        validate_default=True,
-        description="Longest delay between reopen attempts (backoff doubles up to this).",
-    )
-    read_timeout_s: float = Field(
-        5.0,
-        gt=0,
-        strict=True,
-        description="A live source with no frame for this long counts as stalled and is reopened.",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        kind = info.data.get("kind")
-        if required_key(kind) != "path":
-            return value
-        if value is None:
-            raise ValueError(f"is required when source.kind is '{kind}'")
-        return resolve(value, info)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        kind = info.data.get("kind")
-        if required_key(kind) != "url":
-            return value
-        if value is None:
-            raise ValueError(f"is required when source.kind is '{kind}'")
-        check_url(kind, value)
-        return value
-
-    @field_validator("reconnect_max_s")
-    @classmethod
-    def _check_reconnect(cls, value: float, info: ValidationInfo) -> float:
-        return not_below(value, info, "source", "reconnect_initial_s")
+# The source section: the config class of the kind it names (edge.capture.registry), each with only its own
+# settings. Rebuilt when a kind registers later (_use_registered_kinds).
+SourceSection = Annotated[Union[source_types()], Field(discriminator="kind")]
 
 
 class TriggerConfig(BaseModel):
@@ -277,7 +194,8 @@ class Config(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log messages written."
     )
-    source: SourceConfig = Field(default_factory=SourceConfig, description="Frame source.")
+    source: SourceSection = Field(default_factory=dict, validate_default=True,
+                                  description="Frame source: the keys of the kind that source.kind names.")
     trigger: TriggerConfig = Field(default_factory=TriggerConfig, description="Inspection trigger.")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Scoring.")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="Alert debouncing.")
@@ -289,6 +207,16 @@ class Config(BaseModel):
     io: IoConfig = Field(default_factory=IoConfig, description="Plant IO: GPIO lines and Modbus TCP.")
     web: WebConfig = Field(default_factory=WebConfig, description="Station page.")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Labelled frames for retraining.")
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _default_kind(cls, value: Any) -> Any:
+        # A source section without a kind (or an empty one) is the default kind's.
+        if value is None:
+            return {"kind": DEFAULT_KIND}
+        if isinstance(value, dict) and "kind" not in value:
+            return {"kind": DEFAULT_KIND, **value}
+        return value
 
     @field_validator("model")
     @classmethod
@@ -317,6 +245,15 @@ class Config(BaseModel):
     def mqtt_client_id(self) -> str:
         """The broker client id: mqtt.client_id, or 'lineguard-<device_id>' when unset."""
         return self.mqtt.client_id or f"lineguard-{self.device_id}"
+
+
+def _use_registered_kinds() -> None:
+    """A kind registered after this module was imported (a plug-in, a test's toy kind) is accepted from now on."""
+    Config.model_fields["source"].annotation = Union[source_types()]
+    Config.model_rebuild(force=True)
+
+
+on_change(_use_registered_kinds)
 
 
 def json_schema() -> dict:

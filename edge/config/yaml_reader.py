@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError, YAMLFutureWarning, YAMLWarning
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -180,26 +181,55 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _model_at(path: tuple) -> type[BaseModel] | None:
-    """Section model that ``path`` points to, if any."""
-    model: type[BaseModel] = Config
-    for part in path:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
+def _walk(loc: tuple) -> tuple[tuple, type[BaseModel] | None]:
+    """``loc`` as the file spells it, and the section model it ends in, if any.
+
+    After a discriminated union (``source``) pydantic puts the tag in the path: source.camera.url is the file's
+    source.url, checked against the camera's settings.
+    """
+    model: type[BaseModel] | None = Config
+    shown, rest = [], list(loc)
+    while rest:
+        part = rest.pop(0)
+        shown.append(part)
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        model = None
+        if field is not None and field.discriminator is not None and rest:
+            model = _variants(field).get(rest.pop(0))
+        elif field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            model = field.annotation
+    return tuple(shown), model
+
+
+def _variants_at(path: tuple) -> dict[Any, type[BaseModel]]:
+    """The models by tag when ``path`` is a discriminated union's field (source), else none."""
+    if not path:
+        return {}
+    model = _walk(path[:-1])[1]
+    field = model.model_fields.get(path[-1]) if model is not None and isinstance(path[-1], str) else None
+    return _variants(field) if field is not None and field.discriminator is not None else {}
+
+
+def _variants(field: FieldInfo) -> dict[Any, type[BaseModel]]:
+    """A discriminated union's models by their tag."""
+    return {get_args(model.model_fields[field.discriminator].annotation)[0]: model
+            for model in get_args(field.annotation)}
 
 
 def _unknown_key(loc: tuple) -> str:
     key = str(loc[-1])
-    model = _model_at(loc[:-1])
+    model = _walk(loc[:-1])[1]
     message = f"unknown key {key!r}"
     if model is MqttConfig and key == "password":
         return f"{message}: {_PASSWORD_HINT}"
     if model is None:
         return message
+    variants = _variants_at(loc[:-2])
+    others = sorted(tag for tag, other in variants.items() if other is not model and key in other.model_fields)
+    if others:
+        # A key of another kind, as in a config written before each kind had its own keys.
+        which = f"kinds {', '.join(others)} take" if len(others) > 1 else f"kind {others[0]} takes"
+        return f"{message} for {_path_str(_walk(loc[:-2])[0])}.kind {loc[-2]}: only {which} it"
     names = list(model.model_fields)
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if close:
@@ -218,6 +248,7 @@ _TYPE_MESSAGES = {
     "string_type": "expected text (put it in quotes)",
     "path_type": "expected a file path",
     "model_type": "expected a section of key: value settings",
+    "model_attributes_type": "expected a section of key: value settings",
     "model_attributes_type": "expected a section of key: value settings",
     "dict_type": "expected a section of key: value settings",
     "tuple_type": "expected a list",
@@ -267,11 +298,20 @@ def _describe(error: dict) -> str:
 
 def _format_error(error: dict, reader: YamlReader) -> tuple[int, str] | None:
     """One ``(line, "FILE:LINE: key.path: message")`` entry, or None to skip."""
-    loc = tuple(error["loc"])
+    tagged = tuple(error["loc"])
+    loc = _walk(tagged)[0]
     kind = error["type"]
     if kind == "extra_forbidden":
         # Unknown keys are reported even when their value was unreadable.
-        line, message = reader.line_for(loc), _unknown_key(loc)
+        line, message = reader.line_for(loc), _unknown_key(tagged)
+    elif kind == "union_tag_invalid":
+        # A tag no variant answers to, such as source.kind: webcam; reported on the tag's own key.
+        key = str(error["ctx"]["discriminator"]).strip("'")
+        tag = error["input"].get(key) if isinstance(error["input"], dict) else None
+        if tag is _INVALID:
+            return None
+        loc = (*loc, key)
+        line, message = reader.line_for(loc), f"must be one of {error['ctx']['expected_tags']}, got {_show(tag)}"
     elif error.get("input") is _INVALID:
         return None  # already reported while reading the YAML
     elif kind == "missing" and loc and isinstance(loc[-1], int):

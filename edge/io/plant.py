@@ -13,7 +13,7 @@ from edge.config.io import IoConfig
 from edge.io import IoError
 from edge.io.triggers import ANSWER_CODES, BUSY, INSPECTED, NO_FRAME, NOT_INSPECTED, Answer, TriggerDesk
 from edge.publish.sinks import VerdictEvent, VerdictSink
-from edge.startup import StartupError
+from edge.errors import StartupError
 from edge.status import StationStatus
 
 logger = logging.getLogger("lineguard")

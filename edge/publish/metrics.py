@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from edge.startup import StartupError
+from edge.errors import StartupError
 from edge.status import LATENCY_BUCKETS_MS, StationStatus
 
 if TYPE_CHECKING:

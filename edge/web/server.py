@@ -10,7 +10,7 @@ import threading
 
 import uvicorn
 
-from edge.startup import StartupError
+from edge.errors import StartupError
 
 logger = logging.getLogger("lineguard")
 

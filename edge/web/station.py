@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.errors import StartupError
 from edge.feedback import FeedbackStore, RecentFrames
 from edge.publish.metrics import serve_metrics
 from edge.publish.messages import model_ref
@@ -87,7 +88,6 @@ class StationWeb:
         password = resolve_web_password(web)
         problem = check_web_password(web, password)
         if problem is not None:
-            from edge.startup import StartupError
             raise StartupError(problem)
         app = build_app(self, Guard(web, password), web.live_fps, self.extra_routes, self.metrics)
         self.server = WebServer(app, web.host, web.port)

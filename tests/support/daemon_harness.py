@@ -49,6 +49,8 @@ def write_config(tmp_path: Path, port: int | None, frames: Path, **sections) -> 
         "web": {"enabled": False},  # tests that use the page give it a free port
     }
     for section, values in sections.items():
+        if section == "source" and values.get("kind", "folder") != "folder":
+            config["source"] = {"fps": 0}  # another kind takes none of the folder's keys (path, loop)
         if isinstance(values, dict):
             config.setdefault(section, {}).update(values)
         else:
