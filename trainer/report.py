@@ -185,6 +185,18 @@ def _pct(row: dict) -> str:
     return f"{row['count']}/{row['total']} = {row['rate']:.1%} ({low:.1%} to {high:.1%})"
 
 
+def threshold_note(result: dict) -> str:
+    """How the threshold was set, in one sentence: from how many good images, out of fold or not, its interval."""
+    facts = result.get("calibration") or {}
+    if not facts.get("calibration_note"):
+        return ""
+    low, high = facts.get("threshold_interval") or (None, None)
+    where = "" if low is None else (f" The threshold's own 95% interval: {low:.4g} to "
+                                    f"{'beyond the highest good score' if high is None else f'{high:.4g}'}.")
+    how = "scored out of fold (each by a model fitted without it)" if facts.get("scored_out_of_fold") else "held out"
+    return f"Threshold from good images {how}: {facts['calibration_note']}.{where}"
+
+
 def fitness_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for the report's first section: per class at the threshold, then operating points."""
     classes = [["all defects", _pct(summary["caught"])]]
@@ -209,6 +221,8 @@ def _markdown(title: str, bundle: Bundle, result: dict, images: list[tuple[str, 
     summary = result.get("fitness")
     if summary:
         md += [f"**{summary['text']}**", ""]
+        if threshold_note(result):
+            md += [threshold_note(result), ""]
         for caption, header, rows in fitness_tables(summary):
             md += [f"### {caption}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             md += ["| " + " | ".join(row) + " |" for row in rows] + [""]
@@ -231,8 +245,9 @@ def _html(title: str, bundle: Bundle, result: dict, images: list[tuple[str, str]
     banner = f"<p class='warning'><strong>Warning:</strong> {esc(warning)}.</p>" if warning else ""
     summary = result.get("fitness")
     if summary:
-        verdict_class = "fit" if summary["verdict"] == "fit" else "warning"
-        banner = f"<p class='{verdict_class}'><strong>{esc(summary['text'])}</strong></p>" + "".join(
+        verdict_class = "fit" if summary["verdict"] == "fit" else "unfit"
+        note = f"<p>{esc(threshold_note(result))}</p>" if threshold_note(result) else ""
+        banner = f"<p class='{verdict_class}'><strong>{esc(summary['text'])}</strong></p>{note}" + "".join(
             f"<h3>{esc(caption)}</h3><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
             for caption, header, rows in fitness_tables(summary)) + banner
@@ -266,8 +281,23 @@ def write_scores(path: Path, scored) -> None:
             writer.writerow([sample.name, sample.defect, sample.label, repr(float(score)), decision, reason or ""])
 
 
-def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, result: dict) -> None:
-    """Plots, scores.csv, index.html and README.md into `folder`."""
+def unusual_goods(path: Path, unusual: list, color: str) -> bool:
+    """Thumbnails of the training goods that score like defects out of fold, for a person to check."""
+    if not unusual:
+        return False
+    fig, axes = plt.subplots(1, len(unusual), figsize=(2.4 * len(unusual), 2.6), squeeze=False)
+    for ax, (sample, score) in zip(axes[0], unusual):
+        ax.imshow(_show(sample.image(color)), cmap="gray" if color == "gray" else None)
+        ax.set_title(f"{sample.name}\nscore {score:.4g}", fontsize=7)
+        ax.axis("off")
+    _save(fig, path)
+    return True
+
+
+def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, result: dict,
+                 unusual: list | None = None) -> None:
+    """Plots, scores.csv, index.html and README.md into `folder`. `unusual`: (sample, score) of training goods
+    that scored like defects when calibrating."""
     threshold = bundle.calibration.threshold
     write_scores(folder / "scores.csv", scored)
     images = []
@@ -281,4 +311,7 @@ def write_report(folder: Path, bundle: Bundle, inspector: Inspector, scored, res
     shown = "Input, reconstruction and anomaly map" if grid(folder / "examples.png", inspector, scored, threshold) \
         else "Input and anomaly map"
     images.append(("examples.png", f"{shown}, lowest and highest scores"))
+    if unusual_goods(folder / "unusual-goods.png", unusual or [], bundle.preprocess.color):
+        images.append(("unusual-goods.png", "Training images of good parts that score like defects (left out of the "
+                                            "threshold): check them for glare, a wrong part or a wrong label"))
     write_pages(folder, bundle, result, images)

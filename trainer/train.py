@@ -18,7 +18,8 @@ from edge.core.inspector import Inspector
 from edge.core.preprocess import PreprocessSpec
 from edge.core.quality import fit_limits, measure
 from edge.core.scoring import Calibration, ScoringSpec
-from trainer import metrics, small_choice
+from trainer import calibration as good_calibration
+from trainer import crossfit, metrics, small_choice
 from trainer.data import DataError, Dataset, Sample, load_arrays, read_checked
 from trainer.evaluate import ScoredSet, score_samples, summarize
 from trainer.models import MODELS, module_for
@@ -33,6 +34,7 @@ PIXEL_THRESHOLD_QUANTILE = 0.999  # of good-image anomaly-map pixels: what count
 # When good images leave (almost) no residual the quantile is 0, which a bundle may not carry (every pixel would
 # count as anomalous): then any residual above the smallest normal float32 counts.
 PIXEL_THRESHOLD_FLOOR = float(np.finfo(np.float32).tiny)
+MIN_CROSS_FIT = 10  # good images below which a kind that refits still calibrates on a held-out share
 
 
 @dataclass
@@ -131,18 +133,26 @@ def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[l
     return [train[i] for i in order[n_val:]], [train[i] for i in order[:n_val]]
 
 
-def choose_threshold(options: TrainOptions, calib: ScoredSet) -> tuple[float, str]:
+def choose_threshold(options: TrainOptions, calib: ScoredSet) -> tuple[float, str, dict]:
+    """The threshold, its method, and what can be said about it (trainer.calibration; empty for best-F1)."""
     if options.threshold_method == "best-f1":
         if not np.any(calib.labels == 1):
             raise DataError("best-f1 calibration needs labelled anomalous images in the test set")
-        return metrics.best_f1_threshold(calib.scores, calib.labels)[0], "best_f1"
-    return metrics.good_quantile_threshold(calib.good_scores(), options.target_frr), "good_quantile"
+        return metrics.best_f1_threshold(calib.scores, calib.labels)[0], "best_f1", {}
+    good = calib.good_scores()
+    choice = good_calibration.choose_threshold(good, options.target_frr)
+    names = [s.name for s, label in zip(calib.samples, calib.labels) if label == 0] if calib.samples else []
+    facts = {key: value for key, value in choice.to_dict().items() if key not in ("note", "unusual", "n_good")}
+    facts["unusual_goods"] = [{"image": names[i] if names else str(i), "score": float(good[i])} for i in choice.unusual]
+    facts["calibration_note"] = choice.note
+    return choice.threshold, "good_quantile", facts
 
 
-def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarray]) -> Calibration:
+def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarray],
+              out_of_fold: bool = False) -> Calibration:
     """Threshold from the int8 model's own scores, plus the statistics that normalize the score."""
     good = calib.good_scores()
-    threshold, method = choose_threshold(options, calib)
+    threshold, method, facts = choose_threshold(options, calib)
     score_min = float(good.min())
     score_max = float(calib.scores.max()) if np.any(calib.labels == 1) else threshold + (threshold - score_min)
     pixels = np.concatenate([h.ravel() for h in good_heats])
@@ -153,18 +163,23 @@ def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarr
         "target_frr": options.target_frr if method == "good_quantile" else None,
     }
     if method == "good_quantile":
-        stats.update(_target_reach(good.size, options.target_frr))
+        stats.update(_target_reach(good.size, options.target_frr, out_of_fold))
+        stats.update(facts, scored_out_of_fold=out_of_fold)
+        if facts["unusual_goods"]:
+            logger.warning("good images that score like defects (check them: glare, wrong part, mislabelled?): %s",
+                           ", ".join(f"{u['image']} {u['score']:.4g}" for u in facts["unusual_goods"]))
     return Calibration(
         threshold=float(threshold), method=method, score_min=score_min, score_max=max(score_max, threshold + 1e-9),
         pixel_threshold=max(float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), PIXEL_THRESHOLD_FLOOR), stats=stats,
     )
 
 
-def _target_reach(n_good: int, target_frr: float) -> dict:
+def _target_reach(n_good: int, target_frr: float, out_of_fold: bool) -> dict:
     """Too few good images cannot hold the target rate; say so rather than quietly loosening it."""
     reach = metrics.good_quantile_reach(n_good, target_frr)
     if not reach["target_frr_reachable"]:
-        logger.warning("%s; hold out more good images (--val-fraction) or add some", reach["note"])
+        more = "add good images" if out_of_fold else "hold out more good images (--val-fraction) or add some"
+        logger.warning("%s; %s", reach["note"], more)
     return reach
 
 
@@ -179,10 +194,14 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
     spec = PreprocessSpec(color=opts.color, height=opts.size[0], width=opts.size[1], roi=opts.roi)
     scoring = ScoringSpec(opts.residual, opts.reducer, opts.smoothing_sigma, opts.topk_fraction)
     choice = MODELS[opts.model]
+    kind_module = module_for(choice)
+    cross_fit = (opts.threshold_method == "good-quantile" and crossfit.supported(kind_module)
+                 and len(dataset.train) >= MIN_CROSS_FIT)
+    if cross_fit:  # every good image is fitted on and, out of fold, calibrates: none is held out
+        fit_samples, val_samples = dataset.train, []
     logger.info("training a %s model (kind %s) on %d images (%s), %d held out", opts.model, choice.kind,
                 len(fit_samples), "x".join(map(str, spec.shape)), len(val_samples))
     x_train = load_arrays(fit_samples, spec)
-    kind_module = module_for(choice)
     model = kind_module.fit(opts, x_train)
 
     staged = staging_dir(out_dir)
@@ -197,7 +216,8 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
         bundle.quality = fit_limits([measure(x) for x in x_train])
         _add_ignore(bundle, opts, staged, dataset)
         save_manifest(bundle)
-        result = _calibrate_and_report(bundle, dataset, opts, fit_samples, val_samples)
+        refit = (lambda: crossfit.out_of_fold(bundle, kind_module, model, opts, fit_samples)) if cross_fit else None
+        result = _calibrate_and_report(bundle, dataset, opts, fit_samples, val_samples, refit)
         publish_dir(staged, out_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -224,22 +244,47 @@ def _choices(architecture: dict) -> dict:
     return {key: reason for key, reason in found.items() if reason}
 
 
+CALIBRATION_FACTS = ("n_good", "scored_out_of_fold", "target_frr", "expected_frr", "frr_interval", "threshold_interval",
+                     "reachable", "add_good", "unusual_goods", "calibration_note")
+
+
+def _calibration_facts(stats: dict) -> dict:
+    """What metrics.json says about how the threshold was set."""
+    return {key: stats[key] for key in CALIBRATION_FACTS if key in (stats or {})}
+
+
+def _unusual_samples(bundle: Bundle, samples: list[Sample]) -> list[tuple[Sample, float]]:
+    """The training goods the calibration found unusual, for the report's thumbnails."""
+    by_name = {s.name: s for s in samples}
+    unusual = (bundle.calibration.stats or {}).get("unusual_goods") or []
+    return [(by_name[u["image"]], u["score"]) for u in unusual if u["image"] in by_name]
+
+
 def _calibration_set(opts: TrainOptions, dataset: Dataset, fit: list[Sample], val: list[Sample]) -> list[Sample]:
     if opts.threshold_method == "best-f1":
         return dataset.test  # the study's protocol: the threshold with the best F1 on labelled data
     return val or fit
 
 
-def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, fit, val) -> dict:
-    color = bundle.preprocess.color
+def _calibration_scores(bundle: Bundle, dataset: Dataset, opts: TrainOptions, fit, val,
+                        refit) -> tuple[ScoredSet, ScoredSet]:
+    """(int8, float) scores to calibrate on: out of fold when the kind refits, else held-out (or labelled) images."""
+    if refit is not None:
+        return refit()
+    samples = _calibration_set(opts, dataset, fit, val)
     int8 = Inspector(bundle, threads=opts.threads)
     float_model = Inspector(bundle, threads=opts.threads, use_float_model=True)
-    calib_samples = _calibration_set(opts, dataset, fit, val)
-    calib = score_samples(int8, calib_samples, color, "calibrating (int8)")
+    return (score_samples(int8, samples, bundle.preprocess.color, "calibrating (int8)"),
+            score_samples(float_model, samples, bundle.preprocess.color, "calibrating (float)", keep_heats=False))
+
+
+def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, fit, val, refit=None) -> dict:
+    color = bundle.preprocess.color
+    calib, calib_float = _calibration_scores(bundle, dataset, opts, fit, val, refit)
     good_heats = [h for h, label in zip(calib.heats, calib.labels) if label == 0]
-    bundle.calibration = calibrate(opts, calib, good_heats)
-    calib_float = score_samples(float_model, calib_samples, color, "calibrating (float)", keep_heats=False)
-    float_threshold, _ = choose_threshold(opts, calib_float)
+    bundle.calibration = calibrate(opts, calib, good_heats, out_of_fold=refit is not None)
+    float_threshold, _, _ = choose_threshold(opts, calib_float)
+    float_model = Inspector(bundle, threads=opts.threads, use_float_model=True)
     int8 = Inspector(bundle, threads=opts.threads)
     result: dict = {"calibration_method": bundle.calibration.method}
     if dataset.test:
@@ -247,11 +292,12 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
         scored_float = score_samples(float_model, dataset.test, color, "evaluating (float)")
         result = summarize(bundle, scored, scored_float, float_threshold, opts.min_catch)
         result.update(_choices(bundle.architecture))
+        result["calibration"] = _calibration_facts(bundle.calibration.stats)
         report_dir = bundle.path / "report"
         report_dir.mkdir()
         from trainer.report import write_report
 
-        write_report(report_dir, bundle, int8, scored, result)
+        write_report(report_dir, bundle, int8, scored, result, unusual=_unusual_samples(bundle, fit))
         write_json_atomic(report_dir / "metrics.json", result)
     bundle.metrics = result
     bundle.provenance = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ class FittedFeatures:
     layer_channels: list[int]
     details: dict = field(default_factory=dict)
     head_sha256: str = ""
+    features: np.ndarray | None = field(default=None, repr=False)  # the training goods', kept for refit
+    setting: HeadFit | None = field(default=None, repr=False)
 
 
 def sized_backbone(size: tuple[int, int]) -> tuple[bytes, bytes]:
@@ -129,7 +131,14 @@ def fit(options, x_train: np.ndarray) -> FittedFeatures:
     arrays, details, _ = fit_head(head_type, features, setting)
     logger.info("%s head fitted: %s", head_type, details)
     return FittedFeatures(int8_bytes, float_bytes, head_type, arrays, float(scale), float(zero), layer_channels,
-                          {**details, "choice": choice})
+                          {**details, "choice": choice}, features=features, setting=setting)
+
+
+def refit(model: FittedFeatures, keep: np.ndarray) -> FittedFeatures:
+    """The same head fitted on the kept training images only (cross-fitting: trainer.crossfit)."""
+    arrays, details, _ = fit_head(model.head_type, model.features[keep], model.setting)
+    return replace(model, arrays=arrays, details={**details, "choice": model.details.get("choice")}, head_sha256="",
+                   features=None)
 
 
 def export(model: FittedFeatures, x_train: np.ndarray, folder: Path, seed: int) -> list[Stage]:
