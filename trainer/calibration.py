@@ -12,16 +12,15 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.stats import beta, binom
+from scipy.stats import beta, binom, norm
 
-from trainer.metrics import CONFIDENCE, conformal_rank, min_good_for_target
+from trainer.metrics import CONFIDENCE, clopper_pearson, conformal_rank, min_good_for_target
 
-FOLDS = 5
+FOLDS = 10  # each fold's model sees 90 % of the goods: out-of-fold scores run only a little above the full model's
 # A good image whose log score lies this many robust standard deviations (1.4826 MAD) above the median is listed
-# for a person to check, and at most OUTLIER_SHARE of the good images (at least one) are left out of the rank:
-# one glare or mislabelled image must not set the threshold on its own.
-OUTLIER_Z = 6.0
-OUTLIER_SHARE = 0.01
+# for a person to check, and at most half the target rate of the good images (at least one) are left out of the
+# rank: one glare or mislabelled image must not set the threshold on its own.
+OUTLIER_Z = 5.0
 MIN_GOOD_FOR_OUTLIERS = 20  # below this a median and MAD say too little to call anything unusual
 
 
@@ -36,17 +35,22 @@ def fold_indices(names: list[str], folds: int = FOLDS) -> list[np.ndarray]:
     return [np.flatnonzero(assigned == fold) for fold in range(folds) if np.any(assigned == fold)]
 
 
-def unusual_goods(scores: np.ndarray, z_limit: float = OUTLIER_Z, share: float = OUTLIER_SHARE) -> np.ndarray:
+def _log_spread(scores: np.ndarray) -> tuple[float, float]:
+    """Median and robust standard deviation (1.4826 MAD) of the log scores."""
+    logs = np.log(np.maximum(scores, 1e-12))
+    median = float(np.median(logs))
+    return median, 1.4826 * float(np.median(np.abs(logs - median)))
+
+
+def unusual_goods(scores: np.ndarray, share: float, z_limit: float = OUTLIER_Z) -> np.ndarray:
     """Indices of good scores far above the rest (highest first), at most max(1, share * n) of them."""
     n = len(scores)
     if n < MIN_GOOD_FOR_OUTLIERS:
         return np.empty(0, dtype=np.int64)
-    logs = np.log(np.maximum(scores, 1e-12))
-    median = float(np.median(logs))
-    spread = 1.4826 * float(np.median(np.abs(logs - median)))
+    median, spread = _log_spread(scores)
     if spread <= 0:
         return np.empty(0, dtype=np.int64)
-    z = (logs - median) / spread
+    z = (np.log(np.maximum(scores, 1e-12)) - median) / spread
     far = np.flatnonzero(z > z_limit)
     far = far[np.argsort(-scores[far], kind="stable")]
     return far[:max(1, int(math.floor(share * n)))]
@@ -86,29 +90,46 @@ def _quantile_interval(kept: np.ndarray, quantile: float) -> tuple[float, float 
     return low, high
 
 
+def _log_normal_quantile(kept: np.ndarray, quantile: float) -> float:
+    """The quantile of a log-normal with the scores' log median and robust spread; the highest score when they
+    do not spread."""
+    median, spread = _log_spread(kept)
+    if spread <= 0:
+        return float(np.nextafter(kept[-1], np.inf))
+    return float(np.exp(median + norm.ppf(quantile) * spread))
+
+
 def choose_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdChoice:
     """The conformal threshold on out-of-fold good scores, unusual ones left out, with its intervals.
 
     With n kept scores the ceil((n + 1)(1 - a))-th smallest is the threshold's last passing score: a new good part
     fails with probability at most a. Its false-reject rate is Beta(n + 1 - r, r) distributed. With too few images
-    for the target the highest kept score is used: the best the data supports, with the rate it really holds.
+    for that rank, the best the data supports is a model of them: the target quantile of a log-normal fitted to the
+    usual scores (median and MAD of the logs, so an unusual image does not drag it), not "the highest plus a
+    margin"; its rate is then an estimate, and the note asks for the images that would make it a guarantee.
     """
     scores = np.asarray(good_scores, dtype=np.float64)
     if scores.size == 0 or not np.all(np.isfinite(scores)):
         raise ValueError("calibration needs finite scores of at least one good image")
-    unusual = unusual_goods(scores)
+    unusual = unusual_goods(scores, target_frr / 2)
     kept = np.sort(np.delete(scores, unusual))
     n, dropped = len(kept), len(unusual)
     rank = conformal_rank(n, target_frr)
     reachable = rank <= n
-    rank = min(rank, n)
-    threshold = float(np.nextafter(kept[rank - 1], np.inf))  # fail when >= threshold: the rank-th score passes
-    alpha = 1 - CONFIDENCE
-    tail, inside = n + 1 - rank, rank
     share = dropped / scores.size  # unusual images stay rejected: count them in the rate
-    expected = share + (1 - share) * tail / (n + 1)
-    low = share + (1 - share) * float(beta.ppf(alpha / 2, tail, inside))
-    high = share + (1 - share) * float(beta.ppf(1 - alpha / 2, tail, inside))
+    if reachable:
+        threshold = float(np.nextafter(kept[rank - 1], np.inf))  # fail when >= threshold: the rank-th score passes
+        alpha = 1 - CONFIDENCE
+        tail, inside = n + 1 - rank, rank
+        expected = share + (1 - share) * tail / (n + 1)
+        low = share + (1 - share) * float(beta.ppf(alpha / 2, tail, inside))
+        high = share + (1 - share) * float(beta.ppf(1 - alpha / 2, tail, inside))
+    else:  # too few for a rank: the quantile of a log-normal fitted robustly to the usual scores
+        rank = n
+        threshold = _log_normal_quantile(kept, 1 - target_frr)
+        above = int(np.sum(scores >= threshold))
+        expected = max(target_frr, above / scores.size)
+        low, high = clopper_pearson(above, scores.size)
     add = 0 if reachable else min_good_for_target(target_frr) - n
     choice = ThresholdChoice(
         threshold=threshold, target_frr=target_frr, n_good=int(scores.size), rank=rank, reachable=reachable,
@@ -126,6 +147,7 @@ def describe(choice: ThresholdChoice) -> str:
     if choice.unusual:
         held += f"; {len(choice.unusual)} unusual good image(s) left out of the threshold, listed for a check"
     if not choice.reachable:
-        held += (f"; the target {choice.target_frr:.2%} needs {choice.add_good} more good image(s), so the threshold "
-                 "sits just above the highest usual good score")
+        held += (f"; to hold the target {choice.target_frr:.2%} without assuming how good scores spread, add "
+                 f"{choice.add_good} more good image(s): until then the threshold is the target quantile of a "
+                 "log-normal fitted to the usual good scores")
     return held

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge.core.bundle import Bundle, save_manifest
 from edge.core.inspector import Inspector
-from trainer.calibration import fold_indices
+from trainer.calibration import FOLDS, fold_indices
 from trainer.data import Sample
 from trainer.evaluate import ScoredSet, score_samples
 
@@ -57,7 +57,8 @@ def _merge(parts: list[tuple[np.ndarray, ScoredSet]], samples: list[Sample]) -> 
 
 def out_of_fold(bundle: Bundle, kind_module: ModuleType, model, opts, samples: list[Sample]) -> tuple[ScoredSet, ScoredSet]:
     """(int8, float) scores of every sample by the model refitted without its fold."""
-    folds = fold_indices([s.name for s in samples])
+    count = kind_module.refit_folds(model) if callable(getattr(kind_module, "refit_folds", None)) else FOLDS
+    folds = fold_indices([s.name for s in samples], count)
     color = bundle.preprocess.color
     int8_parts, float_parts = [], []
     with tempfile.TemporaryDirectory(prefix=".cross-fit-", dir=bundle.path.parent) as scratch:

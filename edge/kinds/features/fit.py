@@ -134,6 +134,14 @@ def fit(options, x_train: np.ndarray) -> FittedFeatures:
                           {**details, "choice": choice}, features=features, setting=setting)
 
 
+PATCHCORE_FOLDS = 5  # its coreset takes tens of seconds per fit; the other heads refit in about a second
+
+
+def refit_folds(model: FittedFeatures) -> int:
+    """How many folds cross-fitting uses for this head (trainer.calibration.FOLDS unless the head is slow to fit)."""
+    return PATCHCORE_FOLDS if model.head_type == "patchcore" else 10
+
+
 def refit(model: FittedFeatures, keep: np.ndarray) -> FittedFeatures:
     """The same head fitted on the kept training images only (cross-fitting: trainer.crossfit)."""
     arrays, details, _ = fit_head(model.head_type, model.features[keep], model.setting)
