@@ -127,10 +127,13 @@ def add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("--augment", type=_augmentations, default=[],
                    help="comma list of flip, shift, brightness (default none); the segmenter applies only flip")
     p.add_argument("--threshold", dest="threshold_method", choices=("auto", "best-f1", "good-quantile"), default="auto",
-                   help="best-f1: the study's F1-optimal threshold on labelled test data; good-quantile: from held-out "
-                        "good images for --target-frr; auto: best-f1 when --anomaly classes define the test set, else good-quantile")
+                   help="best-f1: the study's F1-optimal threshold on labelled test data; good-quantile: for "
+                        "--target-frr from good images only: every training good image scored by a model fitted "
+                        "without it (features kind, 10-fold cross-fitting), else a held-out share "
+                        "(--val-fraction); auto: best-f1 when --anomaly classes define the test set, else good-quantile")
     p.add_argument("--target-frr", type=FRACTION, default=0.01, help="false-reject rate for good-quantile (default 0.01)")
-    p.add_argument("--val-fraction", type=number(float, 0.0, 1.0, high_open=True), default=0.1, help="share of good training images held out for calibration (default 0.1)")
+    p.add_argument("--val-fraction", type=number(float, 0.0, 1.0, high_open=True), default=0.1, help="share of good training images held out for calibration by kinds that cannot refit per fold "
+                        "(the autoencoders and the segmenter; default 0.1); the features kind holds none out")
     _add_min_catch(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed gives the same bundle")
     p.add_argument("--threads", type=POSITIVE_INT, default=2, help="interpreter threads for calibration (default 2)")
