@@ -20,7 +20,7 @@ from edge.core.bundle import Stage, sha256_of
 from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
 from edge.kinds.components.backbone import BackboneFeatures
-from edge.kinds.features.fit_heads import choose_head, progress
+from edge.kinds.features.fit_heads import choose_head, choose_head_at_threshold, progress
 from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
 from trainer import backbones
 from trainer.synthetic import DefectSynthesizer
@@ -31,6 +31,7 @@ BACKBONE_NAME = "backbone.tflite"
 BACKBONE_FLOAT_NAME = "backbone_float.tflite"
 HOLDOUT_FRACTION = 0.15  # of the training images, held out to choose the head when none is given
 MIN_HOLDOUT = 8
+MIN_CROSS_CHOICE = 40  # good images from which heads are chosen at the threshold they would ship (cross-fitted)
 SMALL_GRID_POSITIONS = 64  # a patch grid up to 8x8 (inputs up to 64 px): the global knn head is a candidate too
 
 
@@ -106,6 +107,10 @@ def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, se
     if options.head != "auto":
         return options.head, {"reason": f"{options.head}: chosen with --head"}
     candidates = head_candidates(features.shape[1])
+    if len(x_train) >= MIN_CROSS_CHOICE:
+        defects = _synthetic_defects(x_train, x_train, options.seed)
+        defect_features = np.stack(list(extract(extractor, defects, "synthetic defects")))
+        return choose_head_at_threshold(features, defect_features, setting, candidates, options.target_frr)
     split = held_out_defects(x_train, options.seed)
     if split is None:
         return candidates[0], {"reason": f"{candidates[0]}: too few images ({len(x_train)}) to hold some out and "
