@@ -101,6 +101,23 @@ def test_patchcore_head_trains_and_scores(tmp_path):
     assert manifest["architecture"]["head"]["type"] == "patchcore"
     inspection = Inspector(out).inspect_file(next((TILES / "test" / "blowhole").glob("*.jpg")))
     assert np.isfinite(inspection.score) and inspection.heat.shape == (96, 96)
+    with np.load(out / HEAD_FILE) as shipped:  # which training image each entry came from stays with the trainer
+        assert sorted(shipped.files) == ["bank", "channels", "positions"]
+
+
+def test_patchcore_leaves_a_folds_images_out_of_its_bank_without_a_new_coreset():
+    from edge.kinds.features.heads import HeadFit, fit_head
+    from edge.kinds.features.heads.patchcore import SOURCE_IMAGES, PatchcoreHead
+
+    features = np.random.default_rng(0).normal(size=(12, 16, 8)).astype(np.float32)
+    arrays, _, _ = fit_head("patchcore", features, HeadFit(grid=(4, 4)))
+    assert arrays[SOURCE_IMAGES].shape == (arrays["bank"].shape[0],)
+    dropped = np.array([0, 5])
+    fewer = PatchcoreHead.without_images(arrays, dropped)
+    assert not np.isin(fewer[SOURCE_IMAGES], dropped).any()
+    kept_bank = [tuple(row) for row in fewer["bank"].astype(np.float32)]
+    from_others = features[~np.isin(np.arange(12), dropped)].reshape(-1, 8).astype(np.float16).astype(np.float32)
+    assert {tuple(row) for row in from_others} >= set(kept_bank)
 
 
 def test_bundles_stay_within_the_size_limit(features_bundle):

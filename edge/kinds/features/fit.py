@@ -21,7 +21,7 @@ from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
 from edge.kinds.components.backbone import BackboneFeatures
 from edge.kinds.features.fit_heads import choose_head, choose_head_at_threshold, progress
-from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
+from edge.kinds.features.heads import HEAD_FILE, HEADS, HeadFit, fit_head
 from trainer import backbones
 from trainer.synthetic import DefectSynthesizer
 
@@ -139,16 +139,13 @@ def fit(options, x_train: np.ndarray) -> FittedFeatures:
                           {**details, "choice": choice}, features=features, setting=setting)
 
 
-PATCHCORE_FOLDS = 5  # its coreset takes tens of seconds per fit; the other heads refit in about a second
-
-
-def refit_folds(model: FittedFeatures) -> int:
-    """How many folds cross-fitting uses for this head (trainer.calibration.FOLDS unless the head is slow to fit)."""
-    return PATCHCORE_FOLDS if model.head_type == "patchcore" else 10
-
-
 def refit(model: FittedFeatures, keep: np.ndarray) -> FittedFeatures:
-    """The same head fitted on the kept training images only (cross-fitting: trainer.crossfit)."""
+    """The same head without the dropped training images (cross-fitting: trainer.crossfit): refitted on the kept
+    ones, or, for a head that can drop images from what it holds (PatchCore's bank), without a new fit."""
+    head_class = HEADS[model.head_type]
+    if hasattr(head_class, "without_images"):
+        arrays = head_class.without_images(model.arrays, np.flatnonzero(~keep))
+        return replace(model, arrays=arrays, head_sha256="", features=None)
     arrays, details, _ = fit_head(model.head_type, model.features[keep], model.setting)
     return replace(model, arrays=arrays, details={**details, "choice": model.details.get("choice")}, head_sha256="",
                    features=None)
@@ -159,7 +156,7 @@ def export(model: FittedFeatures, x_train: np.ndarray, folder: Path, seed: int) 
     write_bytes_atomic(folder / BACKBONE_NAME, model.backbone_int8)
     write_bytes_atomic(folder / BACKBONE_FLOAT_NAME, model.backbone_float)
     with open(folder / HEAD_FILE, "wb") as handle:
-        np.savez(handle, **model.arrays)
+        np.savez(handle, **{name: array for name, array in model.arrays.items() if not name.startswith("_")})
     model.head_sha256 = sha256_of(folder / HEAD_FILE)
     return [Stage(BACKBONE_NAME, quantization="int8", float_file=BACKBONE_FLOAT_NAME)]
 

@@ -9,7 +9,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from edge.kinds.features.heads import Head, HeadFit, fit_head
+from pathlib import Path
+
+from edge.kinds.features.heads import HEADS, Head, HeadFit, fit_head, head_from_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,16 @@ def cross_fitted(head_type: str, features: np.ndarray, defect_features: np.ndarr
                  folds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold image scores of every good image and of its copy with a synthetic defect (quick fits)."""
     good, defect = np.zeros(len(features)), np.zeros(len(features))
+    droppable = hasattr(HEADS[head_type], "without_images")  # one fit, then each fold's images left out of it
+    whole = fit_head(head_type, features, replace(setting, quick=True))[0] if droppable else None
     for held in folds:
         keep = np.ones(len(features), dtype=bool)
         keep[held] = False
-        _, _, head = fit_head(head_type, features[keep], replace(setting, quick=True))
+        if droppable:
+            head = head_from_arrays(head_type, HEADS[head_type].without_images(whole, held),
+                                    Path(f"<{head_type} without a fold>"), features.shape[2])
+        else:
+            _, _, head = fit_head(head_type, features[keep], replace(setting, quick=True))
         good[held], defect[held] = image_scores(head, features[held]), image_scores(head, defect_features[held])
     return good, defect
 

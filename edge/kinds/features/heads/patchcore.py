@@ -12,9 +12,11 @@ from edge.kinds.features.heads.base import HeadError, HeadFit, require
 
 BANK_CHUNK = 4096  # bank entries per matrix product: bounds the temporary (positions x chunk) float32 array
 CORESET_FRACTION = 0.01  # of all training patches, as in the PatchCore paper's 1 % setting
-CORESET_MAX = 4096  # bank entries: bounds the device's matmul (positions x entries x channels) per frame
+CORESET_MAX = 4096  # bank entries at 784 patch positions (224 px); fewer on larger grids, so the device's
+CORESET_POSITIONS = 784  # matmul per frame (positions x entries x channels) costs what it costs at 224 px
 CORESET_POOL = 100_000  # training patches the greedy selection looks at (a random subset beyond this)
 QUICK_POOL = 50_000  # the same for a quick fit (choosing the head): half the selection time, for a comparison only
+SOURCE_IMAGES = "_source_images"  # the training image of each bank entry: the trainer's only, never shipped
 PROJECTION_DIM = 32  # random projection for the greedy k-center distances (PatchCore's Johnson-Lindenstrauss step)
 
 
@@ -53,11 +55,15 @@ class PatchcoreHead:
         patches = features.reshape(-1, channels)
         rng = np.random.default_rng(setting.seed)
         pool_size = QUICK_POOL if setting.quick else CORESET_POOL
-        pool = patches if len(patches) <= pool_size else patches[rng.choice(len(patches), pool_size, replace=False)]
-        size = int(min(CORESET_MAX, max(1, round(len(patches) * CORESET_FRACTION)), len(pool)))
-        bank = pool[greedy_coreset(pool, size, setting.seed, setting.progress)]
-        arrays = {"channels": np.arange(channels, dtype=np.int32), "bank": bank.astype(np.float16),
-                  "positions": np.array(positions, dtype=np.int64)}
+        picked = np.arange(len(patches)) if len(patches) <= pool_size else rng.choice(len(patches), pool_size,
+                                                                                      replace=False)
+        pool = patches[picked]
+        cap = max(1, CORESET_MAX * CORESET_POSITIONS // max(positions, CORESET_POSITIONS))
+        size = int(min(cap, max(1, round(len(patches) * CORESET_FRACTION)), len(pool)))
+        chosen = greedy_coreset(pool, size, setting.seed, setting.progress)
+        arrays = {"channels": np.arange(channels, dtype=np.int32), "bank": pool[chosen].astype(np.float16),
+                  "positions": np.array(positions, dtype=np.int64),
+                  SOURCE_IMAGES: (picked[chosen] // positions).astype(np.int32)}
         return arrays, {"images": count, "bank_entries": size, "patches": int(len(patches)),
                         "coreset": f"greedy k-center on a {PROJECTION_DIM}-d random projection of {len(pool)} patches",
                         "bank_storage": "float16"}
@@ -71,6 +77,15 @@ class PatchcoreHead:
 
     def check_grid(self, grid: tuple[int, int], path: Path) -> None:
         """The bank holds patches, not positions: any grid is scored."""
+
+    @staticmethod
+    def without_images(arrays: dict[str, np.ndarray], dropped: np.ndarray) -> dict[str, np.ndarray]:
+        """The bank less the entries taken from the dropped training images: a model that has not seen them,
+        without a new coreset (cross-fitting calibrates with it)."""
+        keep = ~np.isin(arrays[SOURCE_IMAGES], dropped)
+        if not keep.any():
+            raise HeadError("every bank entry comes from the dropped images")
+        return {**arrays, "bank": arrays["bank"][keep], SOURCE_IMAGES: arrays[SOURCE_IMAGES][keep]}
 
     def distances(self, features: np.ndarray) -> np.ndarray:
         """(positions, C) -> (positions,) Euclidean distance to the nearest bank entry."""
