@@ -212,3 +212,15 @@ def test_report_has_no_warning_when_the_target_was_reachable(short_of_good_image
     write_pages(tmp_path, bundle, result, [])
     assert "Warning" not in (tmp_path / "README.md").read_text()
     assert "class='warning'" not in (tmp_path / "index.html").read_text()
+
+
+def test_large_frames_reach_the_features_model_at_a_larger_input():
+    from trainer.data import Dataset
+    from trainer.train import default_size
+
+    def sized(*sizes):
+        return Dataset([], [], "gray", "parts", set(sizes))
+
+    assert default_size(sized((1024, 1024)), "features") == (320, 320)  # screw-like frames: small defects
+    assert default_size(sized((1024, 1024), (300, 400)), "features") == (224, 224)  # not every frame is large
+    assert default_size(sized((388, 617)), "features") == (224, 224)  # magnetic-tile crops

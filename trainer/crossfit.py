@@ -57,7 +57,8 @@ def _merge(parts: list[tuple[np.ndarray, ScoredSet]], samples: list[Sample]) -> 
 
 def out_of_fold(bundle: Bundle, kind_module: ModuleType, model, opts, samples: list[Sample]) -> tuple[ScoredSet, ScoredSet]:
     """(int8, float) scores of every sample by the model refitted without its fold."""
-    folds = fold_indices([s.name for s in samples], FOLDS)
+    count = kind_module.refit_folds(model) if callable(getattr(kind_module, "refit_folds", None)) else FOLDS
+    folds = fold_indices([s.name for s in samples], count)
     color = bundle.preprocess.color
     int8_parts, float_parts = [], []
     with tempfile.TemporaryDirectory(prefix=".cross-fit-", dir=bundle.path.parent) as scratch:

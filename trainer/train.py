@@ -12,6 +12,7 @@ import numpy as np
 import cv2
 
 from edge.argtypes import MIN_SIDE_PX
+from edge.kinds.base import LARGE_FRAME_SIDE
 from edge.core.bundle import IGNORE_MASK_NAME, Bundle, publish_dir, save_manifest, staging_dir
 from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
@@ -116,6 +117,10 @@ def default_size(dataset: Dataset, model: str) -> tuple[int, int]:
     if len(dataset.sizes) == 1 and largest <= DENSE_MAX_SIDE:
         return next(iter(dataset.sizes))
     side = choice.default_side
+    if choice.large_side and min(min(size) for size in dataset.sizes) >= LARGE_FRAME_SIDE:
+        side = choice.large_side  # small defects on a large frame vanish at the native input
+        logger.info("%s: every image is at least %d px a side: the model input is %dx%d (--size to choose)",
+                    dataset.description, LARGE_FRAME_SIDE, side, side)
     if len(dataset.sizes) > 1:
         listed = ", ".join(f"{w}x{h}" for h, w in sorted(dataset.sizes)[:4])
         logger.info("%s: images of %d sizes (%s, ...): every image is resized to %dx%d, as the device resizes "

@@ -29,7 +29,11 @@ class ModelChoice:
     defaults: dict[str, Any] = field(default_factory=dict)  # TrainOptions fields left to the data
     default_side: int = 128  # model input side (px) when --size is not given and the images are not small
     small_upscale: int = 1  # small images reach the model enlarged this many times
+    large_side: int | None = None  # model input side for large frames (every side >= LARGE_FRAME_SIDE), if larger
     kind: str = ""
+
+
+LARGE_FRAME_SIDE = 640  # frames at least this large on every side keep small defects only at a larger input
 
 
 class Pipeline:

@@ -21,7 +21,7 @@ from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
 from edge.kinds.components.backbone import BackboneFeatures
 from edge.kinds.features.fit_heads import choose_head, choose_head_at_threshold, progress
-from edge.kinds.features.heads import HEAD_FILE, HEADS, HeadFit, fit_head
+from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
 from trainer import backbones
 from trainer.synthetic import DefectSynthesizer
 
@@ -139,13 +139,18 @@ def fit(options, x_train: np.ndarray) -> FittedFeatures:
                           {**details, "choice": choice}, features=features, setting=setting)
 
 
+PATCHCORE_FOLDS = 5  # a PatchCore refit builds a new coreset (seconds to tens of seconds); the others take about one
+
+
+def refit_folds(model: FittedFeatures) -> int:
+    """Folds for cross-fitting this head (trainer.calibration.FOLDS unless the head is slow to refit)."""
+    return PATCHCORE_FOLDS if model.head_type == "patchcore" else 10
+
+
 def refit(model: FittedFeatures, keep: np.ndarray) -> FittedFeatures:
-    """The same head without the dropped training images (cross-fitting: trainer.crossfit): refitted on the kept
-    ones, or, for a head that can drop images from what it holds (PatchCore's bank), without a new fit."""
-    head_class = HEADS[model.head_type]
-    if hasattr(head_class, "without_images"):
-        arrays = head_class.without_images(model.arrays, np.flatnonzero(~keep))
-        return replace(model, arrays=arrays, head_sha256="", features=None)
+    """The same head refitted on the kept training images only (cross-fitting: trainer.crossfit). PatchCore is
+    refitted too, not just left without the fold's bank entries: a new coreset covers the places those entries
+    covered, as a model that never saw the images would (dropping entries alone raised the screw threshold)."""
     arrays, details, _ = fit_head(model.head_type, model.features[keep], model.setting)
     return replace(model, arrays=arrays, details={**details, "choice": model.details.get("choice")}, head_sha256="",
                    features=None)
