@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from pathlib import Path
-
 from edge.kinds.features.heads import HEADS, Head, HeadFit, fit_head, head_from_arrays
+from trainer.calibration import choose_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,6 @@ def choose_head_at_threshold(features: np.ndarray, defect_features: np.ndarray, 
     parts spread widely (PaDiM on parts at random angles: a good part in a rare pose looks anomalous) ships a high
     threshold and catches little; this measures that, where AUROC on a small held-out share does not.
     """
-    from trainer.calibration import choose_threshold
-
     order = np.random.default_rng(setting.seed).permutation(len(features))
     folds = [order[i::CHOICE_FOLDS] for i in range(CHOICE_FOLDS)]
     labels = np.r_[np.zeros(len(features)), np.ones(len(features))]
