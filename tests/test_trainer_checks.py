@@ -221,6 +221,7 @@ def test_large_frames_reach_the_features_model_at_a_larger_input():
     def sized(*sizes):
         return Dataset([], [], "gray", "parts", set(sizes))
 
-    assert default_size(sized((1024, 1024)), "features") == (320, 320)  # screw-like frames: small defects
+    assert default_size(sized((512, 512)), "features") == (320, 320)  # screw: small defects on a large frame
+    assert default_size(sized((1024, 1024)), "features") == (320, 320)
     assert default_size(sized((1024, 1024), (300, 400)), "features") == (224, 224)  # not every frame is large
     assert default_size(sized((388, 617)), "features") == (224, 224)  # magnetic-tile crops

@@ -33,7 +33,7 @@ class ModelChoice:
     kind: str = ""
 
 
-LARGE_FRAME_SIDE = 640  # frames at least this large on every side keep small defects only at a larger input
+LARGE_FRAME_SIDE = 512  # frames at least this large on every side keep small defects only at a larger input
 
 
 class Pipeline:
