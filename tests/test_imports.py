@@ -1,9 +1,8 @@
 """The device never imports the trainer or TensorFlow, not even lazily; benchmarks reach the tests only
 through tests/support. Read from the source with `ast`, so an import inside a function counts too.
 
-A model kind's folder (edge/kinds/<kind>/) holds what the trainer fits next to what the device runs: its fit
-modules (`fit.py`, `fit_*.py`) may import the trainer and TensorFlow, and nothing else in edge/ imports them;
-only the trainer loads them, by name."""
+A model kind's device side is its folder edge/kinds/<kind>/; what the trainer fits for it is
+trainer/kinds/<kind>.py, which may import TensorFlow and which only the trainer loads, by name."""
 from __future__ import annotations
 
 import ast
@@ -76,51 +75,19 @@ def _sources(folder: Path) -> list[Path]:
     return files
 
 
-def is_fit_module(name: str) -> bool:
-    """edge.kinds.<...>.fit or edge.kinds.<...>.fit_<x>: the trainer's side of a model kind."""
-    last = name.rpartition(".")[2]
-    return _within(name, "edge.kinds") and (last == "fit" or last.startswith("fit_"))
-
-
-def _module_name(path: Path) -> str:
-    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-
-
-def _device_sources() -> list[Path]:
-    return [path for path in _sources(EDGE) if not is_fit_module(_module_name(path))]
-
-
-def fit_import_violations(source: str, label: str = "<source>") -> list[str]:
-    tree = ast.parse(source, filename=label)
-    return [f"{label}:{line}: {name}" for line, name in [*imported_names(tree), *module_name_strings(tree)]
-            if any(is_fit_module(".".join(name.split(".")[:end])) for end in range(3, name.count(".") + 2))]
-
-
 def test_the_device_never_imports_the_trainer_or_tensorflow():
-    problems = [p for path in _device_sources()
+    problems = [p for path in _sources(EDGE)
                 for p in device_violations(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
     assert problems == []
 
 
-def test_fit_modules_are_found_and_only_fit_modules_import_them():
-    assert {"edge.kinds.autoencoder.fit", "edge.kinds.features.fit"} <= {_module_name(p) for p in _sources(EDGE)
-                                                                       if is_fit_module(_module_name(p))}
-    problems = [p for path in _device_sources()
-                for p in fit_import_violations(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
-    assert problems == []
+def test_every_registered_kind_has_its_fit_module_in_the_trainer():
+    from edge.kinds import MODELS
+    from trainer.models import fitting_module_name
 
-
-@pytest.mark.parametrize("source, allowed", [
-    ("from edge.kinds.features.fit import fit", False),
-    ("from edge.kinds.features import fit", False),
-    ("import edge.kinds.components.fit_keras", False),
-    ("import importlib\nimportlib.import_module('edge.kinds.autoencoder.fit')", False),
-    ("from edge.kinds.features import FeaturesPipeline", True),
-    ("from edge.kinds.features.heads import load_head", True),
-    ("from edge.kinds import fitness", True),
-])
-def test_the_fit_module_check_catches_imports_of_fit_modules(source, allowed):
-    assert (fit_import_violations(source) == []) is allowed
+    names = {fitting_module_name(choice) for choice in MODELS.values()}
+    assert names == {"trainer.kinds.autoencoder", "trainer.kinds.segmenter", "trainer.kinds.features"}
+    assert all((ROOT / (name.replace(".", "/") + ".py")).is_file() for name in names)
 
 
 def test_benchmarks_import_from_the_tests_only_through_tests_support():
@@ -219,7 +186,8 @@ def test_a_real_process_runs_a_device_command_without_trainer_or_tensorflow():
 
 
 def test_a_real_process_scores_every_kind_without_fit_modules_trainer_or_tensorflow():
-    """`lineguard score` on a bundle of each committed kind: no fit module, no trainer, no TensorFlow loaded."""
+    """`lineguard score` on a bundle of each committed kind: no fit module (trainer.kinds), no trainer, no
+    TensorFlow loaded."""
     models = ROOT / "models"
     tile = next((ROOT / "tests" / "fixtures" / "magnetic-tile" / "test" / "good").iterdir())
     digit = next((ROOT / "samples" / "mnist").glob("*.png"))
@@ -230,7 +198,7 @@ def test_a_real_process_scores_every_kind_without_fit_modules_trainer_or_tensorf
     outcome = _modules_of_a_real_process(f"BUNDLES_AND_IMAGES = {pairs!r}\n" + MODULES_AFTER_SCORING)
     assert outcome["codes"] == [0] * len(pairs)
     assert _off_device(outcome["modules"]) == []
-    assert [m for m in outcome["modules"] if is_fit_module(m)] == []
+    assert [m for m in outcome["modules"] if _within(m, "trainer.kinds")] == []
     assert "edge.kinds.features.heads.padim" in outcome["modules"]  # the check saw the kinds really load
 
 

@@ -45,7 +45,7 @@ class ToyPipeline(Pipeline):
 def fit(options, x_train: np.ndarray):
     from tensorflow import keras
 
-    from edge.kinds.components.fit_keras import adam, fit_steps
+    from trainer.kinds.keras_fit import adam, fit_steps
 
     keras.utils.set_random_seed(options.seed)
     inputs = keras.Input(shape=x_train.shape[1:])
@@ -63,7 +63,7 @@ def fit(options, x_train: np.ndarray):
 
 
 def export(model, x_train: np.ndarray, folder: Path, seed: int):
-    from edge.kinds.components.fit_keras import export_single_stage
+    from trainer.kinds.keras_fit import export_single_stage
 
     return export_single_stage(model, x_train, folder, seed)
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from edge.kinds import MODELS, ModelChoice, fitting_module_name
+from edge.kinds import MODELS, PIPELINES, ModelChoice
+
+
+def fitting_module_name(choice: ModelChoice) -> str:
+    """The dotted name of the module the trainer fits this choice with: the pipeline's `fit_module`, by default
+    trainer/kinds/<kind folder>.py, named after the kind's device folder."""
+    pipeline_class = PIPELINES[choice.kind]
+    return pipeline_class.fit_module or f"trainer.kinds.{pipeline_class.__module__.rpartition('.')[2]}"
 
 
 def module_for(choice: ModelChoice) -> ModuleType:

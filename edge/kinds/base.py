@@ -40,7 +40,7 @@ class Pipeline:
     """Preprocessed model input -> anomaly map. Subclasses name their kind and the output shape they need.
 
     `choices` are the trainer's `--model` values this kind runs. The trainer's side of the kind is the module
-    `fit_module` names, by default `fit` next to the kind's own module (edge/kinds/<kind>/fit.py): it has
+    `fit_module` names, by default trainer/kinds/<kind folder>.py (trainer.models.fitting_module_name): it has
     `fit(options, x_train)`, `export(model, x_train, folder, seed)` and `architecture(options, model)`, may import
     TensorFlow, and the device never imports it.
     """

@@ -24,12 +24,6 @@ def unregister(pipeline_class: type[Pipeline]) -> None:
         MODELS.pop(choice.name, None)
 
 
-def fitting_module_name(choice: ModelChoice) -> str:
-    """The dotted name of the module the trainer fits this choice with (the device never imports it)."""
-    pipeline_class = PIPELINES[choice.kind]
-    return pipeline_class.fit_module or f"{pipeline_class.__module__}.fit"
-
-
 def open_pipeline(bundle: Bundle, threads: int = 1, use_float_model: bool = False) -> Pipeline:
     """The bundle's kind, with its stages loaded and checked."""
     try:

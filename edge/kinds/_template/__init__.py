@@ -3,15 +3,15 @@ register it with one line in edge/kinds/__init__.py (`register(YourPipeline)`).
 
 A model kind turns the preprocessed model input into an anomaly map (HxW float32, higher = more anomalous).
 Everything before (decoding, colour, ROI, resize, quality gate) and after (smoothing, ignore mask, image score,
-verdict, regions) is shared and not the kind's business. The folder holds:
+verdict, regions) is shared and not the kind's business. A kind is two files:
 
 1. __init__.py (this file), what the device runs: subclass Pipeline, set `kind`, give the output shape the last
    stage must return, and make the map in `__call__`. `self.chain` runs the bundle's TFLite stages in order
    (a fused file is preferred; a backbone and a head as two stages work too). Maths outside TFLite is
    vectorised numpy, never TensorFlow: the device has none. `choices` lists the trainer's `--model` values
    that make this kind, with their default scoring and TrainOptions.
-2. fit.py, what the trainer fits (see fit.py here): it builds, fits and exports the stages. Only the trainer
-   imports it, by name; nothing else in edge/ may.
+2. trainer/kinds/<kind>.py, what the trainer fits (see trainer/kinds/_template.py): it builds, fits and exports
+   the stages. Only the trainer imports it, by name; edge/ never imports the trainer.
 
 This example is deliberately not registered. It reads a feature map from the last stage (1 x h x w x C) and
 scores each position by its feature vector's length, upsampled to the model input: the shape of a

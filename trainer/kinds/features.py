@@ -20,7 +20,7 @@ from edge.core.bundle import Stage, sha256_of
 from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
 from edge.kinds.components.backbone import BackboneFeatures
-from edge.kinds.features.fit_heads import choose_head, choose_head_at_threshold, progress
+from trainer.kinds.head_choice import choose_head, choose_head_at_threshold, progress
 from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
 from trainer import backbones
 from trainer.synthetic import DefectSynthesizer

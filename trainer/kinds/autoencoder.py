@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow import keras
 
 from trainer import AUGMENTATIONS
-from edge.kinds.components.fit_keras import adam, export_single_stage, fit_steps
+from trainer.kinds.keras_fit import adam, export_single_stage, fit_steps
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow import keras
 
-from edge.kinds.components.fit_keras import adam, export_single_stage, fit_steps
+from trainer.kinds.keras_fit import adam, export_single_stage, fit_steps
 from trainer.synthetic import DefectSynthesizer
 
 logger = logging.getLogger(__name__)

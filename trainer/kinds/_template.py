@@ -1,9 +1,9 @@
-"""Template for a kind's fit module (edge/kinds/<kind>/fit.py): the trainer's side, in three parts.
+"""Template for a kind's fit module (trainer/kinds/<kind>.py): the trainer's side, in three parts.
 
 A fit module builds a Keras model (or several stages), fits it on good images, and exports TFLite files into the
 staged bundle folder. The device runs them through the kind's pipeline (edge/kinds/<kind>/__init__.py), so:
 
-1. Write the device side first (see __init__.py here). The trainer calibrates and evaluates through that same
+1. Write the device side first (see edge/kinds/_template/__init__.py). The trainer calibrates and evaluates through that same
    code, by way of edge.core.inspector.Inspector.
 2. Here: `fit(options, x_train)` returns what `export` needs; `export(model, x_train, folder, seed)` writes the
    model files and returns their Stage list in run order (hashes are filled in when the manifest is saved);
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow import keras
 
-from edge.kinds.components.fit_keras import adam, export_single_stage, fit_steps
+from trainer.kinds.keras_fit import adam, export_single_stage, fit_steps
 
 
 def build(shape: tuple[int, int, int]) -> keras.Model:
