@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.stats import beta, binom, norm
 
-from trainer.metrics import CONFIDENCE, clopper_pearson, conformal_rank, min_good_for_target
+from trainer.metrics import CONFIDENCE, clopper_pearson, conformal_rank, good_quantile_threshold, min_good_for_target
 
 FOLDS = 10  # each fold's model sees 90 % of the goods: out-of-fold scores run only a little above the full model's
 # A good image whose log score lies this many robust standard deviations (1.4826 MAD) above the median is listed
@@ -118,7 +118,7 @@ def choose_threshold(good_scores: np.ndarray, target_frr: float) -> ThresholdCho
     reachable = rank <= n
     share = dropped / scores.size  # unusual images stay rejected: count them in the rate
     if reachable:
-        threshold = float(np.nextafter(kept[rank - 1], np.inf))  # fail when >= threshold: the rank-th score passes
+        threshold = good_quantile_threshold(kept, target_frr)  # the rank-th smallest kept score passes
         alpha = 1 - CONFIDENCE
         tail, inside = n + 1 - rank, rank
         expected = share + (1 - share) * tail / (n + 1)

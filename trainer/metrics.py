@@ -51,8 +51,8 @@ def good_quantile_reach(n_good: int, target_frr: float) -> dict[str, bool | int 
     reach: dict[str, bool | int | str] = {"target_frr_reachable": n_good >= needed, "min_good_for_target": needed}
     if n_good < needed:
         reach["note"] = (f"only {n_good} good calibration images; --target-frr {target_frr:g} needs at least "
-                         f"{needed}: the threshold sits just above the highest good score, so the false-reject "
-                         "rate is not held to the target")
+                         f"{needed}: the threshold is the target quantile of a log-normal fitted to the usual good "
+                         "scores, so the false-reject rate is estimated, not held to the target")
     return reach
 
 
