@@ -1,7 +1,6 @@
 """Calibration on every training good image, scored out of fold: the threshold holds when one more good image
 arrives, and a defect filed among the good images is named for a person to check, not used as the threshold."""
 import json
-import shutil
 
 import cv2
 import numpy as np
