@@ -142,7 +142,7 @@ def test_stages_that_do_not_fit_together_are_refused(tmp_path):
 
 
 def test_the_trainer_template_makes_a_bundle_the_device_runs(tmp_path):
-    from edge.kinds._template import fit as template
+    from trainer.kinds import _template as template
     from trainer.train import TrainOptions
 
     options = TrainOptions(model="pixel-example", steps=3, batch_size=4, learning_rate=1e-3)
