@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import struct
+import time
 
 import pytest
 from pymodbus.client import ModbusTcpClient
@@ -31,6 +33,7 @@ class Plc:
     """What a PLC does: read the registers, write the trigger coil, wait for the answer count to move."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.client = ModbusTcpClient("127.0.0.1", port=port, timeout=3)
         assert self.client.connect()
 
@@ -117,6 +120,26 @@ def test_the_registers_are_read_only(station):
     _, _, plc = station
     assert plc.client.write_register(IR_VERDICT, 1, device_id=1).isError()
     assert plc.client.write_registers(IR_SEQ, [0, 9], device_id=1).isError()
+
+
+def raw_write_single_coil(port: int, value: int) -> bytes:
+    """FC5 as raw bytes, since a client library only sends the two legal values."""
+    request = struct.pack(">HHHBBHH", 1, 0, 6, 1, 5, 0, value)  # MBAP header, then function, address, value
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as link:
+        link.sendall(request)
+        return link.recv(64)
+
+
+def test_a_coil_write_of_anything_but_on_or_off_is_refused_and_triggers_nothing(station):
+    daemon, collector, plc = station
+    assert wait_until(lambda: plc.registers()[IR_READY] == 1, 10)
+    for stray in (0x1234, 0x0001, 0xFFFF):
+        reply = raw_write_single_coil(plc.port, stray)
+        assert reply[7:9] == bytes([0x85, 0x03]), reply.hex()  # exception 3: illegal data value
+    plc.trigger()  # 0xFF00 still triggers, once
+    words = plc.wait_answers(1)
+    time.sleep(0.5)  # room for a stray trigger's answer, had one been taken
+    assert uint32(plc.registers(), IR_ANSWER_COUNT) == 1 and words[IR_LAST_ANSWER] == ANSWER_INSPECTED
 
 
 def test_a_modbus_port_that_is_taken_stops_start_up_with_the_key(tmp_path):

@@ -12,6 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse
+from pymodbus.pdu.bit_message import WriteSingleCoilRequest
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -53,6 +56,27 @@ REGISTER_ADDRESSES = {
 # Function codes as pymodbus hands them to the access hook.
 READ_DISCRETE_INPUTS, READ_HOLDING, READ_INPUT = 2, 3, 4
 WRITE_COILS = (5, 15)
+
+
+COIL_ON, COIL_OFF = 0xFF00, 0x0000  # the only values a single-coil write may carry
+
+
+class StrictWriteSingleCoil(WriteSingleCoilRequest):
+    """FC5 as the Modbus spec has it: any value but 0xFF00 or 0x0000 is refused (exception 3), not taken as 1.
+
+    pymodbus reads any non-zero value as ON, so a PLC writing a stray word to the coil would start an inspection.
+    """
+
+    raw_value = COIL_OFF
+
+    def decode(self, data: bytes) -> None:
+        super().decode(data)
+        self.raw_value = int.from_bytes(data[2:4], "big")
+
+    async def datastore_update(self, context, device_id: int):  # noqa: ANN001 - pymodbus's own signature
+        if self.raw_value not in (COIL_ON, COIL_OFF):
+            return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_VALUE)
+        return await super().datastore_update(context, device_id)
 
 
 class ModbusSlave:
@@ -109,7 +133,8 @@ class ModbusSlave:
             self._loop.close()
 
     async def _run(self) -> None:
-        self._server = ModbusTcpServer(self._device(), address=(self.config.host, self.config.port))
+        self._server = ModbusTcpServer(self._device(), address=(self.config.host, self.config.port),
+                                       custom_pdu=[StrictWriteSingleCoil])
         try:
             await self._server.serve_forever(background=True)  # returns once listening
         except RuntimeError:
