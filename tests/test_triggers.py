@@ -133,6 +133,21 @@ def test_a_trigger_while_busy_is_answered_busy_and_counted(tmp_path, broker, mak
     finish(daemon)
 
 
+def test_a_flood_of_busy_triggers_is_answered_each_but_logged_once_per_interval(tmp_path, broker, make_collector):
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path, count=4), source={"fps": 0, "loop": True},
+                          trigger={"mode": "triggered", "delay_ms": 3000})
+    collector = make_collector(broker, [f"{BASE}/reply", f"{BASE}/status"])
+    daemon = DaemonProcess(config)
+    assert collector.wait_for(lambda m: any(x.payload == b"online" for x in m), 30), daemon.log()[-2000:]
+    for index in range(300):  # the first is held 3 s by delay_ms: the other 299 arrive while it is
+        trigger(collector, f"t{index}")
+    assert collector.wait_for(lambda m: len(replies(collector)) >= 300, 20), len(replies(collector))
+    assert sum(r["reason"].startswith("busy") for r in replies(collector)) == 299  # every one answered
+    finish(daemon)
+    busy_lines = [line for line in daemon.log().splitlines() if "answering an earlier trigger" in line]
+    assert 1 <= len(busy_lines) <= 2, busy_lines[:5]  # once, and once more if the flood crossed an interval
+
+
 def test_a_trigger_with_no_frame_in_time_is_answered_so(tmp_path, broker, make_collector, camera):
     daemon, collector = start_on_stream(tmp_path, broker, make_collector, camera, delay_ms=0)
     camera.paused.set()

@@ -23,6 +23,7 @@ logger = logging.getLogger("lineguard")
 INSPECTED, BUSY, NO_FRAME, NOT_INSPECTED = "inspected", "busy", "no_frame", "not_inspected"
 ANSWER_CODES = {INSPECTED: 1, BUSY: 2, NO_FRAME: 3, NOT_INSPECTED: 4}
 ORIGINS = ("mqtt", "modbus", "gpio")
+BUSY_LOG_EVERY_S = 10.0  # a PLC hammering a busy station must not flood the journal: one line per interval
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class TriggerDesk:
         self._lock = threading.Lock()
         self._engaged = False
         self.counts = {"received": 0, INSPECTED: 0, BUSY: 0, NO_FRAME: 0, NOT_INSPECTED: 0, "stale_skipped": 0}
+        self._busy_logged_at: float | None = None
+        self._busy_unlogged = 0
         commands.on_trigger = self.offer  # MQTT triggers come here from the command queue
 
     @property
@@ -133,11 +136,23 @@ class TriggerDesk:
         self._tell("engaged", False)
 
     def _answer(self, answer: Answer) -> None:
-        if answer.outcome != INSPECTED:
+        if answer.outcome == BUSY:
+            self._log_busy(answer)
+        elif answer.outcome != INSPECTED:
             logger.warning("trigger from %s: %s", answer.trigger.origin, answer.reason)
         if answer.trigger.origin == "mqtt":
             self.report.trigger_answer(answer)
         self._tell("answered", answer)
+
+    def _log_busy(self, answer: Answer) -> None:
+        with self._lock:
+            now, last = time.monotonic(), self._busy_logged_at
+            self._busy_unlogged += 1
+            if last is not None and now - last < BUSY_LOG_EVERY_S:
+                return
+            self._busy_logged_at, unlogged, self._busy_unlogged = now, self._busy_unlogged, 0
+        more = f" ({unlogged - 1} more answered busy since the last such line)" if unlogged > 1 else ""
+        logger.warning("trigger from %s: %s%s", answer.trigger.origin, answer.reason, more)
 
     def _tell(self, event: str, value) -> None:
         for listener in self.listeners:
