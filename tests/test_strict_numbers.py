@@ -125,6 +125,16 @@ def test_config_threshold_override_must_lie_within_the_bundles_range(tmp_path, v
     assert ran.returncode == EX_CONFIG and "inference.threshold" in ran.stderr and "Traceback" not in ran.stderr
 
 
+def test_a_refused_threshold_just_outside_the_range_is_shown_apart_from_its_bound():
+    calibration = Calibration(threshold=1.0, score_min=0.5, score_max=2.0)
+    low, high = calibration.threshold_range()
+    for value in (low * (1 - 1e-9), high * (1 + 1e-12)):
+        problem = calibration.threshold_problem(value, "m")
+        shown, bounds = problem.split(" is outside ")[0].split()[-1], problem.split(" is outside ")[1].split(",")[0]
+        assert shown not in bounds.split(" .. "), problem
+    assert calibration.threshold_problem(low, "m") is None and calibration.threshold_problem(high, "m") is None
+
+
 def test_a_nan_score_fails_the_part():
     assert verdict(math.nan, 21.7) == "fail"
     assert verdict(21.6, 21.7) == "pass" and verdict(21.7, 21.7) == "fail"

@@ -89,13 +89,23 @@ class Calibration:
         low, high = self.threshold_range()
         if low <= threshold <= high:
             return None
-        return (f"threshold {threshold:.6g} is outside {low:.6g} .. {high:.6g}, the range allowed for model "
+        shown = _distinct_figures(threshold, low, high)
+        return (f"threshold {shown[0]} is outside {shown[1]} .. {shown[2]}, the range allowed for model "
                 f"{model_name} (its calibration scores, widened {THRESHOLD_RANGE_FACTOR:g}x)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
         numbers = {name: _number(data, name) for name in ("threshold", "score_min", "score_max", "pixel_threshold")}
         return cls(method=str(data.get("method", "best_f1")), stats=dict(data.get("stats", {})), **numbers)
+
+
+def _distinct_figures(value: float, *bounds: float) -> list[str]:
+    """The value and its bounds with as few digits as still tell them apart ("0.25 is outside 0.25 .." never)."""
+    for digits in range(6, 18):
+        shown = [f"{number:.{digits}g}" for number in (value, *bounds)]
+        if all(shown[0] != bound_text for bound_text, bound in zip(shown[1:], bounds) if bound != value):
+            return shown
+    return [repr(number) for number in (value, *bounds)]
 
 
 def _number(data: dict[str, Any], name: str) -> float:
