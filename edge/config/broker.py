@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from edge.config.fields import FilePath, not_below, resolve
+from edge.config.fields import FilePath, check_mqtt_string, check_topic_prefix, not_below, resolve
 
 class TlsConfig(BaseModel):
     """TLS towards the MQTT broker."""
@@ -119,13 +119,12 @@ class MqttConfig(BaseModel):
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if "+" in value or "#" in value:
-            raise ValueError("must not contain the wildcards '+' or '#'")
-        if value.startswith("/") or value.endswith("/"):
-            raise ValueError("must not start or end with '/'")
-        if "\0" in value:
-            raise ValueError("must not contain a NUL character")
-        return value
+        return check_topic_prefix(value)
+
+    @field_validator("client_id", "username")
+    @classmethod
+    def _check_broker_string(cls, value: str | None) -> str | None:
+        return value if value is None else check_mqtt_string(value)
 
     @field_validator("host")
     @classmethod

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edge.config.fields import check_topic_prefix
+
 DEFAULT_METRICS_PORT = 9468
 
 
@@ -39,6 +41,4 @@ class HomeAssistantConfig(BaseModel):
     @field_validator("discovery_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if "+" in value or "#" in value or value.startswith("/") or value.endswith("/"):
-            raise ValueError("must not contain '+' or '#' nor start or end with '/'")
-        return value
+        return check_topic_prefix(value)

@@ -9,6 +9,7 @@ reload (the threshold's range follows the model).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from importlib import metadata
@@ -20,11 +21,20 @@ COMPONENTS = ("binary_sensor", "sensor", "image", "button", "number")
 THRESHOLD_MIN_STEP = 0.001  # Home Assistant refuses a number entity with a smaller step
 THRESHOLD_STEP_DIGITS = 3  # the step is this many decades below the threshold: 21.69 moves by 0.01
 _NOT_IN_TOPIC_ID = re.compile(r"[^A-Za-z0-9_-]")
+_LOSSY = re.compile(r"[^A-Za-z0-9/-]")
 
 
 def node_id(topic_prefix: str, device_id: str) -> str:
-    """The station's id in discovery topics and unique_ids: its base topic with only [A-Za-z0-9_-]."""
-    return _NOT_IN_TOPIC_ID.sub("_", f"{topic_prefix}_{device_id}")
+    """The station's id in discovery topics and unique_ids: its base topic with only [A-Za-z0-9_-].
+
+    '/' becomes '_', which is unambiguous only while neither name holds a '_' or another character that also
+    becomes one ('a/b' and 'a_b' would be one device in Home Assistant): then a short hash of the names follows.
+    """
+    readable = _NOT_IN_TOPIC_ID.sub("_", f"{topic_prefix}_{device_id}")
+    if _LOSSY.search(topic_prefix) or _LOSSY.search(device_id):
+        digest = hashlib.sha256(f"{topic_prefix}\0{device_id}".encode()).hexdigest()[:8]
+        return f"{readable}_{digest}"
+    return readable
 
 
 def _version() -> str:
