@@ -159,13 +159,22 @@ def test_folder_loop_restarts_and_counts_unreadable_each_pass(image_folder: Path
     assert source.stats()["unreadable"] == 2
 
 
-def test_folder_loop_of_only_unreadable_files_ends_instead_of_spinning(tmp_path: Path):
+def test_folder_loop_of_only_unreadable_files_waits_away_instead_of_ending_or_spinning(tmp_path: Path):
+    """A loop has no end: a folder where nothing reads is a fault (source away, retried), never exit 0."""
     (tmp_path / "bad.png").write_bytes(b"garbage")
-    source = open_source(source_config(kind="folder", path=tmp_path, fps=0, loop=True))
+    states: list[tuple[str, str]] = []
+    source = open_source(source_config(kind="folder", path=tmp_path, fps=0, loop=True),
+                         on_state=lambda state, detail: states.append((state, detail)))
 
-    assert source.read(timeout_s=1.0) is None
-    assert source.exhausted
-    assert source.stats()["unreadable"] == 1
+    assert source.read(timeout_s=0.2) is None and source.read(timeout_s=0.2) is None
+    assert not source.exhausted
+    stats = source.stats()
+    assert stats["state"] == "reconnecting" and str(tmp_path) in stats["last_error"] and stats["read_faults"] >= 1
+    assert [state for state, _ in states] == ["reconnecting"]  # told once, not once per retry
+    assert cv2.imwrite(str(tmp_path / "bad.png"), solid_image(40))  # someone fixes the file
+    frame = read_frame(source)
+    assert frame is not None and frame.name == "bad.png" and source.stats()["state"] == "running"
+    assert states[-1] == ("running", "frames flowing again")
 
 
 def test_folder_grayscale_reads_single_channel(image_folder: Path):
@@ -265,15 +274,20 @@ def test_video_loop_starts_again_from_the_first_frame(video_file: Path):
     assert source.read(timeout_s=0.1) is None  # closed
 
 
-def test_video_loop_ends_quietly_when_the_file_disappears(video_file: Path):
+def test_video_loop_waits_away_while_the_file_is_gone_and_resumes(video_file: Path):
     source = open_source(source_config(kind="video", path=video_file, fps=0, loop=True))
     for _ in range(VIDEO_FRAME_COUNT):
         assert source.read(timeout_s=1.0) is not None
+    kept = video_file.read_bytes()
     video_file.unlink()
 
-    assert source.read(timeout_s=1.0) is None
-    assert source.exhausted
-    assert str(video_file) in source.stats()["last_error"]
+    assert source.read(timeout_s=0.2) is None
+    assert not source.exhausted  # a loop that lost its file has not reached an end
+    assert source.stats()["state"] == "reconnecting" and str(video_file) in source.stats()["last_error"]
+    video_file.write_bytes(kept)
+    frame = read_frame(source)
+    assert frame is not None and frame.name == "clip.avi#0"
+    source.close()
 
 
 def test_video_missing_file_raises_capture_error_naming_the_path(tmp_path: Path):

@@ -11,9 +11,9 @@ from pydantic import Field
 
 from edge.capture.base import StateCallback
 from edge.capture.kinds import SourceKind, register
-from edge.capture.replay import ReplaySource
+from edge.capture.replay import ReadFault, ReplaySource
 from edge.capture.settings import ReplaySettings
-from edge.core.preprocess import IMAGE_SUFFIXES, ImageError, image_files, read_image
+from edge.core.preprocess import IMAGE_SUFFIXES, ImageError, ImageReadFault, image_files, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 PREFETCH_MIN_MEAN_BYTES = 16 * 1024
 PREFETCH_SAMPLE_FILES = 8
 
-Decoded = tuple[np.ndarray | None, str]  # the image, or None and why not
+Decoded = tuple[np.ndarray | None, ImageError | None]  # the image, or None and why not
 
 
 class FolderConfig(ReplaySettings):
@@ -67,10 +67,11 @@ class FolderSource(ReplaySource):
     def _next_image(self) -> tuple[np.ndarray, str] | None:
         while True:
             if self._position == len(self._files):
-                # A loop over a folder where nothing decodes would spin forever.
-                if not (self._config.loop and self._read_any_this_pass):
-                    return None
+                if not self._config.loop:
+                    return None  # the real end: every file was taken, read or counted unreadable
                 self._position = 0
+                if not self._read_any_this_pass:  # rather than spin, or end a loop that never ends
+                    raise ReadFault(f"no image of {self._config.path} could be read ({len(self._files)} file(s))")
                 self._read_any_this_pass = False
             path = self._files[self._position]
             self._position += 1
@@ -91,13 +92,16 @@ class FolderSource(ReplaySource):
     def _decode_file(self, path: Path) -> Decoded:
         """Decode one file; no side effects, so it may run on the prefetch thread."""
         try:
-            return read_image(path, self._color), ""
+            return read_image(path, self._color), None
         except ImageError as exc:
-            return None, str(exc)
+            return None, exc
 
     def _decode(self, path: Path) -> np.ndarray | None:
         decoded = self._prefetcher.take(path) if self._prefetcher is not None else None
         image, problem = decoded if decoded is not None else self._decode_file(path)
+        if isinstance(problem, ImageReadFault):
+            self._position -= 1  # the file is not at fault: it is read again on the next try
+            raise ReadFault(str(problem))
         if image is None:
             self._unreadable += 1
             self._last_error = f"unreadable image {problem}"

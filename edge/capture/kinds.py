@@ -73,16 +73,17 @@ def _changed() -> None:
 
 
 def kind_names() -> tuple[str, ...]:
-    return tuple(_KINDS)
+    """The registered kinds by name: messages list them the same way whatever order they were imported in."""
+    return tuple(sorted(_KINDS))
 
 
 def source_types() -> tuple[type[SourceSettings], ...]:
-    """The config classes of the registered kinds, in registration order."""
-    return tuple(kind.config for kind in _KINDS.values())
+    """The config classes of the registered kinds, by kind name."""
+    return tuple(_KINDS[name].config for name in kind_names())
 
 
 def source_kind(name: str) -> SourceKind:
     try:
         return _KINDS[name]
     except KeyError:
-        raise CaptureError(f"unknown source kind {name!r}; expected one of {', '.join(_KINDS)}") from None
+        raise CaptureError(f"unknown source kind {name!r}; expected one of {', '.join(kind_names())}") from None

@@ -6,13 +6,19 @@ import threading
 import time
 import numpy as np
 
-from edge.capture.base import STATE_ENDED, STATE_RUNNING, Frame, StateCallback, notify, to_gray
+from edge.capture.base import STATE_ENDED, STATE_RECONNECTING, STATE_RUNNING, Frame, StateCallback, notify, to_gray
 from edge.capture.settings import ReplaySettings
 
 logger = logging.getLogger(__name__)
 
 # How far (in frame periods) replay may fall behind its schedule and still catch up.
 PACING_CATCH_UP_PERIODS = 2.0
+READ_FAULT_RETRY_S = 1.0  # a frame the machine could not read is tried again after this long
+
+
+class ReadFault(Exception):
+    """No frame now, but the replay has not ended (out of file descriptors, a looping folder where nothing reads):
+    the source reports itself away and tries again. Only a finite replay that reached its last file ends."""
 
 
 class Pacer:
@@ -52,6 +58,8 @@ class ReplaySource:
         self._ended = False
         self._delivered = 0
         self._unreadable = 0
+        self._read_faults = 0
+        self._faulted = False
         self._last_error: str | None = None
 
     @property
@@ -68,8 +76,13 @@ class ReplaySource:
             return None
         if wait_s > 0 and self._closed.wait(wait_s):
             return None
-        with self._io_lock:
-            next_frame = None if self._closed.is_set() else self._next_image()
+        try:
+            with self._io_lock:
+                next_frame = None if self._closed.is_set() else self._next_image()
+        except ReadFault as fault:
+            self._fault(str(fault))
+            self._closed.wait(min(timeout_s, READ_FAULT_RETRY_S))
+            return None
         if next_frame is None:
             if self._closed.is_set():
                 return None
@@ -79,18 +92,21 @@ class ReplaySource:
         if self._grayscale:
             image = to_gray(image)
         frame = Frame(image=image, name=name, index=self._delivered, arrival_s=time.monotonic())
-        if self._delivered == 0:
-            notify(self._on_state, STATE_RUNNING, "frames flowing")  # until now the station says "starting"
+        if self._delivered == 0 or self._faulted:
+            # until now the station says "starting" (or the source away)
+            notify(self._on_state, STATE_RUNNING, "frames flowing" if not self._faulted else "frames flowing again")
+            self._faulted = False
         self._delivered += 1
         self._pacer.mark_delivered()
         return frame
 
     def stats(self) -> dict:
         return {
-            "state": STATE_ENDED if self._ended else STATE_RUNNING,
+            "state": STATE_ENDED if self._ended else STATE_RECONNECTING if self._faulted else STATE_RUNNING,
             "dropped": 0,
             "reconnects": 0,
             "unreadable": self._unreadable,
+            "read_faults": self._read_faults,
             "last_error": self._last_error,
         }
 
@@ -105,6 +121,13 @@ class ReplaySource:
 
     def _release(self) -> None:
         """Free decoder resources; called once reads have stopped."""
+
+    def _fault(self, reason: str) -> None:
+        self._read_faults += 1
+        self._last_error = reason
+        if not self._faulted:  # told once per streak: the state says "reconnecting" until a frame comes
+            self._faulted = True
+            notify(self._on_state, STATE_RECONNECTING, f"{reason}; retrying every {READ_FAULT_RETRY_S:g} s")
 
     def _end(self) -> None:
         self._ended = True

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from edge.capture.base import CaptureError, StateCallback
 from edge.capture.kinds import SourceKind, register
-from edge.capture.replay import ReplaySource
+from edge.capture.replay import ReadFault, ReplaySource
 from edge.capture.settings import ReplaySettings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class VideoSource(ReplaySource):
         self._path = Path(config.path)
         self._capture = self._open()
         self._frame_in_file = 0
+        self._reopening = False  # a loop's reopen failed: the next read tries it again
         logger.info("replaying video %s", self._path)
 
     def _release(self) -> None:
@@ -58,8 +59,11 @@ class VideoSource(ReplaySource):
 
     def _next_image(self) -> tuple[np.ndarray, str] | None:
         if self._capture is None:
-            return None
-        ok, image = self._capture.read()
+            if not self._reopening:
+                return None
+            ok, image = self._restart()
+        else:
+            ok, image = self._capture.read()
         if not ok and self._config.loop and self._frame_in_file > 0:
             ok, image = self._restart()
         if not ok or image is None:
@@ -73,13 +77,14 @@ class VideoSource(ReplaySource):
         # Reopening is more reliable than seeking for many containers.
         self._release()
         self._frame_in_file = 0
+        self._reopening = True
         try:
             self._capture = self._open()
         except CaptureError as exc:
-            # The file vanished or broke mid-replay: end the replay rather than fail the caller.
-            self._last_error = str(exc)
-            logger.warning("video replay stops: %s", exc)
-            return False, None
+            # The file vanished or broke mid-replay (or the machine is out of file descriptors): a loop has no
+            # end, so it retries rather than end with exit 0 as though it had finished.
+            raise ReadFault(str(exc)) from None
+        self._reopening = False
         return self._capture.read()
 
 

@@ -6,6 +6,7 @@ so a dark frame is not stretched.
 """
 from __future__ import annotations
 
+import errno
 import re
 import struct
 from dataclasses import asdict, dataclass
@@ -31,6 +32,15 @@ FORMATS = "PNG, JPEG, BMP, TIFF, PNM (PGM/PPM) or WebP"
 
 class ImageError(ValueError):
     """An image that cannot be read or used; the message names the file."""
+
+
+class ImageReadFault(ImageError):
+    """The machine, not the file, failed the read (out of file descriptors or memory, an I/O error): the same
+    file may read fine a moment later, so a replay retries it instead of skipping it."""
+
+
+MACHINE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN, errno.EINTR,
+                            errno.EIO})
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,8 @@ def read_image(path: str | Path, color: str) -> np.ndarray:
     except FileNotFoundError:
         raise ImageError(f"{path}: no such image file") from None
     except OSError as exc:
-        raise ImageError(f"{path}: {exc.strerror or exc}") from None
+        error = ImageReadFault if exc.errno in MACHINE_ERRNOS else ImageError
+        raise error(f"{path}: {exc.strerror or exc}") from None
     size = image_size(data)
     if size is None:
         raise ImageError(f"{path}: not a readable image (not a {FORMATS} file)")
