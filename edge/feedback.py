@@ -5,7 +5,8 @@ frames are kept lossless in memory (RecentFrames, bounded by feedback.keep_frame
 and a labelled one is written as PNG into the feedback folder in the MVTec AD layout: train/good/ for a good
 part, test/<defect>/ for a missed defect, each PNG with a JSON file beside it (seq, image, score, verdict,
 threshold, model sha256, time, label). `lineguard train --data FEEDBACK_DIR` reads the folder as it is.
-The folder is apart from evidence/, so the evidence quota never removes a labelled frame.
+The folder is apart from evidence/, so the evidence quota never removes a labelled frame. Labels are a closed
+vocabulary (edge.labels), and a seq keeps its first label: a contradicting one is refused, never filed twice.
 
 Labels come from the station page, `lineguard feedback` and MQTT `cmd/feedback`; all go through the command
 queue, and the files are written here on a thread of their own, so inspection never waits for a PNG encoder.
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from edge.core.files import write_bytes_atomic, write_json_atomic
+from edge.labels import DEFAULT_DEFECT, class_of, label_folder
 from edge.publish.messages import utc_now
 
 logger = logging.getLogger("lineguard")
@@ -45,9 +47,8 @@ class HeldFrame:
     ts: str
 
 
-def label_folder(label: str, defect: str = "defect") -> Path:
-    """Where a labelled frame goes in the MVTec AD layout: train/good for a good part, test/<defect> otherwise."""
-    return Path("train/good" if label == "good" else f"test/{defect}")
+class FeedbackRefused(ValueError):
+    """A label that is not filed; str() is the reason sent back."""
 
 
 class RecentFrames:
@@ -106,9 +107,10 @@ class FeedbackStore:
             if args is None:
                 return
             try:
-                ok, reason = True, f"seq {args.seq} saved as {self.write(args.seq, args.label, args.defect)}"
-            except LookupError as exc:
+                ok, reason = True, self.write(args.seq, args.label, args.defect)
+            except (LookupError, FeedbackRefused) as exc:
                 ok, reason = False, str(exc)
+                logger.warning("feedback for seq %d refused: %s", args.seq, exc)
             except (OSError, ValueError) as exc:
                 ok, reason = False, f"cannot write feedback: {exc}"
                 logger.error("feedback for seq %d not saved: %s", args.seq, exc)
@@ -116,21 +118,42 @@ class FeedbackStore:
                 logger.info("feedback: %s", reason)
             reply("feedback", ok, reason, args.request_id)
 
-    def write(self, seq: int, label: str, defect: str = "defect") -> str:
-        """Save the held frame as PNG + JSON; the PNG's path within the feedback folder."""
+    def write(self, seq: int, label: str, defect: str = DEFAULT_DEFECT) -> str:
+        """Save the held frame as PNG + JSON; the reply's reason (names the PNG within the feedback folder).
+        FeedbackRefused for a label outside the vocabulary or one that contradicts the seq's earlier label."""
+        try:
+            folder = label_folder(label, defect)
+        except ValueError as exc:
+            raise FeedbackRefused(str(exc)) from None
+        earlier = self.filed(seq)
+        if earlier is not None:
+            return self._same_label(seq, earlier, folder)
         held = self.frames.get(seq)
         if held is None:
             raise LookupError(f"seq {seq} is not among the frames kept lossless (the latest ones within "
                               "feedback.keep_frames_mb); label it sooner, or add the file with `lineguard feedback "
                               "--image`")
-        relative = label_folder(label, defect) / f"{seq:09d}-{Path(held.name).stem}"
+        relative = Path(folder) / f"{seq:09d}-{Path(held.name).stem}"
         ok, png = cv2.imencode(".png", held.image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
         if not ok:
             raise ValueError(f"seq {seq}: frame could not be encoded as PNG")
-        meta = {"seq": held.seq, "image": held.name, "label": label if label == "good" else defect,
+        meta = {"seq": held.seq, "image": held.name, "label": class_of(label, defect),
                 "score": held.score, "verdict": held.verdict, "threshold": held.threshold,
                 "model": held.model, "frame_ts": held.ts, "labelled_ts": utc_now()}
         write_bytes_atomic(self.folder / relative.with_suffix(".png"), png.tobytes())
         write_json_atomic(self.folder / relative.with_suffix(".json"), meta)
         self.saved += 1
-        return str(relative.with_suffix(".png"))
+        return f"seq {seq} saved as {relative.with_suffix('.png')}"
+
+    def filed(self, seq: int) -> Path | None:
+        """The PNG a seq was labelled with earlier (relative to the folder), if any."""
+        found = sorted(self.folder.glob(f"*/*/{seq:09d}-*.png"))
+        return found[0].relative_to(self.folder) if found else None
+
+    @staticmethod
+    def _same_label(seq: int, earlier: Path, folder) -> str:
+        """A seq keeps its first label: the same one again is a no-op, another is refused (fail closed)."""
+        if earlier.parent.as_posix() == str(folder):
+            return f"seq {seq} already saved as {earlier.as_posix()}"
+        raise FeedbackRefused(f"seq {seq} is already labelled {earlier.parent.name} ({earlier.as_posix()}); a seq "
+                              "takes one label: to correct it, delete that file and its .json, then label again")

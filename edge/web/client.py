@@ -135,11 +135,18 @@ def cmd_threshold(args) -> int:
 
 
 def cmd_feedback(args) -> int:
+    from edge.labels import label_folder
+
+    try:
+        folder = label_folder(args.label, args.defect)  # the daemon's own check, before anything is written or sent
+    except ValueError as exc:
+        print(f"lineguard feedback: --defect: {exc}", file=sys.stderr)
+        return EX_DATAERR
     cfg = _config(args.config)
     if cfg is None:
         return EX_CONFIG
     if args.image is not None:
-        return _file_image(args.image, cfg.feedback_dir, args.label, args.defect)
+        return _file_image(args.image, cfg.feedback_dir, folder)
     client = PageClient(cfg.web)
     refused = _connect(client, "feedback")
     if refused == EX_TEMPFAIL:
@@ -150,15 +157,19 @@ def cmd_feedback(args) -> int:
     return _answer(client.command("/api/feedback", {"seq": args.seq, "label": args.label, "defect": args.defect}))
 
 
-def _file_image(image: Path, folder: Path, label: str, defect: str) -> int:
+def _file_image(image: Path, folder: Path, label_folder) -> int:
     """Copy (PNG) or convert (anything else, lossless PNG from what it decodes to) an image into the folder."""
     import cv2
 
     from edge.core.files import write_bytes_atomic
     from edge.core.preprocess import ImageError, read_image
-    from edge.feedback import label_folder
 
-    target = folder / label_folder(label, defect) / f"{image.stem}.png"
+    target = folder / label_folder / f"{image.stem}.png"
+    other = [p for p in folder.glob(f"*/*/{image.stem}.png") if p.parent != target.parent]
+    if other:  # one label per image, as per seq
+        print(f"lineguard feedback: {other[0]} is already labelled {other[0].parent.name}; an image takes one "
+              "label: to correct it, delete that file, then label again", file=sys.stderr)
+        return EX_DATAERR
     try:
         pixels = read_image(image, "bgr")  # a file training could not read never enters the folder
     except ImageError as exc:
