@@ -7,12 +7,15 @@ part, test/<defect>/ for a missed defect, each PNG with a JSON file beside it (s
 threshold, model sha256, time, label). `lineguard train --data FEEDBACK_DIR` reads the folder as it is.
 The folder is apart from evidence/, so the evidence quota never removes a labelled frame. Labels are a closed
 vocabulary (edge.labels), and a seq keeps its first label: a contradicting one is refused, never filed twice.
+The folder has a quota (feedback.quota_mb) and stops at the free-space reserve it shares with the outbox
+(storage.reserve_mb): past either a label is refused with the reason and counted; nothing is removed.
 
 Labels come from the station page, `lineguard feedback` and MQTT `cmd/feedback`; all go through the command
 queue, and the files are written here on a thread of their own, so inspection never waits for a PNG encoder.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -23,7 +26,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.core.files import write_bytes_atomic, write_json_atomic
+from edge.core.files import write_bytes_atomic
+from edge.core.space import folder_bytes, reserve_problem
 from edge.labels import DEFAULT_DEFECT, class_of, label_folder
 from edge.publish.messages import utc_now
 
@@ -31,6 +35,7 @@ logger = logging.getLogger("lineguard")
 
 FEEDBACK_QUEUE_SIZE = 256  # labels waiting for their files; a dashboard may send a batch
 PNG_COMPRESSION = 3  # 0..9: 3 is quick and already small; PNG is lossless whatever the level
+DEFAULT_QUOTA_BYTES = 500_000_000  # feedback.quota_mb's default
 
 
 @dataclass(frozen=True)
@@ -82,13 +87,21 @@ class RecentFrames:
 class FeedbackStore:
     """Writes labelled frames into the feedback folder on its own thread; answers through ``reply``."""
 
-    def __init__(self, folder: Path, frames: RecentFrames) -> None:
+    def __init__(self, folder: Path, frames: RecentFrames, quota_bytes: int = DEFAULT_QUOTA_BYTES,
+                 reserve_bytes: int = 0) -> None:
         self.folder = Path(folder)
         self.frames = frames
-        self.saved = 0
+        self.quota_bytes, self.reserve_bytes = quota_bytes, reserve_bytes
+        self.saved = self.refused_quota = self.refused_low_space = 0
+        self.last_refusal: str | None = None
+        self._bytes = folder_bytes(self.folder)  # what earlier runs filed counts against the quota
         self._queue: queue.Queue = queue.Queue(maxsize=FEEDBACK_QUEUE_SIZE)
         self._thread = threading.Thread(target=self._run, name="feedback", daemon=True)
         self._thread.start()
+
+    def stats(self) -> dict:
+        return {"saved": self.saved, "bytes": self._bytes, "refused_quota": self.refused_quota,
+                "refused_low_space": self.refused_low_space, "last_refusal": self.last_refusal}
 
     def label(self, args, reply) -> None:
         """Queue one label (a validated FeedbackCommand); ``reply(command, ok, reason, request_id)`` answers."""
@@ -140,10 +153,26 @@ class FeedbackStore:
         meta = {"seq": held.seq, "image": held.name, "label": class_of(label, defect),
                 "score": held.score, "verdict": held.verdict, "threshold": held.threshold,
                 "model": held.model, "frame_ts": held.ts, "labelled_ts": utc_now()}
-        write_bytes_atomic(self.folder / relative.with_suffix(".png"), png.tobytes())
-        write_json_atomic(self.folder / relative.with_suffix(".json"), meta)
+        files = {".png": png.tobytes(), ".json": (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode()}
+        self._check_room(sum(map(len, files.values())))
+        for suffix, data in files.items():  # the PNG first: a label is the PNG, its JSON describes it
+            write_bytes_atomic(self.folder / relative.with_suffix(suffix), data)
+            self._bytes += len(data)
         self.saved += 1
         return f"seq {seq} saved as {relative.with_suffix('.png')}"
+
+    def _check_room(self, size: int) -> None:
+        """FeedbackRefused (counted) when ``size`` more bytes pass the quota or take the outbox's reserve."""
+        quota = quota_problem(self.folder, self._bytes, size, self.quota_bytes)
+        low = None if quota else reserve_problem(self.folder, size, self.reserve_bytes)
+        if quota is None and low is None:
+            return
+        if quota is not None:
+            self.refused_quota += 1
+        else:
+            self.refused_low_space += 1
+        self.last_refusal = f"label refused: {quota or low}"
+        raise FeedbackRefused(self.last_refusal)
 
     def filed(self, seq: int) -> Path | None:
         """The PNG a seq was labelled with earlier (relative to the folder), if any."""
@@ -157,3 +186,11 @@ class FeedbackStore:
             return f"seq {seq} already saved as {earlier.as_posix()}"
         raise FeedbackRefused(f"seq {seq} is already labelled {earlier.parent.name} ({earlier.as_posix()}); a seq "
                               "takes one label: to correct it, delete that file and its .json, then label again")
+
+
+def quota_problem(folder: Path, used: int, size: int, quota_bytes: int) -> str | None:
+    """Why ``size`` more bytes do not fit the feedback folder's quota; None when they do."""
+    if used + size <= quota_bytes:
+        return None
+    return (f"feedback folder {folder} holds {used / 1e6:.1f} MB, and feedback.quota_mb is {quota_bytes / 1e6:g} MB; "
+            "retrain, then move its frames away to make room")
