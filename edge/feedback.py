@@ -56,6 +56,10 @@ class FeedbackRefused(ValueError):
     """A label that is not filed; str() is the reason sent back."""
 
 
+class NoRoom(FeedbackRefused):
+    """Refused for the folder's quota or the outbox's free-space reserve."""
+
+
 class RecentFrames:
     """The latest frames, lossless, within a byte budget. Thread-safe: a sink adds, feedback reads."""
 
@@ -94,6 +98,7 @@ class FeedbackStore:
         self.quota_bytes, self.reserve_bytes = quota_bytes, reserve_bytes
         self.saved = self.refused_quota = self.refused_low_space = 0
         self.last_refusal: str | None = None
+        self._refusing = False  # refusing for room since the last warning
         self._bytes = folder_bytes(self.folder)  # what earlier runs filed counts against the quota
         self._queue: queue.Queue = queue.Queue(maxsize=FEEDBACK_QUEUE_SIZE)
         self._thread = threading.Thread(target=self._run, name="feedback", daemon=True)
@@ -121,6 +126,8 @@ class FeedbackStore:
                 return
             try:
                 ok, reason = True, self.write(args.seq, args.label, args.defect)
+            except NoRoom as exc:  # warned once when refusing started (_check_room)
+                ok, reason = False, str(exc)
             except (LookupError, FeedbackRefused) as exc:
                 ok, reason = False, str(exc)
                 logger.warning("feedback for seq %d refused: %s", args.seq, exc)
@@ -155,15 +162,29 @@ class FeedbackStore:
                 "model": held.model, "frame_ts": held.ts, "labelled_ts": utc_now()}
         files = {".png": png.tobytes(), ".json": (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode()}
         self._check_room(sum(map(len, files.values())))
-        for suffix, data in files.items():  # the PNG first: a label is the PNG, its JSON describes it
-            write_bytes_atomic(self.folder / relative.with_suffix(suffix), data)
-            self._bytes += len(data)
+        self._write_pair(self.folder / relative, files)
         self.saved += 1
         return f"seq {seq} saved as {relative.with_suffix('.png')}"
 
+    def _write_pair(self, stem: Path, files: dict[str, bytes]) -> None:
+        """The PNG, then its JSON, each atomically; a PNG whose JSON failed is removed, so no label is half there."""
+        write_bytes_atomic(stem.with_suffix(".png"), files[".png"])
+        try:
+            write_bytes_atomic(stem.with_suffix(".json"), files[".json"])
+        except OSError:
+            stem.with_suffix(".png").unlink(missing_ok=True)
+            raise
+        self._bytes += sum(map(len, files.values()))
+        if self._refusing:
+            self._refusing = False
+            logger.info("feedback labels fit again (%s)", self.folder)
+
     def _check_room(self, size: int) -> None:
-        """FeedbackRefused (counted) when ``size`` more bytes pass the quota or take the outbox's reserve."""
+        """NoRoom (counted) when ``size`` more bytes pass the quota or take the outbox's reserve."""
         quota = quota_problem(self.folder, self._bytes, size, self.quota_bytes)
+        if quota is not None:  # a person may have moved frames away since: count again before refusing
+            self._bytes = folder_bytes(self.folder)
+            quota = quota_problem(self.folder, self._bytes, size, self.quota_bytes)
         low = None if quota else reserve_problem(self.folder, size, self.reserve_bytes)
         if quota is None and low is None:
             return
@@ -172,7 +193,10 @@ class FeedbackStore:
         else:
             self.refused_low_space += 1
         self.last_refusal = f"label refused: {quota or low}"
-        raise FeedbackRefused(self.last_refusal)
+        if not self._refusing:  # one warning when refusing starts, not one per label of a flood
+            self._refusing = True
+            logger.warning("feedback: %s (each refusal is answered and counted in stats.feedback)", self.last_refusal)
+        raise NoRoom(self.last_refusal)
 
     def filed(self, seq: int) -> Path | None:
         """The PNG a seq was labelled with earlier (relative to the folder), if any."""

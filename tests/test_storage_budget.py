@@ -21,7 +21,9 @@ from edge.exitcodes import EX_TEMPFAIL
 from edge.feedback import FeedbackStore, HeldFrame, RecentFrames
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
 from tests.support.helpers import run_cli, wait_until
-from tests.test_faults import fill, log_lines_with, one_error_line, small_disk  # noqa: F401 (a fixture)
+from tests.test_faults import (  # noqa: F401 (small_disk is a fixture)
+    fill, log_lines_with, one_error_line, outbox_rows_and_last_seq, small_disk,
+)
 
 WAIT_S = 30.0
 FRAME_SIDE = 400  # noise frames: about 160 kB as PNG, so a few dozen labels reach the reserve
@@ -99,10 +101,14 @@ def test_a_feedback_flood_stops_at_the_reserve_the_outbox_keeps_writing_and_no_s
         first.kill()
     assert stats["outbox"]["errors"] == 0 and stats["outbox"]["lost"] == 0, stats["outbox"]
     assert stats["feedback"]["refused_low_space"] >= 5 and stats["feedback"]["saved"] >= 10, stats["feedback"]
+    assert len(log_lines_with(first.log(), "feedback: label refused")) == 1, "one warning, not one per label"
     second = DaemonProcess(config, None, "--max-frames", "20")  # the restart goes on after the last seq
     assert second.wait(90) == 0, second.log()[-3000:]
+    assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= outbox_rows_and_last_seq(state)[1],
+                              WAIT_S)
     got = unique_in_order(results(collector))
     assert seqs_given_once(got) == list(range(1, len(got) + 1))
+    assert outbox_rows_and_last_seq(state) == (0, len(got))  # each seq the outbox recorded, delivered once
     assert "Traceback" not in first.log() + second.log()
 
 
