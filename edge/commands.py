@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edge.labels import DEFAULT_DEFECT, defect_problem
 from edge.text import one_line
 
 MAX_PAYLOAD_BYTES = 4096
@@ -60,8 +61,15 @@ class ThresholdResetCommand(_Command):
 class FeedbackCommand(_Command):
     seq: int = Field(ge=1, description="the verdict's seq, as in its result message")
     label: Literal["good", "defect"] = Field(description="good: a false reject; defect: a missed defect")
-    defect: str = Field("defect", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                        description="folder name under test/ for a defect")
+    defect: str = Field(DEFAULT_DEFECT, description="folder name under test/ for a defect (edge.labels)")
+
+    @field_validator("defect")
+    @classmethod
+    def _closed_vocabulary(cls, value: str) -> str:
+        problem = defect_problem(value)  # the same check as the CLI's and the feedback writer's
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 COMMANDS: dict[str, type[_Command]] = {

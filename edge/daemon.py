@@ -77,7 +77,7 @@ class Daemon:
                                     page=self.web.sinks, extra=self.extra_sinks))
         if self.link is not None:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
-        recorder = VerdictRecorder(outbox, base_topic, self.link, self.sender)
+        recorder = VerdictRecorder(outbox, base_topic, self.sender)
         self.station = Station(cfg, inspector, recorder, fanout, self.status)
         self.web.start()  # and Prometheus metrics: before the link starts, so its first connection counts
         if self.link is not None:
@@ -145,9 +145,12 @@ class Daemon:
         timing = self.cfg.trigger
         frame, skipped = (self.source.read(IDLE_WAIT_S), 0) if trigger is None else frame_after(
             self.source, trigger, timing.delay_ms / 1000.0, timing.timeout_s, self.stop)
-        seq = self.station.inspect(frame, trigger.part_id if trigger else None) if frame is not None else None
-        if trigger is not None:
-            self.triggers.answer(trigger, frame, seq, skipped)  # before a replay's end: every trigger is answered
+        seq = None
+        try:
+            seq = self.station.inspect(frame, trigger.part_id if trigger else None) if frame is not None else None
+        finally:  # every trigger is answered: before a replay's end, and before a stop for storage (exit 75)
+            if trigger is not None:
+                self.triggers.answer(trigger, frame, seq, skipped)
         if frame is None and self.source.exhausted:
             return False
         # Also without a frame: a camera that is away is the grabber's to reconnect, not systemd's to restart.
@@ -177,8 +180,7 @@ class Daemon:
         self.report.reloaded(True, reason, request_id)
 
     def _finish_replay(self) -> bool:
-        """A finite replay ended: deliver what is pending (bounded); True when the page keeps serving (then the
-        loop takes commands until stop), False to exit."""
+        """A finite replay ended: deliver what is pending (bounded); True if the page keeps serving, False to exit."""
         timeout_s = self.drain_timeout_override_s
         self.station.recorder.drain(self.cfg.storage.drain_timeout_s if timeout_s is None else timeout_s)
         c = self.status.counters
@@ -204,7 +206,7 @@ def station_stats(d: Daemon) -> dict:
         source=d.source.stats() if d.source is not None else {}, outbox=station.recorder.stats(),
         last_seq=station.recorder.last_seq, delivered=d.sender.delivered if d.sender else 0,
         evidence=d.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
-        sinks=station.fanout.stats(), triggers=d.triggers.stats())
+        sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats())
 
 
 def reporter_view(d: Daemon) -> ReporterView:
@@ -261,6 +263,9 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
     code = EX_SOFTWARE
     try:
         code = daemon.run()
+    except StorageError as exc:  # fail closed: a verdict without a durable seq is never published
+        logger.error("stopping (exit 75: systemd starts it again after a delay): %s", exc)
+        code = EX_TEMPFAIL
     finally:
         daemon.shutdown(clean=True)
     return code

@@ -5,13 +5,17 @@ frames are kept lossless in memory (RecentFrames, bounded by feedback.keep_frame
 and a labelled one is written as PNG into the feedback folder in the MVTec AD layout: train/good/ for a good
 part, test/<defect>/ for a missed defect, each PNG with a JSON file beside it (seq, image, score, verdict,
 threshold, model sha256, time, label). `lineguard train --data FEEDBACK_DIR` reads the folder as it is.
-The folder is apart from evidence/, so the evidence quota never removes a labelled frame.
+The folder is apart from evidence/, so the evidence quota never removes a labelled frame. Labels are a closed
+vocabulary (edge.labels), and a seq keeps its first label: a contradicting one is refused, never filed twice.
+The folder has a quota (feedback.quota_mb) and stops at the free-space reserve it shares with the outbox
+(storage.reserve_mb): past either a label is refused with the reason and counted; nothing is removed.
 
 Labels come from the station page, `lineguard feedback` and MQTT `cmd/feedback`; all go through the command
 queue, and the files are written here on a thread of their own, so inspection never waits for a PNG encoder.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -22,13 +26,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.core.files import write_bytes_atomic, write_json_atomic
+from edge.core.files import write_bytes_atomic
+from edge.core.space import folder_bytes, reserve_problem
+from edge.labels import DEFAULT_DEFECT, class_of, label_folder
 from edge.publish.messages import utc_now
 
 logger = logging.getLogger("lineguard")
 
 FEEDBACK_QUEUE_SIZE = 256  # labels waiting for their files; a dashboard may send a batch
 PNG_COMPRESSION = 3  # 0..9: 3 is quick and already small; PNG is lossless whatever the level
+DEFAULT_QUOTA_BYTES = 500_000_000  # feedback.quota_mb's default
 
 
 @dataclass(frozen=True)
@@ -45,9 +52,12 @@ class HeldFrame:
     ts: str
 
 
-def label_folder(label: str, defect: str = "defect") -> Path:
-    """Where a labelled frame goes in the MVTec AD layout: train/good for a good part, test/<defect> otherwise."""
-    return Path("train/good" if label == "good" else f"test/{defect}")
+class FeedbackRefused(ValueError):
+    """A label that is not filed; str() is the reason sent back."""
+
+
+class NoRoom(FeedbackRefused):
+    """Refused for the folder's quota or the outbox's free-space reserve."""
 
 
 class RecentFrames:
@@ -81,13 +91,22 @@ class RecentFrames:
 class FeedbackStore:
     """Writes labelled frames into the feedback folder on its own thread; answers through ``reply``."""
 
-    def __init__(self, folder: Path, frames: RecentFrames) -> None:
+    def __init__(self, folder: Path, frames: RecentFrames, quota_bytes: int = DEFAULT_QUOTA_BYTES,
+                 reserve_bytes: int = 0) -> None:
         self.folder = Path(folder)
         self.frames = frames
-        self.saved = 0
+        self.quota_bytes, self.reserve_bytes = quota_bytes, reserve_bytes
+        self.saved = self.refused_quota = self.refused_low_space = 0
+        self.last_refusal: str | None = None
+        self._refusing = False  # refusing for room since the last warning
+        self._bytes = folder_bytes(self.folder)  # what earlier runs filed counts against the quota
         self._queue: queue.Queue = queue.Queue(maxsize=FEEDBACK_QUEUE_SIZE)
         self._thread = threading.Thread(target=self._run, name="feedback", daemon=True)
         self._thread.start()
+
+    def stats(self) -> dict:
+        return {"saved": self.saved, "bytes": self._bytes, "refused_quota": self.refused_quota,
+                "refused_low_space": self.refused_low_space, "last_refusal": self.last_refusal}
 
     def label(self, args, reply) -> None:
         """Queue one label (a validated FeedbackCommand); ``reply(command, ok, reason, request_id)`` answers."""
@@ -106,9 +125,12 @@ class FeedbackStore:
             if args is None:
                 return
             try:
-                ok, reason = True, f"seq {args.seq} saved as {self.write(args.seq, args.label, args.defect)}"
-            except LookupError as exc:
+                ok, reason = True, self.write(args.seq, args.label, args.defect)
+            except NoRoom as exc:  # warned once when refusing started (_check_room)
                 ok, reason = False, str(exc)
+            except (LookupError, FeedbackRefused) as exc:
+                ok, reason = False, str(exc)
+                logger.warning("feedback for seq %d refused: %s", args.seq, exc)
             except (OSError, ValueError) as exc:
                 ok, reason = False, f"cannot write feedback: {exc}"
                 logger.error("feedback for seq %d not saved: %s", args.seq, exc)
@@ -116,21 +138,83 @@ class FeedbackStore:
                 logger.info("feedback: %s", reason)
             reply("feedback", ok, reason, args.request_id)
 
-    def write(self, seq: int, label: str, defect: str = "defect") -> str:
-        """Save the held frame as PNG + JSON; the PNG's path within the feedback folder."""
+    def write(self, seq: int, label: str, defect: str = DEFAULT_DEFECT) -> str:
+        """Save the held frame as PNG + JSON; the reply's reason (names the PNG within the feedback folder).
+        FeedbackRefused for a label outside the vocabulary or one that contradicts the seq's earlier label."""
+        try:
+            folder = label_folder(label, defect)
+        except ValueError as exc:
+            raise FeedbackRefused(str(exc)) from None
+        earlier = self.filed(seq)
+        if earlier is not None:
+            return self._same_label(seq, earlier, folder)
         held = self.frames.get(seq)
         if held is None:
             raise LookupError(f"seq {seq} is not among the frames kept lossless (the latest ones within "
                               "feedback.keep_frames_mb); label it sooner, or add the file with `lineguard feedback "
                               "--image`")
-        relative = label_folder(label, defect) / f"{seq:09d}-{Path(held.name).stem}"
+        relative = Path(folder) / f"{seq:09d}-{Path(held.name).stem}"
         ok, png = cv2.imencode(".png", held.image, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
         if not ok:
             raise ValueError(f"seq {seq}: frame could not be encoded as PNG")
-        meta = {"seq": held.seq, "image": held.name, "label": label if label == "good" else defect,
+        meta = {"seq": held.seq, "image": held.name, "label": class_of(label, defect),
                 "score": held.score, "verdict": held.verdict, "threshold": held.threshold,
                 "model": held.model, "frame_ts": held.ts, "labelled_ts": utc_now()}
-        write_bytes_atomic(self.folder / relative.with_suffix(".png"), png.tobytes())
-        write_json_atomic(self.folder / relative.with_suffix(".json"), meta)
+        files = {".png": png.tobytes(), ".json": (json.dumps(meta, indent=2, allow_nan=False) + "\n").encode()}
+        self._check_room(sum(map(len, files.values())))
+        self._write_pair(self.folder / relative, files)
         self.saved += 1
-        return str(relative.with_suffix(".png"))
+        return f"seq {seq} saved as {relative.with_suffix('.png')}"
+
+    def _write_pair(self, stem: Path, files: dict[str, bytes]) -> None:
+        """The PNG, then its JSON, each atomically; a PNG whose JSON failed is removed, so no label is half there."""
+        write_bytes_atomic(stem.with_suffix(".png"), files[".png"])
+        try:
+            write_bytes_atomic(stem.with_suffix(".json"), files[".json"])
+        except OSError:
+            stem.with_suffix(".png").unlink(missing_ok=True)
+            raise
+        self._bytes += sum(map(len, files.values()))
+        if self._refusing:
+            self._refusing = False
+            logger.info("feedback labels fit again (%s)", self.folder)
+
+    def _check_room(self, size: int) -> None:
+        """NoRoom (counted) when ``size`` more bytes pass the quota or take the outbox's reserve."""
+        quota = quota_problem(self.folder, self._bytes, size, self.quota_bytes)
+        if quota is not None:  # a person may have moved frames away since: count again before refusing
+            self._bytes = folder_bytes(self.folder)
+            quota = quota_problem(self.folder, self._bytes, size, self.quota_bytes)
+        low = None if quota else reserve_problem(self.folder, size, self.reserve_bytes)
+        if quota is None and low is None:
+            return
+        if quota is not None:
+            self.refused_quota += 1
+        else:
+            self.refused_low_space += 1
+        self.last_refusal = f"label refused: {quota or low}"
+        if not self._refusing:  # one warning when refusing starts, not one per label of a flood
+            self._refusing = True
+            logger.warning("feedback: %s (each refusal is answered and counted in stats.feedback)", self.last_refusal)
+        raise NoRoom(self.last_refusal)
+
+    def filed(self, seq: int) -> Path | None:
+        """The PNG a seq was labelled with earlier (relative to the folder), if any."""
+        found = sorted(self.folder.glob(f"*/*/{seq:09d}-*.png"))
+        return found[0].relative_to(self.folder) if found else None
+
+    @staticmethod
+    def _same_label(seq: int, earlier: Path, folder) -> str:
+        """A seq keeps its first label: the same one again is a no-op, another is refused (fail closed)."""
+        if earlier.parent.as_posix() == str(folder):
+            return f"seq {seq} already saved as {earlier.as_posix()}"
+        raise FeedbackRefused(f"seq {seq} is already labelled {earlier.parent.name} ({earlier.as_posix()}); a seq "
+                              "takes one label: to correct it, delete that file and its .json, then label again")
+
+
+def quota_problem(folder: Path, used: int, size: int, quota_bytes: int) -> str | None:
+    """Why ``size`` more bytes do not fit the feedback folder's quota; None when they do."""
+    if used + size <= quota_bytes:
+        return None
+    return (f"feedback folder {folder} holds {used / 1e6:.1f} MB, and feedback.quota_mb is {quota_bytes / 1e6:g} MB; "
+            "retrain, then move its frames away to make room")

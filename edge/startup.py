@@ -17,7 +17,8 @@ from edge.core.runtime import ModelLoadError
 from edge.errors import StartupError, StorageError
 from edge.io.plant import preflight_io
 from edge.publish import outbox
-from edge.publish.evidence import EvidenceStore, free_bytes
+from edge.core.space import free_bytes
+from edge.publish.evidence import EvidenceStore
 from edge.publish.mqtt import MqttLink
 from edge.text import one_line
 from edge.threshold_store import StoredThresholdError, load_threshold, stored_threshold_problem
@@ -28,6 +29,9 @@ logger = logging.getLogger("lineguard")
 OUTBOX_FILE = "outbox.sqlite3"
 EVIDENCE_FOLDER = "evidence"
 PROBE_BYTES = 64 * 1024  # what check-config writes (and removes) to see that storage.dir takes data
+# Below this the outbox would soon fail to record a verdict, and a verdict is never published without its
+# seq recorded: run exits 75 at start instead (systemd tries again), check-config says so.
+OUTBOX_MIN_FREE_BYTES = 1_000_000
 
 
 def build_inspector(cfg: Config) -> Inspector:
@@ -72,21 +76,43 @@ def open_outbox(cfg: Config) -> outbox.Outbox:
     storage = cfg.storage.dir
     try:
         storage.mkdir(parents=True, exist_ok=True)
-        return outbox.open_outbox(storage / OUTBOX_FILE, cfg.storage.outbox_max_messages,
-                                  cfg.storage.outbox_when_full, cfg.storage.sync)
+        opened = outbox.open_outbox(storage / OUTBOX_FILE, cfg.storage.outbox_max_messages,
+                                    cfg.storage.outbox_when_full, cfg.storage.sync)
+        problem = outbox_space_problem(storage)
     except (OSError, outbox.OutboxError) as exc:
-        raise StorageError(f"storage.dir {storage}: {one_line(str(exc))}") from None
+        raise StorageError(f"storage.dir {storage}{free_text(storage)}: {one_line(str(exc))}") from None
+    if problem is not None:
+        opened.close()
+        raise StorageError(problem)
+    return opened
+
+
+def free_text(folder) -> str:
+    """' (N bytes free)' for an error line about storage.dir; '' when even that cannot be read."""
+    try:
+        return f" ({free_bytes(folder)} bytes free)"
+    except OSError:
+        return ""
+
+
+def outbox_space_problem(folder) -> str | None:
+    """Why the outbox could not go on recording verdicts in ``folder``; None when there is room."""
+    free = free_bytes(folder)
+    if free >= OUTBOX_MIN_FREE_BYTES:
+        return None
+    return (f"storage.dir {folder}: {free} bytes free on its file system, below the {OUTBOX_MIN_FREE_BYTES} the "
+            "outbox needs to record verdicts; free space there")
 
 
 def open_evidence(storage: StorageConfig) -> EvidenceStore:
     return EvidenceStore(storage.dir / EVIDENCE_FOLDER, int(storage.evidence_quota_mb * 1e6),
-                         int(storage.evidence_reserve_mb * 1e6))
+                         int(storage.reserve_mb * 1e6))
 
 
 def preflight_storage(storage: StorageConfig) -> list[str]:
     """What open_outbox would refuse, found without leaving anything behind: the folder (or the nearest one
-    that exists, when run would create it) takes data, and an existing outbox can be opened. A damaged
-    outbox or free space below the evidence reserve are warnings: run goes on with them."""
+    that exists, when run would create it) takes data, an existing outbox can be opened, and there is room for
+    it. A damaged outbox or free space below storage.reserve_mb are warnings: run goes on with them."""
     folder = existing = storage.dir
     try:
         while not existing.exists() and existing.parent != existing:
@@ -104,9 +130,11 @@ def preflight_storage(storage: StorageConfig) -> list[str]:
         logger.warning("%s; run will move it aside (kept) and start a fresh outbox", one_line(str(exc)))
     except (OSError, outbox.OutboxError) as exc:
         return [f"storage.dir {folder}: {one_line(str(exc))}"]
-    if free < storage.evidence_reserve_mb * 1e6:
-        logger.warning("storage.dir %s: %.0f MB free, below storage.evidence_reserve_mb %g: evidence is not "
-                       "saved until space is freed", folder, free / 1e6, storage.evidence_reserve_mb)
+    if free < OUTBOX_MIN_FREE_BYTES:
+        return [outbox_space_problem(folder)]
+    if free < storage.reserve_mb * 1e6:
+        logger.warning("storage.dir %s: %.0f MB free, below storage.reserve_mb %g: evidence and feedback are not "
+                       "saved until space is freed", folder, free / 1e6, storage.reserve_mb)
     return []
 
 

@@ -47,7 +47,8 @@ class Station:
         self.cfg, self.inspector = cfg, inspector
 
     def inspect(self, frame, part_id: str | None) -> int | None:
-        """Inspect, record and fan out one frame; its verdict's seq, or None when it could not be inspected."""
+        """Inspect, record and fan out one frame; its verdict's seq, or None when it could not be inspected.
+        Raises StorageError when its verdict cannot be recorded durably (edge.publish.recorder)."""
         try:
             result = self.inspector.inspect(frame.image, bgr=frame.image.ndim == 3)
         except ImageError as exc:
@@ -56,12 +57,13 @@ class Station:
             return None
         latency_ms = (time.monotonic() - frame.arrival_s) * 1000.0
         alert = self.debounce.update(result.verdict == "fail")
-        self.status.count(result.verdict, latency_ms, alert)
         seq = self.recorder.next_seq()
         bundle = self.inspector.bundle
         payload = messages.result_payload(seq, self.cfg.device_id, frame.name, part_id, result, bundle, latency_ms)
+        # StorageError when the outbox cannot record it: then nothing is published or counted, and the station stops
         self.recorder.record(seq, [(messages.RESULT, payload.body, 1)]
                              + ([(messages.ALERT, payload.body, 1)] if alert else []))
+        self.status.count(result.verdict, latency_ms, alert)
         logger.info("%s %-4s score %.4g (norm %.3f)%s", frame.name, result.verdict.upper(), result.score,
                     result.score_norm, f" part {part_id}" if part_id else "")
         self.fanout.verdict(VerdictEvent(

@@ -64,6 +64,45 @@ def check_folder_and_retrain(tmp_path, verdicts: list[dict]) -> None:
     assert scored.returncode == 0 and len(scored.stdout.splitlines()) == 4
 
 
+
+def test_mqtt_the_page_and_the_cli_refuse_a_reserved_class_and_a_second_label_for_a_seq(tmp_path, broker,
+                                                                                        make_collector):
+    from edge.config.load import load_config
+    from edge.web.client import PageClient
+    from tests.support.broker import free_port
+    from tests.test_station_page import healthy
+
+    port = free_port()
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path, count=4), web={"enabled": True, "port": port})
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/reply"])
+    daemon = DaemonProcess(config, None, "--keep-serving")
+    try:
+        assert daemon.wait_for_log("the station page stays up", WAIT_S), daemon.log()[-3000:]
+        assert healthy(f"http://127.0.0.1:{port}/")
+        collector.publish(f"{BASE}/cmd/feedback", json.dumps({"seq": 1, "label": "defect", "defect": "good",
+                                                              "request_id": "m1"}))
+        assert collector.wait_for(lambda _: replies(collector, request_id="m1"), WAIT_S)
+        assert "reserved" in replies(collector, request_id="m1")[0]["reason"]
+        page = PageClient(load_config(config).web)
+        page.open()
+        answer = page.command("/api/feedback", {"seq": 1, "label": "defect", "defect": "GOOD"})
+        assert not answer["ok"] and "reserved" in answer["reason"], answer
+        assert run_cli("feedback", "--config", config, "good", "--seq", "1").returncode == 0
+        collector.publish(f"{BASE}/cmd/feedback", json.dumps({"seq": 1, "label": "defect", "defect": "scratch",
+                                                              "request_id": "m2"}))
+        assert collector.wait_for(lambda _: replies(collector, request_id="m2"), WAIT_S)
+        assert "already labelled good" in replies(collector, request_id="m2")[0]["reason"]
+        again = run_cli("feedback", "--config", config, "defect", "--seq", "1", "--defect", "scratch")
+        assert again.returncode == 65 and "already labelled good" in again.stderr, again.stderr
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        daemon.kill()
+    filed = sorted(p.relative_to(tmp_path / "state" / "feedback").as_posix()
+                   for p in (tmp_path / "state" / "feedback").rglob("*.png"))
+    assert len(filed) == 1 and filed[0].startswith("train/good/000000001-"), filed
+
+
 def false_rejects_filed(folder, images) -> int:
     """The feedback folder as the station writes it: each image labelled "good part (false reject)"."""
     frames = RecentFrames(max_bytes=1 << 20)

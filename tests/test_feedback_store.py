@@ -89,3 +89,61 @@ def test_the_command_line_files_an_image_and_resets_a_stored_threshold_without_a
     reset = run_cli("threshold", "--config", config, "--reset")
     assert reset.returncode == 0 and "removed" in reset.stdout and not stored.exists(), reset.stderr
     assert run_cli("threshold", "--config", config, "25").returncode == 75
+
+
+RESERVED_NAMES = ["good", "Good", "GOOD", "train", "Test", "ground_truth"]
+
+
+@pytest.mark.parametrize("name", RESERVED_NAMES)
+def test_a_defect_class_named_like_the_good_class_or_a_layout_folder_is_refused(tmp_path, name):
+    from edge.commands import CommandRefused, parse_command
+
+    payload = json.dumps({"seq": 3, "label": "defect", "defect": name}).encode()
+    with pytest.raises(CommandRefused, match="reserved"):
+        parse_command("feedback", payload)
+    frames = RecentFrames(max_bytes=1 << 20)
+    frames.add(held(3))
+    store = FeedbackStore(tmp_path / "feedback", frames)
+    try:
+        with pytest.raises(ValueError, match="reserved"):
+            store.write(3, "defect", name)
+    finally:
+        store.close()
+    assert not (tmp_path / "feedback").exists() or not any((tmp_path / "feedback").rglob("*.png"))
+
+
+def label_and_wait(store: FeedbackStore, **fields) -> tuple[bool, str]:
+    answers, done = [], threading.Event()
+    store.label(FeedbackCommand(**fields), lambda *reply: (answers.append(reply), done.set()))
+    assert done.wait(10)
+    return answers[0][1], answers[0][2]
+
+
+def test_a_seq_takes_one_label_a_conflicting_second_one_is_refused_and_the_same_one_is_kept(tmp_path):
+    frames = RecentFrames(max_bytes=1 << 20)
+    frames.add(held(3))
+    store = FeedbackStore(tmp_path / "feedback", frames)
+    try:
+        assert label_and_wait(store, seq=3, label="good")[0]
+        ok, reason = label_and_wait(store, seq=3, label="defect", defect="scratch")
+        assert not ok and "seq 3 is already labelled good" in reason and "train/good/000000003-" in reason, reason
+        ok, reason = label_and_wait(store, seq=3, label="good")  # the same label again changes nothing
+        assert ok and "already" in reason, reason
+    finally:
+        store.close()
+    files = sorted(str(p.relative_to(tmp_path / "feedback")) for p in (tmp_path / "feedback").rglob("*.png"))
+    assert len(files) == 1 and files[0].startswith("train/good/000000003-"), files
+
+
+@pytest.mark.parametrize("defect", ["../../../escaped", "a/../../b", "good", "Ground_Truth"])
+def test_the_command_line_refuses_a_defect_class_the_daemon_refuses_before_writing_or_connecting(tmp_path, defect):
+    from tests.support.daemon_harness import sample_folder, write_config
+    from tests.support.helpers import run_cli
+
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2), mqtt={"enabled": False},
+                          web={"enabled": True, "port": 1})  # nothing listens there: no daemon runs
+    for source in (("--image", FRAMES[0]), ("--seq", "3")):
+        refused = run_cli("feedback", "--config", config, "defect", *source, "--defect", defect)
+        assert refused.returncode == 65, (source, refused.stdout, refused.stderr)
+        assert "defect" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert [p for p in tmp_path.rglob("*.png") if "frames" not in p.parts] == []

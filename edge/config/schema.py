@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edge.capture.registry import DEFAULT_KIND, on_change, source_types
 from edge.config.broker import MqttConfig
@@ -154,12 +154,13 @@ class StorageConfig(BaseModel):
     evidence_quota_mb: float = Field(
         500.0, gt=0, strict=True, description="Disk space for evidence images; oldest are deleted first."
     )
-    evidence_reserve_mb: float = Field(
+    reserve_mb: float = Field(
         200.0,
         ge=0,
         strict=True,
-        description="Free space evidence never takes: below it on storage.dir's file system, evidence pauses "
-        "(verdicts continue, the outbox keeps room) until space is back.",
+        description="Free space on storage.dir's file system kept for the outbox: evidence and feedback files "
+        "that would go below it are refused (verdicts continue) until space is back. Older name: "
+        "evidence_reserve_mb.",
     )
     drain_timeout_s: float = Field(
         30.0,
@@ -167,6 +168,16 @@ class StorageConfig(BaseModel):
         strict=True,
         description="At the end of a finite replay, how long to wait for pending messages to be delivered.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, data: Any) -> Any:
+        # evidence_reserve_mb became reserve_mb when feedback came to share the reserve: old files still load.
+        if isinstance(data, dict) and "evidence_reserve_mb" in data:
+            if "reserve_mb" in data:
+                raise ValueError("evidence_reserve_mb is the older name of reserve_mb: keep only reserve_mb")
+            data = {("reserve_mb" if k == "evidence_reserve_mb" else k): v for k, v in data.items()}
+        return data
 
     @field_validator("dir")
     @classmethod

@@ -88,6 +88,13 @@ class FeedbackConfig(BaseModel):
         strict=True,
         description="Memory for the latest frames kept lossless so they can be labelled; 0 = no feedback.",
     )
+    quota_mb: float = Field(
+        500.0,
+        gt=0,
+        strict=True,
+        description="Disk space for labelled frames: past it a new label is refused with a reason (a labelled "
+        "frame is never removed by the station); storage.reserve_mb also applies.",
+    )
 
     @field_validator("dir")
     @classmethod

@@ -1,13 +1,12 @@
 """Evidence images of inspected parts under storage.dir, within a size quota, oldest removed first.
 
 A full or read-only disk stops evidence, never verdicts: errors are counted and reported. Evidence never
-takes the last free space: below a reserve (storage.evidence_reserve_mb) on its file system it pauses,
-so the outbox keeps room for verdicts, and resumes once space is back.
+takes the outbox's free space: below the shared reserve (storage.reserve_mb, edge.core.space) on its file
+system it pauses, so the outbox keeps room for verdicts, and resumes once space is back.
 """
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 
 from edge.core.files import write_bytes_atomic
+from edge.core.space import reserve_problem
 
 logger = logging.getLogger(__name__)
 
@@ -79,16 +79,14 @@ class EvidenceStore:
 
     def _room_for(self, size: int) -> bool:
         """Whether saving ``size`` bytes leaves the reserve free; logs when that changes."""
-        free = free_bytes(self.folder)
-        low = free - size < self.reserve_bytes
+        problem = reserve_problem(self.folder, size, self.reserve_bytes)
+        low = problem is not None
         if low != self.low_space:
             self.low_space = low
             if low:
-                logger.warning("evidence paused: %.0f MB free on the file system of %s, below the reserve of "
-                               "%.0f MB (storage.evidence_reserve_mb); verdicts continue", free / 1e6,
-                               self.folder, self.reserve_bytes / 1e6)
+                logger.warning("evidence paused: %s; verdicts continue", problem)
             else:
-                logger.info("evidence saving resumed: %.0f MB free", free / 1e6)
+                logger.info("evidence saving resumed: free space is above storage.reserve_mb again")
         self.skipped_low_space += low
         return not low
 
@@ -118,8 +116,3 @@ def _encode(name: str, image: np.ndarray) -> bytes:
         raise OSError(f"could not encode {name}.jpg")
     return encoded.tobytes()
 
-
-def free_bytes(folder: Path) -> int:
-    """Space an unprivileged writer may still use on the file system holding ``folder``."""
-    stat = os.statvfs(folder)
-    return stat.f_bavail * stat.f_frsize

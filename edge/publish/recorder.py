@@ -1,13 +1,16 @@
 """A verdict's durable record: its seq and its messages in the outbox, in one transaction, before anything else.
 
-If the outbox cannot be written (disk full), verdicts are published directly at QoS 1 without durability, and
-stats count it.
+Fail closed: a verdict the outbox cannot record (disk full from outside, I/O error) is not published, since
+its seq would not be durable and a restart would give that seq again. The recorder raises StorageError, and
+the station stops with exit 75 (systemd starts it again once space is back; README, Troubleshooting).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
 
+from edge.core.space import free_bytes
+from edge.errors import StorageError
 from edge.publish import messages
 from edge.publish.outbox import Outbox, OutboxError
 from edge.text import one_line
@@ -19,21 +22,20 @@ Message = tuple[str, bytes, int]  # subtopic under <base> (edge.publish.messages
 
 @dataclass
 class OutboxHealth:
-    """Writes to the outbox that failed, and what became of their messages."""
+    """Writes to the outbox that failed. The last two stay 0 (no verdict is sent undurably); kept for dashboards."""
 
     errors: int = 0
     last_error: str | None = None
-    published_directly: int = 0  # sent at QoS 1 without durability
-    lost: int = 0  # could not be sent either: broker unreachable too
+    published_directly: int = 0
+    lost: int = 0
 
 
 class VerdictRecorder:
     """Gives each verdict its seq and queues its messages for the outbox sender."""
 
-    def __init__(self, outbox: Outbox, base_topic: str, link=None, sender=None) -> None:
+    def __init__(self, outbox: Outbox, base_topic: str, sender=None) -> None:
         self.outbox = outbox
         self.base_topic = base_topic
-        self.link = link
         self.sender = sender
         self.health = OutboxHealth()
         self.last_seq = outbox.last_seq  # nothing reserved: a start that inspects nothing spends no seq
@@ -45,33 +47,25 @@ class VerdictRecorder:
         return self.last_seq
 
     def record(self, seq: int, sent: list[Message]) -> None:
-        """Queue one verdict's messages durably; if the outbox cannot be written, publish them directly."""
+        """Queue one verdict's messages durably; StorageError (the seq is given back) when the outbox cannot."""
         try:
             self.outbox.put(seq, [(messages.topic(self.base_topic, sub), payload, qos) for sub, payload, qos in sent])
         except OutboxError as exc:
-            self._write_failed(exc)
-            self._publish_undurable(sent)
-            return
-        if self.health.last_error is not None:
-            logger.warning("outbox writable again after %d failed write(s); verdicts are durable again",
-                           self.health.errors)
-            self.health.last_error = None
+            self.last_seq = seq - 1  # not published, so not spent: the next start gives it to the next verdict
+            self.health.errors += 1
+            self.health.last_error = one_line(str(exc))
+            raise StorageError(self._refusal(seq, exc)) from None
         if self.sender is not None:
             self.sender.wake()
 
-    def _write_failed(self, exc: OutboxError) -> None:
-        if self.health.last_error is None:
-            logger.error("outbox cannot be written (%s); publishing verdicts directly at QoS 1, without "
-                         "durability, until it can (they may overtake older queued ones; seq orders them)", exc)
-        self.health.errors += 1
-        self.health.last_error = one_line(str(exc))
-
-    def _publish_undurable(self, sent: list[Message]) -> None:
-        for subtopic, payload, qos in sent:
-            if self.link is not None and self.link.publish(subtopic, payload, qos=qos):
-                self.health.published_directly += 1
-            else:
-                self.health.lost += 1
+    def _refusal(self, seq: int, exc: OutboxError) -> str:
+        folder = self.outbox.path.parent
+        try:
+            free = f"{free_bytes(folder)} bytes free"
+        except OSError as stat_error:
+            free = f"free space unknown ({stat_error.strerror})"
+        return (f"storage.dir {folder} ({free}): the outbox cannot record verdict seq {seq}: {one_line(str(exc))}; "
+                "no verdict is published without a durable seq")
 
     def drain(self, timeout_s: float) -> None:
         """At the end of a finite replay: wait, bounded, for what is pending to be delivered."""

@@ -135,11 +135,18 @@ def cmd_threshold(args) -> int:
 
 
 def cmd_feedback(args) -> int:
+    from edge.labels import label_folder
+
+    try:
+        folder = label_folder(args.label, args.defect)  # the daemon's own check, before anything is written or sent
+    except ValueError as exc:
+        print(f"lineguard feedback: --defect: {exc}", file=sys.stderr)
+        return EX_DATAERR
     cfg = _config(args.config)
     if cfg is None:
         return EX_CONFIG
     if args.image is not None:
-        return _file_image(args.image, cfg.feedback_dir, args.label, args.defect)
+        return _file_image(args.image, cfg, folder)
     client = PageClient(cfg.web)
     refused = _connect(client, "feedback")
     if refused == EX_TEMPFAIL:
@@ -150,15 +157,21 @@ def cmd_feedback(args) -> int:
     return _answer(client.command("/api/feedback", {"seq": args.seq, "label": args.label, "defect": args.defect}))
 
 
-def _file_image(image: Path, folder: Path, label: str, defect: str) -> int:
-    """Copy (PNG) or convert (anything else, lossless PNG from what it decodes to) an image into the folder."""
+def _file_image(image: Path, cfg, label_folder) -> int:
+    """Copy (PNG) or convert (anything else, lossless PNG from what it decodes to) an image into the folder,
+    within the daemon's limits: one label per image, feedback.quota_mb and storage.reserve_mb."""
     import cv2
 
     from edge.core.files import write_bytes_atomic
     from edge.core.preprocess import ImageError, read_image
-    from edge.feedback import label_folder
 
-    target = folder / label_folder(label, defect) / f"{image.stem}.png"
+    folder = cfg.feedback_dir
+    target = folder / label_folder / f"{image.stem}.png"
+    other = [p for p in folder.glob(f"*/*/{image.stem}.png") if p.parent != target.parent]
+    if other:  # one label per image, as per seq
+        print(f"lineguard feedback: {other[0]} is already labelled {other[0].parent.name}; an image takes one "
+              "label: to correct it, delete that file, then label again", file=sys.stderr)
+        return EX_DATAERR
     try:
         pixels = read_image(image, "bgr")  # a file training could not read never enters the folder
     except ImageError as exc:
@@ -166,6 +179,20 @@ def _file_image(image: Path, folder: Path, label: str, defect: str) -> int:
         return EX_DATAERR
     # A PNG keeps its own bytes (depth, metadata); anything else becomes a PNG of what it decodes to.
     data = image.read_bytes() if image.suffix.lower() == ".png" else cv2.imencode(".png", pixels)[1].tobytes()
+    problem = _room_problem(cfg, len(data))
+    if problem is not None:
+        print(f"lineguard feedback: {image} not saved: {problem}", file=sys.stderr)
+        return EX_DATAERR
     write_bytes_atomic(target, data)
     print(f"{image} saved as {target}")
     return EX_OK
+
+
+def _room_problem(cfg, size: int) -> str | None:
+    """The daemon's own limits for the feedback folder (edge.feedback): its quota, then the outbox's reserve."""
+    from edge.core.space import folder_bytes, reserve_problem
+    from edge.feedback import quota_problem
+
+    folder = cfg.feedback_dir
+    return (quota_problem(folder, folder_bytes(folder), size, int(cfg.feedback.quota_mb * 1e6))
+            or reserve_problem(folder, size, int(cfg.storage.reserve_mb * 1e6)))

@@ -60,7 +60,8 @@ class StationWeb:
         cfg = view.cfg()
         self.view = view
         self.frames = RecentFrames(int(cfg.feedback.keep_frames_mb * 1e6))
-        self.feedback = FeedbackStore(cfg.feedback_dir, self.frames)
+        self.feedback = FeedbackStore(cfg.feedback_dir, self.frames, int(cfg.feedback.quota_mb * 1e6),
+                                      int(cfg.storage.reserve_mb * 1e6))
         self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: view.cfg().inference.roi, cfg.web.live_fps)
         self.sinks = [self.sink]
         self.server = self.metrics = None
