@@ -30,7 +30,8 @@ from edge.publish.outputs import OutputParts, build_sinks
 from edge.publish.recorder import VerdictRecorder
 from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
-from edge.startup import broker_link, build_inspector, open_evidence, open_frames, open_outbox, start_link
+from edge.startup import (broker_link, build_inspector, drop_threshold, open_evidence, open_frames, open_outbox,
+                          start_link)
 from edge.station import Station
 from edge.status import StationStatus
 from edge.web.station import PageView, StationWeb
@@ -66,7 +67,8 @@ class Daemon:
 
     def start(self) -> None:
         cfg, base_topic = self.cfg, messages.base_topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id)
-        inspector = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (exit 75)
+        inspector, dropped = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (75)
+        drop_threshold(dropped, self.status)
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
         self.io.start()  # a Modbus port or GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
@@ -160,20 +162,20 @@ class Daemon:
         self.notifier.reloading()
         password = self.link.password if self.link is not None else False
         try:
-            cfg, inspector, restart_required = prepare_reload(self.config_path, self.cfg, password,
-                                                              self.source_grayscale)
+            loaded = prepare_reload(self.config_path, self.cfg, password, self.source_grayscale)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the running model keeps inspecting
             self.status.last_reload_error = reload_refusal(exc)
             self.notifier.ready("reload refused; running the previous config and model")
             self.report.reloaded(False, self.status.last_reload_error, request_id)
             return
-        self.cfg = cfg
-        self.station.switch_to(cfg, inspector)
-        self.status.last_reload_error, self.status.restart_required = None, restart_required
-        self.evidence.quota_bytes = int(cfg.storage.evidence_quota_mb * 1e6)
-        apply_log_level(self.debug, cfg)
-        reason = reload_outcome(inspector, restart_required)
-        self.notifier.ready(f"inspecting with {inspector.bundle.name}")
+        self.cfg = loaded.cfg
+        self.station.switch_to(loaded.cfg, loaded.inspector)
+        self.status.last_reload_error, self.status.restart_required = None, loaded.restart_required
+        drop_threshold(loaded.dropped, self.status)
+        self.evidence.quota_bytes = int(loaded.cfg.storage.evidence_quota_mb * 1e6)
+        apply_log_level(self.debug, loaded.cfg)
+        reason = reload_outcome(loaded.inspector, loaded.restart_required, loaded.dropped)
+        self.notifier.ready(f"inspecting with {loaded.inspector.bundle.name}")
         self.report.reloaded(True, reason, request_id)
 
     def _finish_replay(self) -> bool:

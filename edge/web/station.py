@@ -122,7 +122,8 @@ class StationWeb:
                 "bundle_threshold": inspector.calibration.threshold, "configured_threshold": cfg.inference.threshold,
                 "stored_threshold": stored, "threshold_range": [low, high], "source": status.source_state,
                 "source_detail": status.source_detail, "last_reload_error": status.last_reload_error,
-                "restart_required": status.restart_required, "inspecting": self.inspecting(),
+                "restart_required": status.restart_required, "threshold_dropped": status.threshold_dropped,
+                "inspecting": self.inspecting(),
                 "fitness": fitness_of(inspector.bundle)}
 
     def stats(self) -> dict:
