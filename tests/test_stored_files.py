@@ -23,7 +23,7 @@ from tests.support.helpers import MNIST_BUNDLE
 
 HANG_S = 30  # far above a normal start (about a second): reaching it means the process hung
 MEMORY_CAP_BYTES = 3 << 30  # a read without a bound fails at this address-space cap, not by exhausting the machine
-HUGE_BYTES = 700 * 1024 * 1024  # sparse: takes no disk space, but a read of it all would take this much memory
+HUGE_BYTES = 700 * 1024 * 1024  # sparse: no disk space taken, but reading it all would take that much memory
 
 
 def _cap_memory() -> None:
@@ -112,3 +112,63 @@ def test_a_stored_threshold_that_is_no_regular_small_file_is_refused_without_rea
     stored.parent.mkdir()
     make_bad(stored, kind)
     run_and_check(station, stored, NOT_REGULAR[kind])
+
+
+# ---------------------------------------------------------------- password files
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_broker_password_file_that_is_no_regular_small_file_is_refused(tmp_path, kind):
+    secret = tmp_path / "mqtt-password"
+    make_bad(secret, kind)
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2),
+                          mqtt={"username": "line-7", "password_file": str(secret)})
+    run_and_check(config, secret, NOT_REGULAR[kind])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_page_password_file_that_is_no_regular_small_file_is_refused(tmp_path, kind):
+    secret = tmp_path / "web-password"
+    make_bad(secret, kind)
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2), mqtt={"enabled": False},
+                          web={"enabled": True, "port": free_port(), "password_file": str(secret)})
+    run_and_check(config, secret, NOT_REGULAR[kind])
+
+
+def test_a_systemd_credential_that_is_no_regular_file_is_refused_not_skipped(tmp_path):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    make_bad(credentials / "web_password", "device")
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2), mqtt={"enabled": False},
+                          web={"enabled": True, "port": free_port()})
+    run_and_check(config, credentials / "web_password", "a device", env={"CREDENTIALS_DIRECTORY": str(credentials)})
+
+
+# ---------------------------------------------------------------- files inside a bundle
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_bundle_head_file_that_is_no_regular_file_of_bounded_size_is_refused(tmp_path, kind):
+    bundle = Path(shutil.copytree(ROOT / "models" / "magnetic-tile", tmp_path / "tiles"))
+    make_bad(bundle / "head.npz", kind)
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2), model=str(bundle),
+                          mqtt={"enabled": False})
+    run_and_check(config, bundle / "head.npz", NOT_REGULAR[kind])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_calibration_scores_that_are_no_regular_small_file_leave_the_page_answering(tmp_path, kind):
+    bundle = Path(shutil.copytree(MNIST_BUNDLE, tmp_path / "mnist-1"))
+    scores = bundle / "report" / "scores.csv"
+    make_bad(scores, kind)
+    port = free_port()
+    config = write_config(tmp_path, None, sample_folder(tmp_path, count=2), model=str(bundle),
+                          mqtt={"enabled": False}, web={"enabled": True, "port": port})
+    daemon = DaemonProcess(config, None, "--keep-serving")
+    try:
+        assert daemon.wait_for_log("the station page stays up", HANG_S), daemon.log()[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/scores", timeout=10) as response:
+            assert json.loads(response.read())["calibration"] == []
+        assert wait_until(lambda: str(scores) in daemon.log(), 5), daemon.log()[-3000:]
+        line = next(line for line in daemon.log().splitlines() if str(scores) in line)
+        assert "WARNING" in line and NOT_REGULAR[kind] in line
+    finally:
+        daemon.kill()
