@@ -53,19 +53,19 @@ def make_bad(path: Path, kind: str) -> None:
 NOT_REGULAR = {"fifo": "named pipe", "device": "a device", "huge": "above the limit", "folder": "a folder"}
 
 
-def assert_refused(result: subprocess.CompletedProcess, path: Path, expected: str) -> None:
-    """Exit 78 and one line naming the file and the problem; no traceback."""
+def assert_refused(result: subprocess.CompletedProcess, path: Path, expected: str, code: int = 78) -> None:
+    """Exit ``code`` and one line naming the file and the problem; no traceback."""
     lines = [line for line in result.stderr.splitlines() if str(path) in line]
-    assert result.returncode == 78, result.stderr[-3000:]
+    assert result.returncode == code, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert len(lines) == 1 and expected in lines[0], result.stderr[-3000:]
 
 
-def run_and_check(config: Path, path: Path, expected: str, env: dict | None = None) -> None:
+def run_and_check(config: Path, path: Path, expected: str, env: dict | None = None, code: int = 78) -> None:
     """`check-config` and `run` both refuse it, the same way."""
-    assert_refused(lineguard("check-config", config, env=env), path, expected)
+    assert_refused(lineguard("check-config", config, env=env), path, expected, code)
     run = lineguard("run", "--config", config, env=env)
-    assert_refused(run, path, expected)
+    assert_refused(run, path, expected, code)
     assert "cannot start" in next(line for line in run.stderr.splitlines() if str(path) in line)
     assert "PASS" not in run.stderr and "FAIL" not in run.stderr
 
@@ -172,3 +172,13 @@ def test_calibration_scores_that_are_no_regular_small_file_leave_the_page_answer
         assert "WARNING" in line and NOT_REGULAR[kind] in line
     finally:
         daemon.kill()
+
+
+# ---------------------------------------------------------------- storage.dir/outbox.sqlite3
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_outbox_that_is_no_regular_file_is_a_storage_fault_not_a_hang(tmp_path, station, kind):
+    outbox = tmp_path / "state" / "outbox.sqlite3"
+    outbox.parent.mkdir()
+    make_bad(outbox, kind)
+    run_and_check(station, outbox, NOT_REGULAR[kind], code=75)  # storage.dir's exit code: systemd retries
