@@ -3,7 +3,8 @@
 A reload applies LIVE_SECTIONS and LIVE_KEYS at once. Every other setting (device_id, source, the broker
 connection, storage.dir and the outbox) keeps its running value until a restart: the reply, the log, stats and
 the retained state topic name the changed settings that wait for one. A threshold set by command is stored in
-storage.dir (edge.threshold_store) and outlasts reloads and restarts until `threshold_reset` clears it.
+storage.dir (edge.threshold_store) and outlasts reloads and restarts until `threshold_reset` clears it, for its own
+model only: a reload to another model drops it, loudly.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 One main loop does the inspection; signals and MQTT callbacks only queue work for it. Verdicts are written to
 the durable outbox before they are published, and leave it only on PUBACK (edge.publish.recorder). Sinks
 (edge.publish.sinks) get each verdict on threads of their own. Reload (SIGHUP or the MQTT `reload` command) is
-validated before anything changes (edge.control). A threshold set by command is stored and outlasts reloads.
+validated before anything changes (edge.control). A threshold set by command is stored and outlasts reloads
+of the same model.
 """
 from __future__ import annotations
 
