@@ -17,9 +17,8 @@ import pytest
 from edge.threshold_store import THRESHOLD_FILE
 from tests.support.broker import free_port
 from tests.support.daemon_harness import DaemonProcess, sample_folder, write_config
-from tests.support.helpers import LINEGUARD, ROOT, wait_until
+from tests.support.helpers import LINEGUARD, MNIST_BUNDLE, ROOT, wait_until
 from tests.test_threshold_store import model_sha
-from tests.support.helpers import MNIST_BUNDLE
 
 HANG_S = 30  # far above a normal start (about a second): reaching it means the process hung
 MEMORY_CAP_BYTES = 3 << 30  # a read without a bound fails at this address-space cap, not by exhausting the machine
