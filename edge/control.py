@@ -3,7 +3,8 @@
 A reload applies LIVE_SECTIONS and LIVE_KEYS at once. Every other setting (device_id, source, the broker
 connection, storage.dir and the outbox) keeps its running value until a restart: the reply, the log, stats and
 the retained state topic name the changed settings that wait for one. A threshold set by command is stored in
-storage.dir (edge.threshold_store) and outlasts reloads and restarts until `threshold_reset` clears it.
+storage.dir (edge.threshold_store) and outlasts reloads and restarts until `threshold_reset` clears it, for its own
+model only: a reload to another model drops it, loudly.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from edge.publish.messages import model_ref
 from edge.publish.reporter import Reporter
 from edge.startup import build_inspector
 from edge.text import one_line
-from edge.threshold_store import clear_threshold, save_threshold, threshold_path
+from edge.threshold_store import DroppedThreshold, clear_threshold, save_threshold, threshold_path
 
 logger = logging.getLogger("lineguard")
 
@@ -167,27 +168,40 @@ def flat_settings(data: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def prepare_reload(config_path: Path, running: Config, running_password: str | None | bool,
-                   source_grayscale: bool) -> tuple[Config, Inspector, list[str]]:
-    """Read the config and load its model, without changing anything running.
+@dataclass(frozen=True)
+class Reload:
+    """What a reload would run: the config, its inspector, the changed settings that wait for a restart, and
+    another model's stored threshold it did not apply (dropped once the reload is applied)."""
 
-    ``running_password`` is the broker password in use, or False when no broker link runs.
-    Raises on any problem; returns the config to run, its inspector and the settings that wait for a restart.
+    cfg: Config
+    inspector: Inspector
+    restart_required: list[str]
+    dropped: DroppedThreshold | None
+
+
+def prepare_reload(config_path: Path, running: Config, running_password: str | None | bool,
+                   source_grayscale: bool) -> Reload:
+    """Read the config and load its model, without changing anything running (not even the stored threshold).
+
+    ``running_password`` is the broker password in use, or False when no broker link runs. Raises on any problem.
     """
     loaded = load_config(config_path)
     cfg, restart_required = apply_live_settings(running, loaded)
     if running_password is not False and loaded.mqtt.enabled and resolve_mqtt_password(loaded.mqtt) != running_password:
         restart_required.append("mqtt.password")  # changed in its file, which the config's own keys do not show
-    inspector = build_inspector(cfg)
+    inspector, dropped = build_inspector(cfg)
     if source_grayscale and inspector.spec.color != "gray":
         raise StartupError(f"model {inspector.bundle.name} needs colour frames but the source was opened "
                            "in gray for the running model; restart to switch")
-    return cfg, inspector, restart_required
+    return Reload(cfg, inspector, restart_required, dropped)
 
 
-def reload_outcome(inspector: Inspector, restart_required: list[str]) -> str:
+def reload_outcome(inspector: Inspector, restart_required: list[str], dropped: DroppedThreshold | None) -> str:
     """Log what a reload applied; the one-line reason for the reply."""
     reason = f"model {inspector.bundle.name}, threshold {inspector.threshold:.6g}"
+    if dropped is not None:
+        whose = dropped.model["name"] or dropped.model["sha256"] or "no model"
+        reason += f"; stored threshold {dropped.threshold:g} (set for {whose}) dropped: not this model's"
     if restart_required:
         reason += f"; running values kept until a restart for: {', '.join(restart_required)}"
         logger.warning("reload: changed settings that need a restart: %s", ", ".join(restart_required))

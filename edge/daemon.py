@@ -3,7 +3,8 @@
 One main loop does the inspection; signals and MQTT callbacks only queue work for it. Verdicts are written to
 the durable outbox before they are published, and leave it only on PUBACK (edge.publish.recorder). Sinks
 (edge.publish.sinks) get each verdict on threads of their own. Reload (SIGHUP or the MQTT `reload` command) is
-validated before anything changes (edge.control). A threshold set by command is stored and outlasts reloads.
+validated before anything changes (edge.control). A threshold set by command is stored and outlasts reloads
+of the same model.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from edge.publish.outputs import OutputParts, build_sinks
 from edge.publish.recorder import VerdictRecorder
 from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
-from edge.startup import broker_link, build_inspector, open_evidence, open_frames, open_outbox, start_link
+from edge.startup import (broker_link, build_inspector, drop_threshold, open_evidence, open_frames, open_outbox,
+                          start_link)
 from edge.station import Station
 from edge.status import StationStatus
 from edge.web.station import PageView, StationWeb
@@ -66,7 +68,8 @@ class Daemon:
 
     def start(self) -> None:
         cfg, base_topic = self.cfg, messages.base_topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id)
-        inspector = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (exit 75)
+        inspector, dropped = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (75)
+        drop_threshold(dropped, self.status)
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
         self.io.start()  # a Modbus port or GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
@@ -83,8 +86,7 @@ class Daemon:
         if self.link is not None:
             start_link(self.link)
             self.sender.start()
-            # A broker that answers at once gets the first frames' heatmaps and status too
-            # (those are not queued); an absent one delays start-up by one failed attempt.
+            # An answering broker gets the first heatmaps (not queued) too; an absent one costs one attempt.
             self.link.wait_first_attempt(FIRST_CONNECT_WAIT_S)
         logger.info("ready: model %s (threshold %.6g), source %s, %d message(s) pending from earlier",
                     inspector.bundle.name, inspector.threshold, cfg.source.kind, outbox.depth())
@@ -163,20 +165,20 @@ class Daemon:
         self.notifier.reloading()
         password = self.link.password if self.link is not None else False
         try:
-            cfg, inspector, restart_required = prepare_reload(self.config_path, self.cfg, password,
-                                                              self.source_grayscale)
+            loaded = prepare_reload(self.config_path, self.cfg, password, self.source_grayscale)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, the running model keeps inspecting
             self.status.last_reload_error = reload_refusal(exc)
             self.notifier.ready("reload refused; running the previous config and model")
             self.report.reloaded(False, self.status.last_reload_error, request_id)
             return
-        self.cfg = cfg
-        self.station.switch_to(cfg, inspector)
-        self.status.last_reload_error, self.status.restart_required = None, restart_required
-        self.evidence.quota_bytes = int(cfg.storage.evidence_quota_mb * 1e6)
-        apply_log_level(self.debug, cfg)
-        reason = reload_outcome(inspector, restart_required)
-        self.notifier.ready(f"inspecting with {inspector.bundle.name}")
+        self.cfg = loaded.cfg
+        self.station.switch_to(loaded.cfg, loaded.inspector)
+        self.status.last_reload_error, self.status.restart_required = None, loaded.restart_required
+        drop_threshold(loaded.dropped, self.status)
+        self.evidence.quota_bytes = int(loaded.cfg.storage.evidence_quota_mb * 1e6)
+        apply_log_level(self.debug, loaded.cfg)
+        reason = reload_outcome(loaded.inspector, loaded.restart_required, loaded.dropped)
+        self.notifier.ready(f"inspecting with {loaded.inspector.bundle.name}")
         self.report.reloaded(True, reason, request_id)
 
     def _finish_replay(self) -> bool:

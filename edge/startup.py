@@ -19,9 +19,11 @@ from edge.io.plant import preflight_io
 from edge.publish import outbox
 from edge.core.space import free_bytes
 from edge.publish.evidence import EvidenceStore
+from edge.publish.messages import model_ref
 from edge.publish.mqtt import MqttLink
 from edge.text import one_line
-from edge.threshold_store import StoredThresholdError, load_threshold, stored_threshold_problem
+from edge.threshold_store import (DroppedThreshold, StoredThresholdError, load_threshold, stored_model,
+                                  stored_threshold_problem, threshold_path)
 from edge.web.auth import check_web_password, resolve_web_password
 
 logger = logging.getLogger("lineguard")
@@ -34,8 +36,10 @@ PROBE_BYTES = 64 * 1024  # what check-config writes (and removes) to see that st
 OUTBOX_MIN_FREE_BYTES = 1_000_000
 
 
-def build_inspector(cfg: Config) -> Inspector:
-    """The bundle and the device's ROI, ignore mask and threshold override; StartupError on any problem."""
+def build_inspector(cfg: Config) -> tuple[Inspector, DroppedThreshold | None]:
+    """The bundle and the device's ROI, ignore mask and threshold override; StartupError on any problem. Also a
+    stored threshold that was not applied because it is another model's, for the caller to drop (drop_threshold)
+    once it runs this inspector: a refused reload must leave the running model's stored threshold alone."""
     mask = None
     try:
         if cfg.inference.ignore_mask is not None:
@@ -50,24 +54,38 @@ def build_inspector(cfg: Config) -> Inspector:
     problem = None if override is None else inspector.calibration.threshold_problem(override, inspector.bundle.name)
     if problem is not None:
         raise StartupError(f"inference.threshold: {problem}")
-    apply_stored_threshold(inspector, cfg.storage.dir)
-    return inspector
+    return inspector, apply_stored_threshold(inspector, cfg.storage.dir)
 
 
-def apply_stored_threshold(inspector: Inspector, storage_dir) -> None:
-    """A threshold set by command outranks the configured one until it is cleared (edge.threshold_store)."""
+def apply_stored_threshold(inspector: Inspector, storage_dir) -> DroppedThreshold | None:
+    """A threshold set by command outranks the configured one until it is cleared (edge.threshold_store), but
+    only for the model it names by sha256; another model's (or one naming none) is returned, not applied."""
     try:
         record = load_threshold(storage_dir)
     except StoredThresholdError as exc:
         raise StartupError(str(exc)) from None
     if record is None:
-        return
+        return None
+    running = model_ref(inspector.bundle)
+    if stored_model(record)["sha256"] != running["sha256"]:
+        return DroppedThreshold(threshold_path(storage_dir), record["threshold"], stored_model(record), running,
+                                inspector.threshold)
     problem = stored_threshold_problem(record, inspector.calibration, inspector.bundle.name, storage_dir)
     if problem is not None:
         raise StartupError(problem)
     logger.info("threshold %.6g set by command (%s, %s) is in force; `lineguard threshold --reset` goes back to "
                 "%.6g", record["threshold"], record.get("set_by", "?"), record.get("ts", "?"), inspector.threshold)
-    inspector.set_threshold(float(record["threshold"]))
+    inspector.set_threshold(record["threshold"])
+    return None
+
+
+def drop_threshold(dropped: DroppedThreshold | None, status) -> None:
+    """Once its inspector runs: say loudly that another model's stored threshold was not applied, rename its
+    file aside (kept for a person) and show the event on the state topic until the next start or reload."""
+    status.threshold_dropped = None if dropped is None else dropped.payload()
+    if dropped is not None:
+        aside = dropped.set_aside()
+        logger.warning("%s%s", dropped.message(), f"; the file is kept as {aside.name}" if aside else "")
 
 
 def open_outbox(cfg: Config) -> outbox.Outbox:
@@ -158,9 +176,12 @@ def preflight(cfg: Config) -> list[str]:
     exits 75 on it, and systemd retries."""
     problems = []
     try:
-        build_inspector(cfg)
+        dropped = build_inspector(cfg)[1]
     except StartupError as exc:
         problems.append(f"model: {exc}")
+    else:
+        if dropped is not None:  # run goes on with it, as with a damaged outbox: a warning, not a problem
+            logger.warning("%s; run will rename the file aside", dropped.message())
     if cfg.mqtt.enabled:
         try:
             broker_link(cfg, "check").check_files()

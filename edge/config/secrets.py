@@ -1,4 +1,4 @@
-"""Secrets the config points to but never holds: the MQTT broker password."""
+"""Secrets the config points to but never holds: the MQTT broker password (and the reader the page's uses)."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,10 @@ from pathlib import Path
 
 from edge.config.broker import MqttConfig
 from edge.config.errors import ConfigError
+from edge.core.files import read_limited
 
 CREDENTIAL_NAME = "mqtt_password"  # systemd LoadCredential= name
+MAX_SECRET_BYTES = 64 * 1024  # a password is a line; more is not one, and is not read
 
 
 def resolve_mqtt_password(mqtt: MqttConfig) -> str | None:
@@ -22,19 +24,21 @@ def resolve_mqtt_password(mqtt: MqttConfig) -> str | None:
     if from_env:
         return from_env
     if mqtt.password_file is not None:
-        return _read_secret(mqtt.password_file)
+        return read_secret(mqtt.password_file, "MQTT password file")
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
         candidate = Path(credentials) / CREDENTIAL_NAME
-        if candidate.is_file():
-            return _read_secret(candidate)
+        if candidate.exists():  # there but unreadable (a FIFO, a device) is an error, not "no password"
+            return read_secret(candidate, "MQTT password file")
     return None
 
 
-def _read_secret(path: Path) -> str:
+def read_secret(path: Path, what: str) -> str:
+    """A password file's first line, read bounded from a regular file only (as the config is); ConfigError
+    naming the file otherwise, so a FIFO cannot hang the start and /dev/zero cannot fill the memory."""
     try:
         # Editors and `echo` add a trailing newline that is not part of the password.
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        return read_limited(path, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-        raise ConfigError([f"{path}: cannot read MQTT password file: {reason}"]) from None
+        raise ConfigError([f"{path}: cannot read {what}: {reason}"]) from None

@@ -75,3 +75,14 @@ def read_limited(path: str | os.PathLike, max_bytes: int) -> bytes:
     if total > max_bytes:
         raise OSError(errno.EFBIG, f"more than the limit of {max_bytes:,} bytes", os.fspath(path))
     return b"".join(chunks)
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """OSError when ``path`` exists and is not a regular file: for files a library opens itself (SQLite), which
+    would wait on a FIFO or take a device for an empty database. A missing file is the caller's to create."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, _not_regular(mode), os.fspath(path))

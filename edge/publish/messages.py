@@ -75,11 +75,13 @@ def heatmap_properties(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def state_payload(source_state: str, detail: str, bundle, threshold: float, last_reload_error: str | None,
-                  restart_required: list[str]) -> dict[str, Any]:
-    """The retained <base>/state: source health, running model and threshold, reload outcome."""
+                  restart_required: list[str], threshold_dropped: dict | None = None) -> dict[str, Any]:
+    """The retained <base>/state: source health, running model and threshold, reload outcome, and another
+    model's stored threshold that the last start or reload dropped (edge.threshold_store)."""
     return {
         "source": source_state, "detail": detail, "model": model_ref(bundle), "threshold": threshold,
-        "last_reload_error": last_reload_error, "restart_required": restart_required, "ts": utc_now(),
+        "last_reload_error": last_reload_error, "restart_required": restart_required,
+        "threshold_dropped": threshold_dropped, "ts": utc_now(),
     }
 
 

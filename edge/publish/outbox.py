@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edge.core.files import check_regular
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -226,10 +228,12 @@ class Outbox:
     def _open(self, sync_pragma: str) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            check_regular(self.path)
             # Default isolation: DML opens a transaction implicitly, `with conn:` commits it.
             conn = sqlite3.connect(self.path, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from exc
+            reason = getattr(exc, "strerror", None) or exc
+            raise OutboxError(f"{self.path}: cannot open outbox database: {reason}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _check_contents(conn)  # before writing anything, WAL mode too: another program's file stays as it was
@@ -338,6 +342,10 @@ def check_file(path: Path) -> None:
     Read-only; with no write-ahead log beside it (no process has it open) it is read as immutable, so
     not even SQLite's side files are created.
     """
+    try:
+        check_regular(path)  # a FIFO would hang SQLite's read, a device would pass as an empty database
+    except OSError as exc:
+        raise OutboxError(f"{path}: cannot open outbox database: {exc.strerror}") from None
     immutable = not any(Path(f"{path}{suffix}").exists() for suffix in SQLITE_SIDE_FILES)
     uri = f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
     try:

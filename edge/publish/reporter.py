@@ -78,7 +78,7 @@ class Reporter:
             return
         self._publish(messages.STATE, messages.state_payload(
             status.source_state, status.source_detail, inspector.bundle, inspector.threshold,
-            status.last_reload_error, status.restart_required), retain=True)
+            status.last_reload_error, status.restart_required, status.threshold_dropped), retain=True)
 
     def stats(self) -> None:
         if self.view.link() is not None and self.view.inspector() is not None:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.config.errors import ConfigError
+from edge.config.secrets import read_secret
 from edge.config.web import LOOPBACK_HOSTS, WebConfig
 
 CREDENTIAL_NAME = "web_password"  # systemd LoadCredential= name
@@ -36,17 +36,10 @@ def resolve_web_password(web: WebConfig) -> str | None:
     from_env = os.environ.get(web.password_env)
     if from_env:
         return from_env
-    candidates = [web.password_file] if web.password_file is not None else []
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not candidates and credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
-        candidates.append(Path(credentials) / CREDENTIAL_NAME)
-    for path in candidates:
-        try:
-            return path.read_text(encoding="utf-8").rstrip("\r\n") or None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-            raise ConfigError([f"{path}: cannot read the web password file: {reason}"]) from None
-    return None
+    path, credentials = web.password_file, os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and credentials and (Path(credentials) / CREDENTIAL_NAME).exists():
+        path = Path(credentials) / CREDENTIAL_NAME  # there but unreadable is an error, not "no password"
+    return (read_secret(path, "the web password file") or None) if path is not None else None
 
 
 def check_web_password(web: WebConfig, password: str | None) -> str | None:

@@ -7,6 +7,8 @@ waits for its own reply by request_id.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
 import logging
 import secrets
@@ -16,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge.core.files import read_limited
 from edge.errors import StartupError
 from edge.feedback import FeedbackStore, RecentFrames
 from edge.publish.metrics import serve_metrics
 from edge.publish.messages import model_ref
 from edge.status import StationStatus
+from edge.text import one_line
 from edge.threshold_store import StoredThresholdError, load_threshold
 from edge.web.live import LiveSink
 
@@ -34,6 +38,7 @@ logger = logging.getLogger("lineguard")
 REPLY_WAIT_S = 10.0
 CALIBRATION_SCORES = Path("report") / "scores.csv"  # written by `lineguard train` into the bundle
 MAX_CALIBRATION_SCORES = 20000
+MAX_CALIBRATION_BYTES = 32 * 1024 * 1024
 
 ReplyListener = Callable[[str, bool, str, "str | None"], None]
 
@@ -123,7 +128,8 @@ class StationWeb:
                 "bundle_threshold": inspector.calibration.threshold, "configured_threshold": cfg.inference.threshold,
                 "stored_threshold": stored, "threshold_range": [low, high], "source": status.source_state,
                 "source_detail": status.source_detail, "last_reload_error": status.last_reload_error,
-                "restart_required": status.restart_required, "inspecting": self.inspecting(),
+                "restart_required": status.restart_required, "threshold_dropped": status.threshold_dropped,
+                "inspecting": self.inspecting(),
                 "fitness": fitness_of(inspector.bundle)}
 
     def stats(self) -> dict:
@@ -180,12 +186,18 @@ class StationWeb:
 
 
 def _read_scores(path: Path) -> list[dict]:
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))[:MAX_CALIBRATION_SCORES]
+    """The rows of a bundle's scores.csv; [] when it has none, or (with a warning naming it) cannot be read."""
+    try:  # bounded, regular files only: a FIFO cannot hang the page, /dev/zero cannot fill the memory
+        text = read_limited(path, MAX_CALIBRATION_BYTES).decode("utf-8")
+        rows = itertools.islice(csv.DictReader(io.StringIO(text, newline="")), MAX_CALIBRATION_SCORES)
         return [{"score": float(row["score"]), "label": int(row["label"])} for row in rows]
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
         return []
+    except OSError as exc:
+        logger.warning("%s: cannot read the calibration scores: %s", path, exc.strerror or exc)
+    except (ValueError, KeyError, TypeError, csv.Error) as exc:  # ValueError: bad UTF-8 or numbers
+        logger.warning("%s: not a calibration scores table: %s", path, one_line(str(exc))[:200])
+    return []
 
 
 NOT_MEASURED = "not measured for this bundle: `lineguard evaluate` on labelled images measures it"

@@ -11,17 +11,20 @@ To add a head: a module here with one class (see knn.py: `type`, `fit`, `from_ar
 from __future__ import annotations
 
 import hashlib
+import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from edge.core.files import read_limited
 from edge.kinds.features.heads.base import HEAD_FILE, Head, HeadError, HeadFit, check_arrays, require
 from edge.kinds.features.heads.knn import GlobalKnnHead
 from edge.kinds.features.heads.padim import PadimHead, cell_order, pack_upper, unpack_upper
 from edge.kinds.features.heads.patchcore import PatchcoreHead
 
 HEADS: dict[str, type[Head]] = {}
+MAX_HEAD_BYTES = 256 * 1024 * 1024  # held twice while loading (file and arrays): more cannot fit MemoryMax=512M
 
 
 def register_head(head_class: type[Head]) -> type[Head]:
@@ -56,8 +59,8 @@ def fit_head(head_type: str, features: np.ndarray,
 
 
 def _read_arrays(path: Path, expected_sha256: str) -> dict[str, np.ndarray]:
-    try:
-        data = path.read_bytes()
+    try:  # bounded, regular files only: a FIFO cannot hang the start, /dev/zero cannot fill the memory
+        data = read_limited(path, MAX_HEAD_BYTES)
     except OSError as exc:
         raise HeadError(f"{path}: cannot read the head file: {exc.strerror or exc}") from None
     actual = hashlib.sha256(data).hexdigest()
@@ -65,7 +68,7 @@ def _read_arrays(path: Path, expected_sha256: str) -> dict[str, np.ndarray]:
         raise HeadError(f"{path}: sha256 {actual[:12]}… does not match model.json ({str(expected_sha256)[:12]}…); "
                         "the head file is corrupt or from another bundle")
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:  # the bytes just verified
             return {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise HeadError(f"{path}: not a readable head file: {exc}") from None
