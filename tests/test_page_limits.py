@@ -115,6 +115,18 @@ def test_only_loopback_literals_the_bind_address_and_listed_names_pass_the_host_
             assert client.get("api/session", headers={"Host": name}).status_code == 200, name
 
 
+def test_a_wildcard_bind_takes_any_address_literal_but_only_listed_names():
+    from edge.config.web import WebConfig
+    from edge.web.auth import HostAllowList
+
+    wildcard = HostAllowList(WebConfig(host="0.0.0.0", allowed_hosts=["station7.plant.example"]))
+    assert all(wildcard.allows(h) for h in ("192.168.4.20:8080", "[fe80::1]", "station7.plant.example:8080"))
+    assert not any(wildcard.allows(h) for h in ("station8.plant.example", "192.168.4.20.nip.io", "fe80::1"))
+    listed = HostAllowList(WebConfig(host="192.168.4.20", allowed_hosts=["fd00::7"]))
+    assert listed.allows("192.168.4.20:8080") and listed.allows("[FD00::7]:8080") and listed.allows("127.0.0.1")
+    assert not listed.allows("192.168.4.21") and not listed.allows("[fd00::8]")
+
+
 @pytest.mark.parametrize("hosts, message", [
     ("['*']", "web.allowed_hosts.0: '*' is not a host name"),
     ("[station.example:8080]", "web.allowed_hosts.0: 'station.example:8080' is not a host name"),

@@ -80,8 +80,9 @@ class HostAllowList:
     web.allowed_hosts. On a wildcard web.host any address literal passes too: a literal cannot be rebound."""
 
     def __init__(self, web: WebConfig) -> None:
-        self.names = {"localhost", web.host.lower(), *web.allowed_hosts}
-        self.bind = ip_literal(web.host)
+        listed = [web.host.lower(), *web.allowed_hosts]
+        self.names = {"localhost", *(name for name in listed if ip_literal(name) is None)}
+        self.addresses = {LOOPBACK_V6, *(ip_literal(name) for name in listed if ip_literal(name) is not None)}
         self.any_literal = web.host in WILDCARD_HOSTS
 
     def allows(self, host_header: str) -> bool:
@@ -93,8 +94,7 @@ class HostAllowList:
         address = ip_literal(name)
         if address is None or (address.version == 6) != name.startswith("["):
             return False  # a DNS name not listed, or a literal written the wrong way ([v4], bare v6)
-        return self.any_literal or address == self.bind or address == LOOPBACK_V6 or \
-            (address.version == 4 and address in LOOPBACK_V4)
+        return self.any_literal or address in self.addresses or (address.version == 4 and address in LOOPBACK_V4)
 
 
 def _host_name(host_header: str) -> str | None:
