@@ -14,12 +14,12 @@ import pytest
 
 from edge.config.errors import ConfigError
 from edge.config.load import parse_config
+from edge.web.auth import FREE_ATTEMPTS
 from tests.test_station_page import STARTED, page_config, poll, start_daemon
 
 PASSWORD = "correct horse battery staple"
 LIMITS = {"read_timeout_s": 1.0, "max_connections": 8, "max_live_viewers": 3, "allowed_hosts": ["station.example"],
           "require_password": "always", "public_reads": True}
-FREE_ATTEMPTS = 5  # wrong passwords a source may try before it must wait (edge.web.auth)
 MB = 1024 * 1024
 
 
