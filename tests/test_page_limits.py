@@ -174,7 +174,9 @@ def post_head(path: str, *headers: str) -> bytes:
 
 
 def stream_then_answer(page: Page, head: bytes, body_mb: int) -> bytes:
-    """Send ``head`` and up to ``body_mb`` MB of body while reading what the page answers (as curl does)."""
+    """Send ``head`` and up to ``body_mb`` MB of body (in chunked framing when the head says so) while reading
+    what the page answers, as curl does."""
+    chunk = b"%x\r\n%s\r\n" % (MB, b"x" * MB) if b"chunked" in head else b"x" * MB
     with page.connect() as sock:
         answer: list[bytes] = []
         reader = threading.Thread(target=lambda: answer.append(read_until_closed(sock)))
@@ -182,7 +184,7 @@ def stream_then_answer(page: Page, head: bytes, body_mb: int) -> bytes:
         reader.start()
         try:
             for _ in range(body_mb):
-                sock.sendall(b"x" * MB)
+                sock.sendall(chunk)
         except OSError:
             pass  # refused and closed: the rest is never read
         reader.join(30)
