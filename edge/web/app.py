@@ -10,14 +10,17 @@ import math
 from datetime import datetime
 from pathlib import Path
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from edge.web.auth import SESSION_COOKIE, Guard
+from edge.web.bodies import BoundedBodies
 
 logger = logging.getLogger("lineguard")
 
@@ -81,9 +84,15 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         body = await _json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("password"), str):
             return _error(400, "send {\"password\": \"...\"}")
+        source = request.client.host if request.client else "?"
+        wait_s = guard.throttle.admit(source)  # counted before it is evaluated: parallel guesses wait too
+        if wait_s is not None:
+            return _error(429, f"too many wrong passwords: try again in {wait_s:.0f} s",
+                          {"Retry-After": f"{wait_s:.0f}"})
         if guard.login(session, body["password"]):
+            guard.throttle.succeeded(source)
             return JSONResponse({"ok": True})
-        logger.warning("web: wrong page password from %s", request.client.host if request.client else "?")
+        logger.warning("web: wrong page password from %s", source)
         await asyncio.sleep(FAILED_LOGIN_DELAY_S)  # slows guessing; the server's other requests go on
         return _error(403, "wrong password")
 
@@ -120,18 +129,23 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
 
     async def live_events(request, session) -> Response:
         live, period_s = station.sink.live, 1.0 / live_fps
+        if not viewers.take():
+            return _error(503, f"{viewers.limit} live views are open, as many as web.max_live_viewers allows: "
+                               "close one and try again")
 
         async def events():
             version = 0
             while not live.closed and not await request.is_disconnected():
-                newer = await run_in_threadpool(live.wait_newer, version, SSE_WAIT_S)
+                # Waits on threads of their own: viewers never hold the threads the API answers with.
+                newer = await anyio.to_thread.run_sync(live.wait_newer, version, SSE_WAIT_S,
+                                                       limiter=viewers.threads)
                 if newer == version:
                     yield ": waiting\n\n"
                     continue
                 version = newer
                 yield f"id: {version}\ndata: {json.dumps({**live.meta, 'version': version})}\n\n"
                 await asyncio.sleep(period_s)  # web.live_fps: the newest verdict after the pause is shown next
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return ViewerStream(viewers, events(), media_type="text/event-stream")
 
     def command(name: str, fields: tuple[str, ...]):
         async def handler(request, session) -> Response:
@@ -147,6 +161,7 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         body, content_type = metrics.render(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
+    viewers = ViewerSlots(guard.web.max_live_viewers)
     routes = [
         *([route("/metrics", prometheus)] if metrics is not None else []),
         route("/", page), Route("/healthz", healthz), route("/api/session", session_info),
@@ -161,7 +176,40 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         *extra_routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(BoundedBodies, max_bytes=MAX_BODY_BYTES,
+                                                           headers=SECURITY_HEADERS)])
+
+
+class ViewerSlots:
+    """Live views open at once (web.max_live_viewers), and the threads their waits run on."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0  # changed on the event loop's thread only
+        self.threads = anyio.CapacityLimiter(limit)
+
+    def take(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def give_back(self) -> None:
+        self.open -= 1
+
+
+class ViewerStream(StreamingResponse):
+    """A live view that gives its slot back however it ends (closed page, error, server stop)."""
+
+    def __init__(self, slots: ViewerSlots, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = slots
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slots.give_back()
 
 
 def select_verdicts(verdicts: list[dict], query) -> list[dict]:
@@ -205,5 +253,6 @@ async def _json_body(request: Request):
         return None
 
 
-def _error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"ok": False, "reason": reason}, status_code=status, headers=SECURITY_HEADERS)
+def _error(status: int, reason: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"ok": False, "reason": reason}, status_code=status, headers={**SECURITY_HEADERS,
+                                                                                   **(headers or {})})

@@ -5,13 +5,16 @@
   never from config.yaml, and is never logged or sent to a page.
 - Reads need it too unless web.public_reads is true.
 - Every change needs the session's CSRF token in the X-CSRF-Token header, and a browser request must come
-  from the page's own origin (Origin and Sec-Fetch-Site). On loopback the Host header must name loopback,
-  so a web site cannot reach the page through DNS rebinding.
+  from the page's own origin (Origin and Sec-Fetch-Site). The Host header must be on an exact allow-list
+  (HostAllowList), so a web site cannot reach the page through DNS rebinding.
+- Anonymous sessions never push out logged-in ones; wrong passwords from one source lock it out for a while.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import math
 import os
 import secrets
 import threading
@@ -21,14 +24,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge.config.secrets import read_secret
-from edge.config.web import LOOPBACK_HOSTS, WebConfig
+from edge.config.web import WILDCARD_HOSTS, WebConfig, ip_literal
 
 CREDENTIAL_NAME = "web_password"  # systemd LoadCredential= name
 SESSION_COOKIE = "lineguard_session"
 CSRF_HEADER = "x-csrf-token"
-MAX_SESSIONS = 256  # the oldest is forgotten first
+MAX_SESSIONS = 256  # anonymous ones; the oldest is forgotten first
+MAX_LOGGED_IN = 64  # kept apart, so only another login can push one out
 SESSION_IDLE_S = 12 * 3600.0
 SAME_ORIGIN_FETCH = ("same-origin", "none")
+FREE_ATTEMPTS = 5  # wrong passwords in a row a source may try before it must wait
+FIRST_WAIT_S = 30.0  # doubled at each further lockout, up to MAX_WAIT_S
+MAX_WAIT_S = 3600.0
+MAX_SOURCES = 1024
+LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+LOOPBACK_V6 = ipaddress.ip_address("::1")
 
 
 def resolve_web_password(web: WebConfig) -> str | None:
@@ -52,9 +62,87 @@ def check_web_password(web: WebConfig, password: str | None) -> str | None:
 
 @dataclass
 class Session:
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     authenticated: bool = False
     seen_s: float = field(default_factory=time.monotonic)
+
+
+class HostAllowList:
+    """The Host names the page answers to: loopback literals (127.0.0.0/8, [::1]), `localhost`, web.host, and
+    web.allowed_hosts. On a wildcard web.host any address literal passes too: a literal cannot be rebound."""
+
+    def __init__(self, web: WebConfig) -> None:
+        listed = [web.host.lower(), *web.allowed_hosts]
+        self.names = {"localhost", *(name for name in listed if ip_literal(name) is None)}
+        self.addresses = {LOOPBACK_V6, *(ip_literal(name) for name in listed if ip_literal(name) is not None)}
+        self.any_literal = web.host in WILDCARD_HOSTS
+
+    def allows(self, host_header: str) -> bool:
+        name = _host_name(host_header)
+        if name is None:
+            return False
+        if name in self.names:
+            return True
+        address = ip_literal(name)
+        if address is None or (address.version == 6) != name.startswith("["):
+            return False  # a DNS name not listed, or a literal written the wrong way ([v4], bare v6)
+        return self.any_literal or address in self.addresses or (address.version == 4 and address in LOOPBACK_V4)
+
+
+def _host_name(host_header: str) -> str | None:
+    """The name of a Host header, lower case, without its port; None when it is not name[:port]."""
+    header = host_header.lower()
+    if header.startswith("["):
+        end = header.find("]")
+        if end < 0:
+            return None
+        name, rest = header[:end + 1], header[end + 1:]
+    else:
+        name, colon, port = header.partition(":")
+        rest = colon + port
+    if rest and not (rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit()):
+        return None
+    return name or None
+
+
+@dataclass
+class _Attempts:
+    count: int = 0
+    lockouts: int = 0
+    until_s: float = 0.0
+
+
+class LoginThrottle:
+    """Counts password attempts per source before they are evaluated, so parallel guesses are held back as
+    much as serial ones: after FREE_ATTEMPTS wrong ones in a row a source waits, longer at each lockout.
+    Thread-safe."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self._clock = clock
+        self._sources: OrderedDict[str, _Attempts] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def admit(self, source: str) -> float | None:
+        """None: this attempt may be evaluated (it is counted); else the whole seconds to wait first."""
+        with self._lock:
+            now = self._clock()
+            record = self._sources.pop(source, None) or _Attempts()
+            self._sources[source] = record
+            while len(self._sources) > MAX_SOURCES:
+                self._sources.popitem(last=False)
+            if now < record.until_s:
+                return float(math.ceil(record.until_s - now))
+            if record.count >= FREE_ATTEMPTS:
+                wait = min(FIRST_WAIT_S * 2 ** record.lockouts, MAX_WAIT_S)
+                record.count, record.lockouts, record.until_s = 0, record.lockouts + 1, now + wait
+                return wait
+            record.count += 1
+            return None
+
+    def succeeded(self, source: str) -> None:
+        with self._lock:
+            self._sources.pop(source, None)
 
 
 class Guard:
@@ -63,8 +151,11 @@ class Guard:
     def __init__(self, web: WebConfig, password: str | None) -> None:
         self.web = web
         self._password_digest = hashlib.sha256(password.encode()).digest() if password else None
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # anonymous
+        self._logged_in: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
+        self.hosts = HostAllowList(web)
+        self.throttle = LoginThrottle()
 
     @property
     def password_required(self) -> bool:
@@ -74,15 +165,15 @@ class Guard:
         """The session for a cookie value, or a new one (its token to set as the cookie)."""
         now = time.monotonic()
         with self._lock:
-            found = self._sessions.get(token) if token else None
+            table = self._logged_in if token in self._logged_in else self._sessions
+            found = table.get(token) if token else None
             if found is None or now - found.seen_s > SESSION_IDLE_S:
-                token, found = secrets.token_urlsafe(32), Session()
-                self._sessions[token] = found
-                while len(self._sessions) > MAX_SESSIONS:
-                    self._sessions.popitem(last=False)
+                table.pop(token, None)
+                table, found = self._sessions, Session()
+                _add_bounded(table, found, MAX_SESSIONS)
             found.seen_s = now
-            self._sessions.move_to_end(token)
-            return token, found
+            table.move_to_end(found.token)
+            return found.token, found
 
     def may_read(self, session: Session) -> bool:
         return self.web.public_reads or not self.password_required or session.authenticated
@@ -94,16 +185,18 @@ class Guard:
         if self._password_digest is None:
             return not self.password_required
         ok = hmac.compare_digest(hashlib.sha256(password.encode()).digest(), self._password_digest)
-        session.authenticated = session.authenticated or ok
+        if ok and not session.authenticated:
+            with self._lock:
+                session.authenticated = True
+                self._sessions.pop(session.token, None)
+                _add_bounded(self._logged_in, session, MAX_LOGGED_IN)
         return ok
 
     def host_refusal(self, host_header: str) -> str | None:
-        """On loopback, only loopback names: a rebinding DNS name pointing at 127.0.0.1 is refused."""
-        if not self.web.loopback:
+        """A Host off the allow-list is refused: a rebinding DNS name pointing at this device is not the page."""
+        if self.hosts.allows(host_header):
             return None
-        name = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-        name = name.strip("[]")
-        return None if name in LOOPBACK_HOSTS or name.startswith("127.") else f"host {host_header!r} refused"
+        return f"host {host_header[:100]!r} refused: not loopback, web.host or in web.allowed_hosts"
 
     def change_refusal(self, headers, scheme: str, session: Session) -> str | None:
         """Why a state-changing request is refused (CSRF token, origin), or None. The password is checked apart."""
@@ -116,3 +209,9 @@ class Guard:
         if not token or not hmac.compare_digest(token.encode(), session.csrf.encode()):
             return "missing or wrong CSRF token (X-CSRF-Token)"
         return None
+
+
+def _add_bounded(table: OrderedDict[str, Session], session: Session, limit: int) -> None:
+    table[session.token] = session
+    while len(table) > limit:
+        table.popitem(last=False)

@@ -11,6 +11,7 @@ import threading
 import uvicorn
 
 from edge.errors import StartupError
+from edge.web.protocol import limited_protocol
 
 logger = logging.getLogger("lineguard")
 
@@ -18,10 +19,11 @@ STOP_WAIT_S = 5.0
 
 
 class WebServer:
-    def __init__(self, app, host: str, port: int) -> None:
+    def __init__(self, app, host: str, port: int, read_timeout_s: float = 10.0, max_connections: int = 64) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.protocol = limited_protocol(read_timeout_s, max_connections)
         self.socket = self._bind(host, port)
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
@@ -47,8 +49,8 @@ class WebServer:
 
     def start(self) -> None:
         # No access log: request lines could carry what a person typed; errors are still logged.
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=1)
+        config = uvicorn.Config(self.app, http=self.protocol, log_level="warning", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, name="web",
                                        daemon=True)

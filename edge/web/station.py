@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("lineguard")
 
 REPLY_WAIT_S = 10.0
+STATE_CACHE_S = 0.25  # /api/state is rebuilt at most this often, however many ask (a command's reply clears it)
 CALIBRATION_SCORES = Path("report") / "scores.csv"  # written by `lineguard train` into the bundle
 MAX_CALIBRATION_SCORES = 20000
 MAX_CALIBRATION_BYTES = 32 * 1024 * 1024
@@ -75,6 +77,8 @@ class StationWeb:
         self._waiting: dict[str, dict] = {}
         self._replied = threading.Condition()
         self._calibration_cache: tuple[Path, list[dict]] | None = None
+        self._state_cache: tuple[float, dict] | None = None
+        self._state_lock = threading.Lock()
         view.listen_replies(self._on_reply)
 
     # --- lifecycle ---
@@ -96,7 +100,7 @@ class StationWeb:
         if problem is not None:
             raise StartupError(problem)
         app = build_app(self, Guard(web, password), web.live_fps, self.extra_routes, self.metrics)
-        self.server = WebServer(app, web.host, web.port)
+        self.server = WebServer(app, web.host, web.port, web.read_timeout_s, web.max_connections)
         self.server.start()
 
     def stop(self) -> None:
@@ -118,6 +122,14 @@ class StationWeb:
         return self.sink.started.is_set() and self.view.inspector() is not None
 
     def state(self) -> dict:
+        """The running state, at most STATE_CACHE_S old (one build serves every reader meanwhile)."""
+        with self._state_lock:
+            cached = self._state_cache
+            if cached is None or time.monotonic() - cached[0] >= STATE_CACHE_S:
+                cached = self._state_cache = (time.monotonic(), self._build_state())
+            return cached[1]
+
+    def _build_state(self) -> dict:
         inspector, status, cfg = self.view.inspector(), self.view.status, self.view.cfg()
         low, high = inspector.calibration.threshold_range()
         try:
@@ -179,6 +191,8 @@ class StationWeb:
         return reply or {"ok": False, "reason": f"no answer within {REPLY_WAIT_S:g} s"}
 
     def _on_reply(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
+        with self._state_lock:
+            self._state_cache = None  # a command may have changed what the state says
         with self._replied:
             if request_id in self._waiting:
                 self._waiting[request_id] = {"ok": ok, "reason": reason, "command": command}
