@@ -39,6 +39,7 @@ STOP_TIMEOUT_S = 5.0
 REPLY_WAIT_S = 10.0  # SetThreshold waits this long for the main loop's reply
 MAX_SESSIONS = 32
 MAX_CERT_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.02  # the variables follow the station at most this often: a fast line's verdicts coalesce
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class OpcuaServer:
         self._values = {name: initial for name, (_, initial, _) in VARIABLES.items()}
         self._dirty = set(self._values)
         self._flushing = False
+        self._flushed_s = 0.0
         self._calls: dict[str, asyncio.Future] = {}
         self._ids = itertools.count(1)
         self._server: Server | None = None
@@ -154,9 +156,20 @@ class OpcuaServer:
             future.set_result(outcome)
 
     def _flush_soon(self) -> None:
+        wait_s = self._flushed_s + FLUSH_INTERVAL_S - time.monotonic()
+        if wait_s > 0:
+            self._loop.call_later(wait_s, self._start_flush)
+        else:
+            self._start_flush()
+
+    def _start_flush(self) -> None:
         self._loop.create_task(self._flush())
 
     async def _flush(self) -> None:
+        """Write every changed value, in one go (a call's answer flushes at once, so its caller reads it)."""
+        if self._server is None:
+            return
+        self._flushed_s = time.monotonic()
         with self._lock:
             changed = {name: self._values[name] for name in self._dirty}
             self._dirty.clear()
@@ -224,12 +237,13 @@ class OpcuaServer:
     async def _trigger(self, parent: ua.NodeId, part_id: ua.Variant | None = None):
         part = part_id.Value if isinstance(part_id, ua.Variant) else None
         if part is not None and (not isinstance(part, str) or len(part) > PART_ID_MAX_CHARS):
-            return self._refuse(ua.StatusCodes.BadInvalidArgument,
-                                f"Trigger refused: PartId must be a String of at most {PART_ID_MAX_CHARS} characters")
+            return await self._refuse(ua.StatusCodes.BadInvalidArgument, "Trigger refused: PartId must be a String "
+                                      f"of at most {PART_ID_MAX_CHARS} characters")
         request_id, future = self._waiting()
         self.station.offer(Trigger("opcua", time.monotonic(), part or None, request_id))
         seq, verdict, score, outcome, reason = await future  # every trigger is answered (edge.io.triggers)
         self.update(LastCallReason=f"Trigger: {reason}")
+        await self._flush()  # the verdict and answer variables agree with what the caller gets
         return [ua.Variant(seq, ua.VariantType.UInt32), ua.Variant(verdict, ua.VariantType.String),
                 ua.Variant(float(score), ua.VariantType.Double), ua.Variant(outcome, ua.VariantType.String),
                 ua.Variant(reason, ua.VariantType.String)]
@@ -237,21 +251,22 @@ class OpcuaServer:
     async def _set_threshold(self, parent: ua.NodeId, value: ua.Variant | None = None):
         number = value.Value if isinstance(value, ua.Variant) else None
         if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
-            return self._refuse(ua.StatusCodes.BadInvalidArgument,
-                                f"SetThreshold refused: {number!r} is not a finite number > 0")
+            return await self._refuse(ua.StatusCodes.BadInvalidArgument,
+                                      f"SetThreshold refused: {number!r} is not a finite number > 0")
         problem = self.station.threshold_problem(float(number))
         if problem is not None:
-            return self._refuse(ua.StatusCodes.BadOutOfRange, f"SetThreshold refused: {problem}")
+            return await self._refuse(ua.StatusCodes.BadOutOfRange, f"SetThreshold refused: {problem}")
         request_id, future = self._waiting()
         self.station.command("threshold", json.dumps({"threshold": float(number), "request_id": request_id}).encode())
         try:
             ok, reason = await asyncio.wait_for(future, REPLY_WAIT_S)
         except asyncio.TimeoutError:
             self._calls.pop(request_id, None)
-            return self._refuse(ua.StatusCodes.BadTimeout, f"SetThreshold: no answer within {REPLY_WAIT_S:g} s")
+            return await self._refuse(ua.StatusCodes.BadTimeout, f"SetThreshold: no answer within {REPLY_WAIT_S:g} s")
         if not ok:
-            return self._refuse(ua.StatusCodes.BadInvalidState, f"SetThreshold refused: {reason}")
+            return await self._refuse(ua.StatusCodes.BadInvalidState, f"SetThreshold refused: {reason}")
         self.update(LastCallReason=f"SetThreshold: {reason}", CurrentThreshold=float(number))
+        await self._flush()
         return [ua.Variant(float(number), ua.VariantType.Double)]
 
     def _waiting(self) -> tuple[str, asyncio.Future]:
@@ -260,9 +275,10 @@ class OpcuaServer:
         self._calls[request_id] = future
         return request_id, future
 
-    def _refuse(self, code: int, reason: str) -> ua.StatusCode:
+    async def _refuse(self, code: int, reason: str) -> ua.StatusCode:
         logger.warning("opcua: %s", reason)
         self.update(LastCallReason=reason)
+        await self._flush()
         return ua.StatusCode(code)
 
 
