@@ -89,7 +89,10 @@ class PlantIo:
         self._show_status()
 
     def _start_opcua(self):
-        from edge.io.opcua import OpcuaServer, Station
+        try:
+            from edge.io.opcua import OpcuaServer, Station
+        except ImportError as exc:
+            raise IoError(f"opcua.enabled: the OPC UA library is missing ({exc}): install lineguard[edge]") from None
         password = resolve_opcua_password(self.opcua_config)
         problem = check_opcua_password(self.opcua_config, password)
         if problem is not None:
@@ -214,8 +217,11 @@ def preflight_opcua(config: OpcuaConfig) -> list[str]:
         problem = check_opcua_password(config, resolve_opcua_password(config))
     except ConfigError as exc:
         problem = str(exc)
-    from edge.io.opcua import check_port, load_credentials
     problems = [problem] if problem else []
+    try:
+        from edge.io.opcua import check_port, load_credentials
+    except ImportError as exc:
+        return [*problems, f"opcua.enabled: the OPC UA library is missing ({exc}): install lineguard[edge]"]
     for check in (load_credentials, check_port):
         try:
             check(config)
