@@ -59,7 +59,7 @@ class Daemon:
         self.report = Reporter(reporter_view(self))
         self.commands = CommandQueue(self.report.reply)
         self.triggers = TriggerDesk(self.commands, self.report)  # from MQTT, Modbus and GPIO: queued or busy
-        self.io = PlantIo(cfg.io, self.triggers, self.status)
+        self.io = PlantIo(cfg, self.triggers, self.status, lambda: _inspector(self))
         self.link = self.sender = self.source = self.station = self.evidence = None
         self.web = StationWeb(page_view(self))  # the station page (edge.web), its live-view sink, feedback, /metrics
         self.controls = controls(self)
@@ -71,7 +71,7 @@ class Daemon:
         inspector, dropped = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (75)
         drop_threshold(dropped, self.status)
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
-        self.io.start()  # a Modbus port or GPIO line it cannot have stops start-up here (exit 78)
+        self.io.start()  # a Modbus or OPC UA port or a GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:

@@ -15,7 +15,7 @@ from edge.core.inspector import Inspector
 from edge.core.preprocess import ImageError, read_image
 from edge.core.runtime import ModelLoadError
 from edge.errors import StartupError, StorageError
-from edge.io.plant import preflight_io
+from edge.io.plant import preflight_io, preflight_opcua
 from edge.publish import outbox
 from edge.core.space import free_bytes
 from edge.publish.evidence import EvidenceStore
@@ -189,7 +189,8 @@ def preflight(cfg: Config) -> list[str]:
             problems.append(one_line(str(exc)))
         except (OSError, ValueError) as exc:
             problems.append(f"mqtt.tls: {one_line(str(exc))}")
-    return problems + preflight_source(cfg.source) + preflight_io(cfg.io) + preflight_web(cfg)
+    return (problems + preflight_source(cfg.source) + preflight_io(cfg.io) + preflight_opcua(cfg.opcua)
+            + preflight_web(cfg))
 
 
 def preflight_web(cfg: Config) -> list[str]:

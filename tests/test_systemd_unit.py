@@ -26,7 +26,8 @@ PER_INSTANCE = {
     "Service.CacheDirectory": ["lineguard/%i"],
     "Service.Environment": ["XDG_CACHE_HOME=%C/lineguard/%i"],
     # each camera's daemon has ports of its own: ten of each server's
-    "Service.SocketBindAllow": ["tcp:8080-8089", "tcp:9468-9477", "tcp:5020-5029", "udp:1024-65535"],
+    "Service.SocketBindAllow": [
+        "tcp:8080-8089", "tcp:9468-9477", "tcp:5020-5029", "tcp:4840-4849", "udp:1024-65535"],
 }
 MAX_EXPOSURE = 1.3
 ANALYZE_TIMEOUT_S = 60
@@ -168,3 +169,13 @@ def test_the_template_is_the_plain_unit_with_per_instance_paths(service: dict[st
     assert {key: template.get(key) for key in PER_INSTANCE} == PER_INSTANCE
     same = lambda unit: {key: value for key, value in unit.items() if key not in PER_INSTANCE}
     assert same(template) == same(service)  # hardening, restart policy and credentials as in lineguard.service
+
+
+def test_every_server_may_bind_its_default_port(service: dict[str, list[str]]) -> None:
+    from edge.config.schema import Config
+
+    cfg = Config.model_validate({"source": {"path": "frames"}})
+    allowed = service["Service.SocketBindAllow"]
+    for key, port in (("web.port", cfg.web.port), ("metrics.port", cfg.metrics.port),
+                      ("io.modbus.port", cfg.io.modbus.port), ("opcua.port", cfg.opcua.port)):
+        assert f"tcp:{port}" in allowed, f"{key} {port} is not in SocketBindAllow"

@@ -19,6 +19,7 @@ from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
 from edge.config.integrations import HomeAssistantConfig, MetricsConfig
 from edge.config.io import IoConfig
+from edge.config.opcua import OpcuaConfig
 from edge.config.web import FeedbackConfig, WebConfig
 
 # The source section: the config class of the kind it names (edge.capture.registry), each with only its own
@@ -216,6 +217,7 @@ class Config(BaseModel):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
                                                description="Home Assistant MQTT discovery.")
     io: IoConfig = Field(default_factory=IoConfig, description="Plant IO: GPIO lines and Modbus TCP.")
+    opcua: OpcuaConfig = Field(default_factory=OpcuaConfig, description="OPC UA server for SCADA and MES.")
     web: WebConfig = Field(default_factory=WebConfig, description="Station page.")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Labelled frames for retraining.")
 

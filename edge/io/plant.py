@@ -1,20 +1,30 @@
-"""What the plant sees of a station: the Modbus slave and the GPIO lines, kept up to date from one place.
+"""What the plant sees of a station: the Modbus slave, the GPIO lines and the OPC UA server, kept up to date from
+one place.
 
-PlantIo hears the trigger desk (busy, answers), the station's verdicts (an inline sink: the registers and the
-pulse are set before the trigger's answer goes out, so a PLC that sees the answer reads its verdict) and the
-source's state (ready). With both interfaces disabled it does nothing, and neither library is imported.
+PlantIo hears the trigger desk (busy, answers), the station's verdicts (an inline sink: the registers, the OPC UA
+variables and the pulse are set before the trigger's answer goes out, so a PLC that sees the answer reads its
+verdict), the source's state (ready) and command replies (the threshold in force). With every interface disabled it
+does nothing, and none of their libraries is imported.
 """
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from edge.config.errors import ConfigError
 from edge.config.io import IoConfig
+from edge.config.opcua import OpcuaConfig, check_opcua_password, resolve_opcua_password
 from edge.io import IoError
 from edge.io.triggers import ANSWER_CODES, BUSY, INSPECTED, NO_FRAME, NOT_INSPECTED, Answer, TriggerDesk
 from edge.publish.sinks import VerdictEvent, VerdictSink
 from edge.errors import StartupError
 from edge.status import StationStatus
+
+if TYPE_CHECKING:
+    from edge.config.schema import Config
+    from edge.core.inspector import Inspector
 
 logger = logging.getLogger("lineguard")
 
@@ -48,16 +58,18 @@ class PlantSink(VerdictSink):
 class PlantIo:
     """The configured plant interfaces; a listener of the trigger desk."""
 
-    def __init__(self, config: IoConfig, triggers: TriggerDesk, status: StationStatus) -> None:
-        self.config, self.triggers, self.status = config, triggers, status
-        self.modbus = self.gpio = None
+    def __init__(self, cfg: Config, triggers: TriggerDesk, status: StationStatus,
+                 inspector: Callable[[], Inspector | None] = lambda: None) -> None:
+        self.config, self.opcua_config, self.device_id = cfg.io, cfg.opcua, cfg.device_id
+        self.triggers, self.status, self.inspector = triggers, status, inspector
+        self.modbus = self.gpio = self.opcua = None
         self.sink = PlantSink(self)
         self._started = False
         self._source_away = False
 
     @property
     def outputs(self) -> list:
-        return [output for output in (self.modbus, self.gpio) if output is not None]
+        return [output for output in (self.modbus, self.gpio, self.opcua) if output is not None]
 
     def start(self) -> None:
         """Open the enabled interfaces; StartupError naming the key when one cannot be had."""
@@ -68,15 +80,45 @@ class PlantIo:
             if self.config.gpio.enabled:
                 from edge.io.gpio import GpioLines
                 self.gpio = GpioLines(self.config.gpio, self.triggers.offer)
+            if self.opcua_config.enabled:
+                self.opcua = self._start_opcua()
         except IoError as exc:
             self.close()
             raise StartupError(str(exc)) from None
         self.triggers.listeners.append(self)
         self._show_status()
 
+    def _start_opcua(self):
+        try:
+            from edge.io.opcua import OpcuaServer, Station
+        except ImportError as exc:
+            raise IoError(f"opcua.enabled: the OPC UA library is missing ({exc}): install lineguard[edge]") from None
+        password = resolve_opcua_password(self.opcua_config)
+        problem = check_opcua_password(self.opcua_config, password)
+        if problem is not None:
+            raise IoError(problem)
+        server = OpcuaServer(self.opcua_config, self.device_id, password,
+                             Station(self.triggers.offer, self.triggers.commands.on_command, self._threshold_problem))
+        self.triggers.report.reply_listeners.append(self.replied)
+        return server
+
+    def _threshold_problem(self, value: float) -> str | None:
+        inspector = self.inspector()
+        if inspector is None:
+            return "the station is not inspecting yet"
+        return inspector.calibration.threshold_problem(value, inspector.bundle.name)
+
     def set_ready(self, started: bool) -> None:
         self._started = started
+        self._show_model()
         self._show_status()
+
+    def replied(self, command: str, ok: bool, reason: str, request_id: str | None) -> None:
+        """A reply to a command from any interface: a threshold or reload may have changed what is in force."""
+        if self.opcua is not None:
+            self.opcua.command_replied(command, ok, reason, request_id)
+            if ok and command in ("threshold", "threshold_reset", "reload"):
+                self._show_model()
 
     def source_changed(self, state: str) -> None:
         self._source_away = state in SOURCE_AWAY
@@ -87,7 +129,7 @@ class PlantIo:
         self._show_status()
         for output in self.outputs:
             output.close()
-        self.modbus = self.gpio = None
+        self.modbus = self.gpio = self.opcua = None
 
     # --- from the trigger desk (any thread) and the frame loop ---
 
@@ -100,6 +142,11 @@ class PlantIo:
             answers = counts[INSPECTED] + counts[BUSY] + counts[NO_FRAME] + counts[NOT_INSPECTED]
             self.modbus.update(answer_count=split(answers), busy_count=split(counts[BUSY]),
                                last_answer=ANSWER_CODES[answer.outcome], last_answer_seq=split(answer.seq or 0))
+        if self.opcua is not None:
+            counts = self.triggers.stats()
+            self.opcua.update(AnsweredCount=sum(counts[name] for name in ANSWER_CODES), BusyCount=counts[BUSY],
+                              LastAnswer=answer.outcome, LastAnswerSeq=answer.seq or 0)
+            self.opcua.answered(answer)
         if self.gpio is not None and answer.outcome not in (INSPECTED, BUSY):
             self.gpio.pulse(passed=False)  # fail closed: a triggered part that was not judged is rejected
 
@@ -109,13 +156,25 @@ class PlantIo:
             self.modbus.update(verdict=VERDICT_CODES.get(verdict, 0), score_x100=clamp16(event.result.score * 100),
                                score_norm_x100=clamp16(event.result.score_norm * 100), seq=split(event.seq),
                                pass_count=split(counters.passed), fail_count=split(counters.failed))
+        if self.opcua is not None:
+            from edge.io.opcua_nodes import verdict_values
+            self.opcua.update(CurrentThreshold=float(event.result.threshold),
+                              **verdict_values(event.seq, event.message, event.result, counters))
         if self.gpio is not None:
             self.gpio.pulse(passed=verdict == "pass")  # unscorable is rejected: fail closed
+
+    def _show_model(self) -> None:
+        inspector = self.inspector()
+        if self.opcua is not None and inspector is not None:
+            self.opcua.update(CurrentThreshold=float(inspector.threshold), Model=inspector.bundle.name)
 
     def _show_status(self) -> None:
         ready, busy = self._started and not self._source_away, self.triggers.busy
         if self.modbus is not None:
             self.modbus.update(ready=int(ready), busy=int(busy))
+        if self.opcua is not None:
+            status = self.status
+            self.opcua.update(Ready=ready, Busy=busy, State=status.source_state, StateReason=status.source_detail)
         if self.gpio is not None:
             self.gpio.show_status(ready, busy)
 
@@ -147,4 +206,25 @@ def preflight_io(config: IoConfig) -> list[str]:
                 pass
         except OSError as exc:
             problems.append(f"io.modbus: cannot listen on {modbus.host}:{modbus.port}: {exc.strerror or exc}")
+    return problems
+
+
+def preflight_opcua(config: OpcuaConfig) -> list[str]:
+    """What would stop the OPC UA server from starting: its password, its certificate and key files, its port."""
+    if not config.enabled:
+        return []
+    try:
+        problem = check_opcua_password(config, resolve_opcua_password(config))
+    except ConfigError as exc:
+        problem = str(exc)
+    problems = [problem] if problem else []
+    try:
+        from edge.io.opcua import check_port, load_credentials
+    except ImportError as exc:
+        return [*problems, f"opcua.enabled: the OPC UA library is missing ({exc}): install lineguard[edge]"]
+    for check in (load_credentials, check_port):
+        try:
+            check(config)
+        except IoError as exc:
+            problems.append(str(exc))
     return problems

@@ -1,4 +1,5 @@
-"""Triggers from every interface (MQTT cmd/trigger, the Modbus trigger coil, the GPIO trigger pin) and their answers.
+"""Triggers from every interface (MQTT cmd/trigger, the Modbus trigger coil, the GPIO trigger pin, the OPC UA Trigger
+method) and their answers.
 
 A trigger is stamped with time.monotonic() where it arrives. The station takes one trigger at a time: from the
 moment one is accepted until it is answered, the station is busy, and any other trigger is counted and answered
@@ -22,7 +23,7 @@ logger = logging.getLogger("lineguard")
 # Answers to a trigger, as the Modbus "last trigger answer" register gives them (README: register map).
 INSPECTED, BUSY, NO_FRAME, NOT_INSPECTED = "inspected", "busy", "no_frame", "not_inspected"
 ANSWER_CODES = {INSPECTED: 1, BUSY: 2, NO_FRAME: 3, NOT_INSPECTED: 4}
-ORIGINS = ("mqtt", "modbus", "gpio")
+ORIGINS = ("mqtt", "modbus", "gpio", "opcua")
 BUSY_LOG_EVERY_S = 10.0  # a PLC hammering a busy station must not flood the journal: one line per interval
 
 
