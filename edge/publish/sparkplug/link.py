@@ -73,8 +73,17 @@ class SparkplugLink(MqttLink):
         self.topics = topics
         self._bdseq = bdseq
         self._on_rebirth = on_rebirth
-        self._attempt_bdseq: int | None = None  # the bdSeq in the will of the latest CONNECT
+        self._sent_bdseq: int | None = None  # the bdSeq of the latest CONNECT that went out (None: none yet)
+        self._attempt_bdseq: int | None = None  # that of the latest attempt, which may not have reached the broker
+        self._attempt_failed = False
         self.session_bdseq: int | None = None  # that of the connection now up: its NBIRTH carries it
+
+    @property
+    def inflight_limit(self) -> int:
+        """How many QoS 1 messages paho sends before it queues the rest (over MQTT 5, the broker's Receive Maximum);
+        0 for no limit."""
+        client = self._client
+        return client.max_inflight_messages if client is not None else self.config.max_inflight
 
     def _make_client(self) -> mqtt.Client:
         client = super()._make_client()
@@ -82,10 +91,17 @@ class SparkplugLink(MqttLink):
         return client
 
     def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
-        # paho calls this before every CONNECT, the first and each reconnect: each carries a fresh bdSeq.
-        self._attempt_bdseq = self._bdseq.following(self._attempt_bdseq)
+        # paho calls this before every attempt to connect: each CONNECT that goes out carries a fresh bdSeq.
+        if self._attempt_bdseq is not None and not self._attempt_failed:
+            self._sent_bdseq = self._attempt_bdseq
+        self._attempt_bdseq, self._attempt_failed = self._bdseq.following(self._sent_bdseq), False
         client.will_set(self.topics.of_node("NDEATH"), node_death(self._attempt_bdseq), qos=DEATH_QOS,
                         retain=False)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        # No connection, so no CONNECT went out: the next attempt carries this bdSeq again.
+        super()._on_connect_fail(client, userdata)
+        self._attempt_failed = True
 
     def _open_session(self, client: mqtt.Client) -> None:
         self.session_bdseq = self._attempt_bdseq

@@ -67,9 +67,6 @@ class SparkplugNode(VerdictSink):
         self._rebirth.clear()
         return True
 
-    def wants(self, event) -> bool:
-        return False  # all it does per verdict is in durable()
-
     def durable(self, message: dict[str, Any], alert: bool) -> list[tuple[str, bytes, int]]:
         verdict = COUNTED.get(message["verdict"])
         if verdict is not None:
@@ -79,6 +76,9 @@ class SparkplugNode(VerdictSink):
         stamped_ms = payloads.now_ms()
         self._snapshot = Snapshot(seq=message["seq"], values=values, stamped_ms=stamped_ms)
         return [(payloads.HELD_DDATA, payloads.verdict_data(values, stamped_ms), self.data_qos)]
+
+    def on_verdict(self, event) -> None:
+        self.sender.wake()  # the verdict's DDATA row is in the outbox now
 
     def on_start(self) -> None:
         self.link.start()

@@ -4,6 +4,8 @@ The outbox sender (edge.publish.sender) on the node's own link and on the rows h
 (edge.publish.sparkplug.payloads.HELD_DDATA): each row is removed once the broker acknowledges it, a connection
 that drops before then sends it again after the next births. It alone publishes the node's births and data, so the
 payload seq is in the order the messages are handed to the link: NBIRTH 0, DBIRTH 1, then each DDATA the next.
+That is also the order on the wire only while paho queues nothing: past its in-flight limit it holds QoS 1 messages
+back, and a QoS 0 birth would overtake them. So no more DDATA are in flight than that limit.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class SparkplugSender(OutboxSender):
         self._births_due = False
         self._reported_seq = 0  # the births reported this verdict as current: rows up to it are history
         self._state_sent: str | None = None
+        self._most_in_flight = window
 
     def _restart_from_oldest(self, session: int | None) -> None:
         super()._restart_from_oldest(session)
@@ -74,6 +77,11 @@ class SparkplugSender(OutboxSender):
                 return False
             self._state_sent = state
         return True
+
+    def _fill_window(self, session: int) -> None:
+        limit = self._node_link.inflight_limit
+        self._window = min(self._most_in_flight, limit) if limit > 0 else self._most_in_flight
+        super()._fill_window(session)
 
     def _publish_births(self, session: int) -> bool:
         topics, node = self._node_link.topics, self._node
