@@ -175,11 +175,12 @@ def data_since_birth(collector) -> int:
 # ---------------------------------------------------------------- with a real broker and the real daemon
 
 
-def test_more_than_256_verdicts_wrap_the_seq_and_each_verdict_comes_once(tmp_path, broker, make_collector):
+@pytest.mark.parametrize("data_qos", [1, 0])
+def test_more_than_256_verdicts_wrap_the_seq_and_each_verdict_comes_once(tmp_path, broker, make_collector, data_qos):
     frames = sample_folder(tmp_path)
     count = 300
     config = write_config(tmp_path, broker.port, frames, source={"loop": True}, mqtt=QUIET,
-                          storage=NO_EVIDENCE, sparkplug=SPARKPLUG)
+                          storage=NO_EVIDENCE, sparkplug={**SPARKPLUG, "data_qos": data_qos})
     application = make_collector(broker, ["spBv1.0/#"])
     station = make_collector(broker, [f"{BASE}/result"])
     daemon = DaemonProcess(config, None, "--max-frames", str(count))

@@ -1,5 +1,6 @@
-"""The sinks a station runs, assembled here and only here: the outputs registered in OUTPUTS (evidence files and
-the live MQTT heatmap today), then the station's own (plant IO, the station page) and any a caller adds.
+"""The sinks a station runs, assembled here and only here: the outputs registered in OUTPUTS (evidence files, the
+live MQTT heatmap and the Sparkplug B edge node today), then the station's own (plant IO, the station page) and any
+a caller adds.
 
 To add an output: a module with its VerdictSink and a build function (start from edge/publish/example_sink.py),
 and one line in OUTPUTS.
