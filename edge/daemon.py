@@ -76,8 +76,8 @@ class Daemon:
         self.source = open_frames(cfg, self.source_grayscale, self._on_source_state)
         if cfg.mqtt.enabled:
             self.link = broker_link(cfg, base_topic, self.commands.on_command, self.report.on_connection)
-        fanout = FanOut(build_sinks(OutputParts(lambda: self.cfg, self.link, self.evidence), plant=self.io.sink,
-                                    page=self.web.sinks, extra=self.extra_sinks))
+        fanout = FanOut(build_sinks(OutputParts(lambda: self.cfg, self.link, self.evidence, outbox, self.status),
+                                    plant=self.io.sink, page=self.web.sinks, extra=self.extra_sinks))
         if self.link is not None:
             self.sender = OutboxSender(self.link, outbox, window=cfg.mqtt.max_inflight, on_delivered=fanout.delivered)
         recorder = VerdictRecorder(outbox, base_topic, self.sender)

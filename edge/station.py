@@ -62,7 +62,8 @@ class Station:
         payload = messages.result_payload(seq, self.cfg.device_id, frame.name, part_id, result, bundle, latency_ms)
         # StorageError when the outbox cannot record it: then nothing is published or counted, and the station stops
         self.recorder.record(seq, [(messages.RESULT, payload.body, 1)]
-                             + ([(messages.ALERT, payload.body, 1)] if alert else []))
+                             + ([(messages.ALERT, payload.body, 1)] if alert else []),
+                             self.fanout.durable(payload.data, alert))
         self.status.count(result.verdict, latency_ms, alert)
         logger.info("%s %-4s score %.4g (norm %.3f)%s", frame.name, result.verdict.upper(), result.score,
                     result.score_norm, f" part {part_id}" if part_id else "")

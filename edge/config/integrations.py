@@ -1,9 +1,9 @@
-"""The ``metrics`` and ``homeassistant`` sections: how the station plugs into a plant's monitoring."""
+"""The ``metrics``, ``homeassistant`` and ``sparkplug`` sections: how the station plugs into a plant's monitoring."""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge.config.fields import check_topic_prefix
+from edge.config.fields import check_mqtt_string, check_topic_prefix
 
 DEFAULT_METRICS_PORT = 9468
 
@@ -42,3 +42,41 @@ class HomeAssistantConfig(BaseModel):
     @classmethod
     def _check_prefix(cls, value: str) -> str:
         return check_topic_prefix(value)
+
+
+SPARKPLUG_FORBIDDEN = ("+", "#", "/")  # Sparkplug B 3.0: the ids are topic levels, so no wildcard and no '/'
+
+
+def check_sparkplug_id(value: str) -> str:
+    """A Sparkplug group, edge node or device id: one topic level of valid UTF-8 without '+', '#' or '/'."""
+    bad = [char for char in SPARKPLUG_FORBIDDEN if char in value]
+    if bad:
+        raise ValueError(f"must not contain {' or '.join(repr(char) for char in bad)}: a Sparkplug id is one "
+                         "topic level")
+    return check_mqtt_string(value)
+
+
+class SparkplugConfig(BaseModel):
+    """A Sparkplug B edge node: births, one DDATA per verdict (from the durable outbox) and death certificates."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        False, strict=True,
+        description="Be a Sparkplug B edge node on the same broker, over a second connection (needs mqtt.enabled).",
+    )
+    group_id: str = Field("lineguard", min_length=1, description="Sparkplug group id: no '+', '#' or '/'.")
+    edge_node_id: str | None = Field(
+        None, min_length=1, description="Sparkplug edge node id; null = the device_id. No '+', '#' or '/'.")
+    device_id: str = Field(
+        "camera", min_length=1, description="Sparkplug device id of the camera under the node: no '+', '#' or '/'.")
+    data_qos: int = Field(
+        1, ge=0, le=1, strict=True,
+        description="QoS of DDATA: 1 (default) keeps each verdict in the outbox until the broker acknowledges it; "
+        "0 is what Sparkplug B prescribes, and a verdict sent just before the link drops may be lost.",
+    )
+
+    @field_validator("group_id", "edge_node_id", "device_id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        return value if value is None else check_sparkplug_id(value)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edge.capture.registry import DEFAULT_KIND, on_change, source_types
 from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
-from edge.config.integrations import HomeAssistantConfig, MetricsConfig
+from edge.config.integrations import HomeAssistantConfig, MetricsConfig, SparkplugConfig
 from edge.config.io import IoConfig
 from edge.config.opcua import OpcuaConfig
 from edge.config.web import FeedbackConfig, WebConfig
@@ -216,6 +216,7 @@ class Config(BaseModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
                                                description="Home Assistant MQTT discovery.")
+    sparkplug: SparkplugConfig = Field(default_factory=SparkplugConfig, description="Sparkplug B edge node.")
     io: IoConfig = Field(default_factory=IoConfig, description="Plant IO: GPIO lines and Modbus TCP.")
     opcua: OpcuaConfig = Field(default_factory=OpcuaConfig, description="OPC UA server for SCADA and MES.")
     web: WebConfig = Field(default_factory=WebConfig, description="Station page.")
@@ -244,6 +245,14 @@ class Config(BaseModel):
             raise ValueError("enabled needs mqtt.enabled: discovery goes through the broker")
         return value
 
+    @field_validator("sparkplug")
+    @classmethod
+    def _sparkplug_needs_mqtt(cls, value: SparkplugConfig, info: ValidationInfo) -> SparkplugConfig:
+        mqtt = info.data.get("mqtt")
+        if value.enabled and mqtt is not None and not mqtt.enabled:
+            raise ValueError("enabled needs mqtt.enabled: the edge node publishes through the broker")
+        return value
+
     @property
     def feedback_dir(self) -> Path:
         """feedback.dir, or 'feedback' in storage.dir when unset."""
@@ -253,6 +262,11 @@ class Config(BaseModel):
     def mqtt_nodelay(self) -> bool:
         """mqtt.tcp_nodelay, or when null: on in trigger mode, where replies matter, off in continuous mode."""
         return self.mqtt.tcp_nodelay if self.mqtt.tcp_nodelay is not None else self.trigger.mode != "continuous"
+
+    @property
+    def sparkplug_node_id(self) -> str:
+        """sparkplug.edge_node_id, or the device_id when unset."""
+        return self.sparkplug.edge_node_id or self.device_id
 
     @property
     def mqtt_client_id(self) -> str:

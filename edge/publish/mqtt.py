@@ -259,10 +259,7 @@ class MqttLink:
         # paho ignores an MQTT 5 broker's Receive Maximum (absent: 65,535), and its setter refuses an open link:
         if self.config.protocol == "5":  # nothing is in flight yet (dropped above), so set it directly
             client._max_inflight_messages = min(self.config.max_inflight, getattr(properties, "ReceiveMaximum", 65535))
-        # Subscribe first: the broker handles a client's packets in order, so a
-        # dashboard that sees "online" can send a command and it is not missed.
-        client.subscribe(f"{self._command_prefix}#", qos=COMMAND_QOS)
-        client.publish(self.status_topic, STATUS_ONLINE, qos=STATUS_QOS, retain=True)
+        self._open_session(client)
         with self._lock:
             self._sessions_started += 1
             self._session = self._sessions_started
@@ -271,6 +268,13 @@ class MqttLink:
         self._first_attempt_done.set()
         logger.info("connected to broker %s:%d", self.config.host, self.config.port)
         self._notify_connection(True, str(reason_code))
+
+    def _open_session(self, client: mqtt.Client) -> None:
+        """What a new connection sends before anything else (network thread, before listeners hear of it)."""
+        # Subscribe first: the broker handles a client's packets in order, so a
+        # dashboard that sees "online" can send a command and it is not missed.
+        client.subscribe(f"{self._command_prefix}#", qos=COMMAND_QOS)
+        client.publish(self.status_topic, STATUS_ONLINE, qos=STATUS_QOS, retain=True)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         # Reported once per outage; paho keeps retrying with backoff.

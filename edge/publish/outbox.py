@@ -53,7 +53,11 @@ _SCHEMA_STATEMENTS = (
 _INSERT_SQL = "INSERT INTO messages (seq, topic, payload, qos) VALUES (?, ?, ?, ?)"
 _DELETE_SQL = "DELETE FROM messages WHERE id = ?"
 _DROP_OLDEST_SQL = "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY id LIMIT ?)"
-_PENDING_SQL = "SELECT id, seq, topic, payload, qos FROM messages WHERE id > ? ORDER BY id LIMIT ?"
+_PENDING_SQL = ("SELECT id, seq, topic, payload, qos FROM messages WHERE id > ?"
+                " AND (substr(topic, 1, length(?)) = ?) = ? ORDER BY id LIMIT ?")
+# A row whose topic starts with HELD is not for the MQTT link: a topic name never holds '#', so it is held for
+# another sender, named after the '#' (edge.publish.sparkplug: the edge node's DDATA).
+HELD = "#"
 _SET_META_SQL = "UPDATE meta SET value = ? WHERE key = ?"
 _COUNTERS_SQL = (
     "SELECT (SELECT COUNT(*) FROM meta WHERE key IN ('seq', 'dropped')"
@@ -172,15 +176,16 @@ class Outbox:
             self._last_seq = last_seq
             if excess:
                 self._stored_seq = last_seq
-            if excess:
                 self._dropped += excess
                 self._warn_dropped(excess, "oldest messages dropped")
 
-    def pending(self, after_id: int = 0, limit: int = 500) -> list[OutboxMessage]:
-        """Return up to ``limit`` stored messages with id > ``after_id``, oldest first."""
+    def pending(self, after_id: int = 0, limit: int = 500, prefix: str = "", matching: bool = True
+                ) -> list[OutboxMessage]:
+        """Up to ``limit`` stored messages with id > ``after_id``, oldest first; only those whose topic starts
+        with ``prefix`` (all by default), or with ``matching=False`` only those whose topic does not."""
         with self._lock:
             try:
-                rows = self._conn.execute(_PENDING_SQL, (after_id, limit)).fetchall()
+                rows = self._conn.execute(_PENDING_SQL, (after_id, prefix, prefix, matching, limit)).fetchall()
             except sqlite3.Error as exc:
                 raise self._failure("pending", exc) from exc
         return [OutboxMessage(*row) for row in rows]

@@ -1,5 +1,6 @@
-"""The sinks a station runs, assembled here and only here: the outputs registered in OUTPUTS (evidence files and
-the live MQTT heatmap today), then the station's own (plant IO, the station page) and any a caller adds.
+"""The sinks a station runs, assembled here and only here: the outputs registered in OUTPUTS (evidence files, the
+live MQTT heatmap and the Sparkplug B edge node today), then the station's own (plant IO, the station page) and any
+a caller adds.
 
 To add an output: a module with its VerdictSink and a build function (start from edge/publish/example_sink.py),
 and one line in OUTPUTS.
@@ -17,10 +18,13 @@ from edge.core.preprocess import to_uint8
 from edge.publish import messages
 from edge.publish.evidence import EvidenceStore
 from edge.publish.sinks import VerdictEvent, VerdictSink
+from edge.publish.sparkplug import node as sparkplug
 
 if TYPE_CHECKING:
     from edge.config.schema import Config
     from edge.publish.mqtt import MqttLink
+    from edge.publish.outbox import Outbox
+    from edge.status import StationStatus
 
 HEATMAP_QUEUE_EVENTS = 8  # a live view: when the broker link is slow, older pictures are not worth sending
 EVIDENCE_QUEUE_EVENTS = 64  # failed frames whose files may wait for a slow disk
@@ -77,6 +81,8 @@ class OutputParts:
     cfg: Callable[[], Config]  # the running config: read it per verdict, and a reload applies at once
     link: MqttLink | None  # the broker link; None when mqtt.enabled is false
     evidence: EvidenceStore  # storage.dir/evidence, with its quota
+    outbox: Outbox | None = None  # the durable outbox, for an output that sends what it stores there itself
+    status: StationStatus | None = None  # what the station is doing (the source's state)
 
 
 Build = Callable[[OutputParts], "VerdictSink | None"]  # None: this station does not want the output
@@ -94,6 +100,7 @@ def build_heatmap(parts: OutputParts) -> HeatmapSink | None:
 OUTPUTS: dict[str, Build] = {
     "evidence": build_evidence,
     "heatmap": build_heatmap,
+    "sparkplug": sparkplug.build,
 }
 
 

@@ -46,10 +46,12 @@ class VerdictRecorder:
         self.last_seq += 1
         return self.last_seq
 
-    def record(self, seq: int, sent: list[Message]) -> None:
-        """Queue one verdict's messages durably; StorageError (the seq is given back) when the outbox cannot."""
+    def record(self, seq: int, sent: list[Message], kept: list[Message] = ()) -> None:
+        """Queue one verdict's messages durably: ``sent`` under <base>, ``kept`` on full topics (VerdictSink.durable);
+        StorageError (the seq is given back) when the outbox cannot."""
         try:
-            self.outbox.put(seq, [(messages.topic(self.base_topic, sub), payload, qos) for sub, payload, qos in sent])
+            self.outbox.put(seq, [(messages.topic(self.base_topic, sub), payload, qos) for sub, payload, qos in sent]
+                            + list(kept))
         except OutboxError as exc:
             self.last_seq = seq - 1  # not published, so not spent: the next start gives it to the next verdict
             self.health.errors += 1

@@ -4,10 +4,11 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from edge.publish.mqtt import MqttLink
-from edge.publish.outbox import Outbox, OutboxError
+from edge.publish.outbox import HELD, Outbox, OutboxError, OutboxMessage
 
 logger = logging.getLogger(__name__)
 
@@ -16,6 +17,7 @@ SENDER_IDLE_RECHECK_S = 5.0
 SENDER_ERROR_BACKOFF_MIN_S = 1.0
 SENDER_ERROR_BACKOFF_MAX_S = 30.0
 SENDER_JOIN_TIMEOUT_S = 5.0
+DRAIN_RECHECK_S = 0.2  # another sender may empty the outbox (one that drains the held rows): look again this often
 
 
 class OutboxSender:
@@ -26,16 +28,24 @@ class OutboxSender:
     arrive. On every new connection it starts over from the oldest row still
     stored, so unacknowledged messages are re-sent in order: a receiver may see
     a duplicate, but never a gap or a reordering.
+
+    It sends the rows whose topic starts with ``rows[0]`` (``rows[1]`` True) or does not (False): by default every
+    row but those held for another sender (edge.publish.outbox.HELD). A subclass may send something first on
+    each connection (:meth:`_session_ready`) and change what a row becomes on the wire (:meth:`_publish_row`).
     """
 
+    thread_name = SENDER_THREAD_NAME
+
     def __init__(self, link: MqttLink, outbox: Outbox, window: int = 256,
-                 on_delivered: Callable[[list[int]], None] | None = None) -> None:
+                 on_delivered: Callable[[list[int]], None] | None = None, rows: tuple[str, bool] = (HELD, False)
+                 ) -> None:
         """``on_delivered`` hears the seqs of verdicts whose messages the broker acknowledged (sender thread)."""
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self._link = link
         self._outbox = outbox
         self._window = window
+        self._rows = rows
         self._wakeup = threading.Event()
         self._stop_requested = threading.Event()
         # Filled by the network thread, drained by the sender thread (deque ops are atomic).
@@ -68,7 +78,7 @@ class OutboxSender:
         self._acks.clear()
         self._link.add_publish_listener(self._on_ack)
         self._link.add_connection_listener(self._on_connection_change)
-        self._thread = threading.Thread(target=self._run, name=SENDER_THREAD_NAME, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         self.wake()
 
@@ -92,8 +102,11 @@ class OutboxSender:
 
     def wait_drained(self, timeout_s: float) -> bool:
         """Block until the outbox is empty or ``timeout_s`` elapsed; return whether it is empty."""
+        deadline_s = time.monotonic() + timeout_s
         with self._progress:
-            return self._progress.wait_for(lambda: self._outbox.depth() == 0, timeout_s)
+            while self._outbox.depth() and (left_s := deadline_s - time.monotonic()) > 0:
+                self._progress.wait(min(left_s, DRAIN_RECHECK_S))
+            return self._outbox.depth() == 0
 
     # -- callbacks from the network thread ------------------------------------
 
@@ -133,8 +146,16 @@ class OutboxSender:
         session = self._link.session
         if session != self._session:
             self._restart_from_oldest(session)
-        if session is not None:
+        if session is not None and self._session_ready(session):
             self._fill_window(session)
+
+    def _session_ready(self, session: int) -> bool:
+        """Whether the rows may go out on this connection now; a subclass first sends what must precede them."""
+        return True
+
+    def _publish_row(self, session: int, row: OutboxMessage) -> int | None:
+        """Publish one row as stored: the paho message id, None when the connection changed; ValueError if never."""
+        return self._link.publish_in_session(session, row.topic, row.payload, row.qos)
 
     def _settle_acks(self) -> None:
         while self._acks:
@@ -173,9 +194,10 @@ class OutboxSender:
         free = self._window - len(self._in_flight)
         if free <= 0:
             return
-        for row in self._outbox.pending(after_id=self._cursor, limit=free):
+        prefix, matching = self._rows
+        for row in self._outbox.pending(after_id=self._cursor, limit=free, prefix=prefix, matching=matching):
             try:
-                mid = self._link.publish_in_session(session, row.topic, row.payload, row.qos)
+                mid = self._publish_row(session, row)
             except ValueError as exc:
                 self._discard(row.id, row.seq, exc)
                 self._cursor = row.id

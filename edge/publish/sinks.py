@@ -82,6 +82,12 @@ class VerdictSink:
     def on_delivered(self, seqs: list[int], acked_s: float) -> None:
         """The broker acknowledged these verdicts' result messages; they left the outbox."""
 
+    def durable(self, message: dict[str, Any], alert: bool) -> list[tuple[str, bytes, int]]:
+        """Messages (full topic, payload, qos) stored in the outbox with the verdict, in its transaction, for an
+        output that must lose none (the Sparkplug node). Runs in the frame loop before the verdict is recorded and
+        before :meth:`wants`, whatever it says: keep it cheap. Most outputs store none."""
+        return []
+
     def close(self) -> None:
         """Release what the sink holds; called once, after its last event."""
 
@@ -159,10 +165,22 @@ class FanOut:
         self._workers = [(_InlineWorker if sink.inline else _SinkWorker)(sink) for sink in sinks]
         # Only sinks that want acknowledgements get them, so they never crowd verdicts out of a queue.
         self._ack_workers = [w for w in self._workers if type(w.sink).on_delivered is not VerdictSink.on_delivered]
+        self._durable_workers = [w for w in self._workers if type(w.sink).durable is not VerdictSink.durable]
 
     def started(self) -> None:
         for worker in self._workers:
             worker.submit("on_start")
+
+    def durable(self, message: dict[str, Any], alert: bool) -> list[tuple[str, bytes, int]]:
+        """What the sinks store with this verdict (VerdictSink.durable); a sink that fails stores nothing for it."""
+        kept = []
+        for worker in self._durable_workers:
+            try:
+                kept += worker.sink.durable(message, alert)
+            except Exception:
+                worker.errors += 1
+                logger.exception("sink %s failed on durable", worker.sink.name)
+        return kept
 
     def verdict(self, event: VerdictEvent) -> None:
         for worker in self._workers:
