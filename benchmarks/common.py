@@ -57,8 +57,10 @@ def local_broker(workdir: Path) -> Iterator[object]:
 
 def write_config(path: Path, *, model: Path, frames: Path, port: int, storage: Path, fps: float = 0.0,
                  threads: int = 1, threshold: float | None = None, loop: bool = False,
-                 stats_interval_s: float = 10.0, drain_timeout_s: float = 60.0, web: dict | None = None) -> Path:
-    """A daemon config: folder replay into a local broker; every other setting keeps its default."""
+                 stats_interval_s: float = 10.0, drain_timeout_s: float = 60.0, web: dict | None = None,
+                 extra: dict | None = None) -> Path:
+    """A daemon config: folder replay into a local broker; every other setting keeps its default. ``extra`` adds
+    whole sections (the plant interfaces a case turns on)."""
     config = {
         "device_id": DEVICE_ID,
         "model": str(model),
@@ -68,6 +70,7 @@ def write_config(path: Path, *, model: Path, frames: Path, port: int, storage: P
                  "stats_interval_s": stats_interval_s},
         "storage": {"dir": str(storage), "drain_timeout_s": drain_timeout_s},
         "web": web or {"enabled": False},  # the station page only where a case measures it
+        **(extra or {}),
     }
     path.write_text(json.dumps(config, indent=2), encoding="utf-8")  # JSON is YAML
     return path

@@ -16,6 +16,7 @@ from benchmarks.common import (
     DaemonRun, local_broker, log, median, percentile, rounded, run_daemon, run_json, scratch_dir, write_config,
 )
 from benchmarks.workloads import conv_bundle, fail_threshold, part_frames
+from tests.support.broker import free_port
 
 SIZE_PX = 256
 GOAL = 0.90
@@ -73,7 +74,7 @@ def failed_fraction(run: DaemonRun) -> float | None:
 
 
 def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: int, repeats: int,
-            port: int, work: Path) -> Comparison:
+            port: int, work: Path, extra: dict | None = None) -> Comparison:
     """`repeats` pairs of (daemon run, bare loop), alternating which goes first."""
     result = Comparison(size=int(bundle.name.split("-")[1]), threads=threads)
     sample_image = str(sorted(frames.glob("*.png"))[0])
@@ -81,7 +82,7 @@ def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: i
         def daemon() -> None:
             storage = work / f"state-{bundle.name}-{threads}-{repeat}"
             config = write_config(work / f"config-{threads}-{repeat}.yaml", model=bundle, frames=frames,
-                                  port=port, storage=storage, threads=threads, threshold=threshold)
+                                  port=port, storage=storage, threads=threads, threshold=threshold, extra=extra)
             run = run_daemon(config, work)
             if run.delivered != count:
                 raise RuntimeError(f"only {run.delivered} of {count} verdicts acknowledged:\n{run.log_tail()}")
@@ -130,3 +131,30 @@ def run(mode: str) -> dict:
     if "2" in by_threads:
         results["pipeline_efficiency_256_threads2"] = by_threads["2"]["efficiency"]
     return results
+
+
+def plant_interfaces() -> dict:
+    """Every plant interface on, on free loopback ports: OPC UA, Sparkplug B (its own MQTT session) and Modbus."""
+    return {
+        "opcua": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
+        "sparkplug": {"enabled": True},
+        "io": {"modbus": {"enabled": True, "host": "127.0.0.1", "port": free_port()}},
+    }
+
+
+def run_plant(mode: str) -> dict:
+    """Case 10: case 1 at one thread with OPC UA, Sparkplug B and Modbus on (issue: plant scale keeps >= 0.90)."""
+    bundle = conv_bundle(SIZE_PX)
+    count, repeats = FRAMES[mode], REPEATS[mode]
+    with scratch_dir("pipeline-plant") as work, local_broker(work) as broker:
+        frames = part_frames(work / "frames", count, SIZE_PX)
+        threshold = fail_threshold(bundle, frames)
+        log("case 10: pipeline efficiency with OPC UA, Sparkplug B and Modbus on, %d frames, %d pairs", count,
+            repeats)
+        summary = compare(bundle, frames, threshold, 1, count, repeats, broker.port, work,
+                          extra=plant_interfaces()).summary()
+    return {
+        "pipeline_efficiency_256_plant": summary["efficiency"],
+        "pipeline_256_plant": {"goal": GOAL, "met": summary["efficiency"] is not None and summary["efficiency"] >= GOAL,
+                               "mode": mode, "interfaces": "opcua, sparkplug, modbus", "threads": 1, **summary},
+    }
