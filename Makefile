@@ -32,7 +32,7 @@ test: $(VENV)/.test-installed
 test-fast: $(VENV)/.test-installed
 	$(BIN)/python -m pytest -q -m "not slow"
 
-## bench: all benchmarks, at most 10 minutes; writes benchmarks/results/latest.json and latest.md
+## bench: all benchmarks, about 12 minutes on 2 cores; writes benchmarks/results/latest.json and latest.md
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.run --all
 
