@@ -33,7 +33,7 @@ logger = logging.getLogger("lineguard")
 
 COMMAND_QUEUE_SIZE = 64
 # What a reload changes while inspecting: whole sections, and single keys of the others.
-LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger")
+LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger", "drift", "shadow")
 LIVE_KEYS = {"mqtt": ("heatmap", "stats_interval_s"), "storage": ("evidence", "evidence_quota_mb", "drain_timeout_s")}
 
 Reply = Callable[[str, bool, str, "str | None"], None]

@@ -208,7 +208,8 @@ def station_stats(d: Daemon) -> dict:
         source=d.source.stats() if d.source is not None else {}, outbox=station.recorder.stats(),
         last_seq=station.recorder.last_seq, delivered=d.sender.delivered if d.sender else 0,
         evidence=d.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
-        sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats())
+        sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats(),
+        sections=station.fanout.sections())
 
 
 def reporter_view(d: Daemon) -> ReporterView:

@@ -31,7 +31,7 @@ def test_published_payloads_match_the_schema(tmp_path, broker, make_collector):
     assert collector.wait_for(lambda m: any(x.topic == f"{BASE}/stats" for x in m), 15)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
-    kinds = {"result": "result", "alert": "result", "stats": "stats", "reply": "reply", "state": "state"}
+    kinds = {"result": "result", "alert": "alert", "stats": "stats", "reply": "reply", "state": "state"}
     seen = set()
     for message in collector.messages:
         sub = message.topic[len(BASE) + 1:]

@@ -19,6 +19,7 @@ from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
 from edge.config.integrations import HomeAssistantConfig, MetricsConfig
 from edge.config.io import IoConfig
+from edge.config.watch import DriftConfig, ShadowConfig
 from edge.config.web import FeedbackConfig, WebConfig
 
 # The source section: the config class of the kind it names (edge.capture.registry), each with only its own
@@ -218,6 +219,8 @@ class Config(BaseModel):
     io: IoConfig = Field(default_factory=IoConfig, description="Plant IO: GPIO lines and Modbus TCP.")
     web: WebConfig = Field(default_factory=WebConfig, description="Station page.")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Labelled frames for retraining.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift watch.")
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Shadow model.")
 
     @field_validator("source", mode="before")
     @classmethod

@@ -263,6 +263,8 @@ async function pollStats() {
     "outbox depth": stats.outbox.depth, "source": stats.source.state || "-", "MQTT": stats.mqtt_connected ? "connected" : "not connected",
     "CPU temp": stats.cpu_temp_c === null ? "-" : stats.cpu_temp_c.toFixed(1) + " °C", "threshold": fmt(stats.threshold),
   };
+  showDrift(stats.drift);
+  if (stats.drift) cards["drift"] = !stats.drift.enabled ? "off" : stats.drift.drift ? "yes" : "no";
   const box = $("stats-cards");
   box.replaceChildren();
   for (const [name, value] of Object.entries(cards)) {
@@ -278,6 +280,13 @@ async function pollStats() {
   statsHistory.push({fps: stats.fps, failRate: judged ? 100 * stats.fail / judged : 0});
   if (statsHistory.length > STATS_POINTS) statsHistory.shift();
   drawStats();
+}
+
+function showDrift(drift) {
+  // One line in the header while the drift watch has tripped: what moved, by how much, over how many frames.
+  const line = $("drift");
+  line.hidden = !(drift && drift.drift);
+  line.textContent = line.hidden ? "" : "drift: " + drift.reason;
 }
 
 function drawStats() {
