@@ -81,13 +81,14 @@ class CommandQueue:
 @dataclass(frozen=True)
 class Controls:
     """What commands act on: the running config and model (callables: a reload replaces them), the reporter
-    that answers, and the two commands handled elsewhere."""
+    that answers, and the three commands handled elsewhere."""
 
     cfg: Callable[[], Config]
     inspector: Callable[[], Inspector]
     report: Reporter
     feedback: Callable[[FeedbackCommand], None]  # files the frame on the feedback thread (edge.feedback); it replies
     reload: Callable[[str | None], None]  # re-reads config and model, then replies to the request_id
+    shadow: Callable[[object], None]  # a candidate model beside the live one, or stop (edge.shadow); it replies
 
 
 def apply_command(controls: Controls, command: Command) -> None:
@@ -101,6 +102,8 @@ def apply_command(controls: Controls, command: Command) -> None:
         controls.feedback(args)  # written on the feedback thread, not here
     elif name == "reload":
         controls.reload(args.request_id)
+    elif name == "shadow":
+        controls.shadow(args)
 
 
 def apply_threshold(inspector: Inspector, args, report, storage_dir: Path) -> None:

@@ -33,6 +33,7 @@ from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
 from edge.startup import (broker_link, build_inspector, drop_threshold, open_evidence, open_frames, open_outbox,
                           start_link)
+from edge.shadow import shadow_command
 from edge.station import Station
 from edge.status import StationStatus
 from edge.web.station import PageView, StationWeb
@@ -226,7 +227,9 @@ def page_view(d: Daemon) -> PageView:
 def controls(d: Daemon) -> Controls:
     return Controls(cfg=lambda: d.cfg, inspector=lambda: d.station.inspector, report=d.report,
                     feedback=lambda args: d.web.feedback.label(args, d.report.reply),
-                    reload=lambda request_id: d.reload(request_id))
+                    reload=lambda request_id: d.reload(request_id),
+                    shadow=lambda args: shadow_command(d.station.fanout.find("shadow"), d.cfg, d.station.inspector,
+                                                       d.config_path.parent, args, d.report.reply))
 
 
 def apply_log_level(debug: bool, cfg: Config) -> None:

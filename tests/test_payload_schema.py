@@ -66,3 +66,8 @@ def test_command_examples_match_the_schema():
     validate("command_threshold", {"threshold": 21.5, "request_id": "r1"})
     validate("command_threshold", 0.42)  # a slider's bare number
     validate("command_reload", {})
+    validate("command_shadow", {"model": "/opt/lineguard/models/next", "request_id": "r2"})
+    validate("command_shadow", {"stop": True})
+    for broken in ({}, {"stop": False}, {"model": "m", "stop": True}, {"model": ""}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate("command_shadow", broken)

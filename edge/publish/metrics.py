@@ -52,6 +52,11 @@ GAUGES = {
     "last_seq": ("last_seq", "Seq of the last verdict."),
     "cpu_temp_c": ("cpu_temperature_celsius", "CPU temperature."),
 }
+SHADOW_COUNTERS = {
+    "agreements": ("shadow_agreements", "Frames on which the shadow model's verdict equalled the live one's."),
+    "disagreements": ("shadow_disagreements", "Frames on which the shadow model's verdict differed."),
+    "skipped": ("shadow_skipped", "Frames the shadow model skipped while behind."),
+}
 VERDICTS = {"pass": "pass", "fail": "fail", "unscorable": "unscorable"}  # stats key -> result label
 
 
@@ -89,6 +94,7 @@ class StationCollector:
                                 value=int(stats["mqtt_connected"]))
         yield from _evidence(GaugeMetricFamily, CounterMetricFamily, stats.get("evidence", {}))
         yield from _drift(GaugeMetricFamily, CounterMetricFamily, stats.get("drift"))
+        yield from _counters(CounterMetricFamily, SHADOW_COUNTERS, stats.get("shadow") or {})
         recent = GaugeMetricFamily(f"{PREFIX}_latency_recent_seconds", "Latency percentiles over the last "
                                    "verdicts (the stats payload's window).", labels=["quantile"])
         for quantile, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):

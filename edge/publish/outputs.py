@@ -15,6 +15,7 @@ import cv2
 
 from edge.core.preprocess import to_uint8
 from edge.drift import DriftSink, alert_publisher
+from edge.shadow import ShadowSink
 from edge.publish import messages
 from edge.publish.evidence import EvidenceStore
 from edge.publish.sinks import VerdictEvent, VerdictSink
@@ -100,6 +101,7 @@ OUTPUTS: dict[str, Build] = {
     "evidence": build_evidence,
     "heatmap": build_heatmap,
     "drift": build_drift,
+    "shadow": lambda parts: ShadowSink(parts.cfg),
 }
 
 

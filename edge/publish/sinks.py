@@ -187,6 +187,10 @@ class FanOut:
     def stats(self) -> dict[str, dict[str, int]]:
         return {w.sink.name: {"dropped": w.dropped, "errors": w.errors} for w in self._workers}
 
+    def find(self, name: str) -> VerdictSink | None:
+        """The sink of that name, or None."""
+        return next((w.sink for w in self._workers if w.sink.name == name), None)
+
     def sections(self) -> dict[str, dict[str, Any]]:
         """The sinks' own sections of the stats payload (VerdictSink.stats), by sink name."""
         return {w.sink.name: section for w in self._workers if (section := w.sink.stats()) is not None}
