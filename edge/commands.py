@@ -85,6 +85,14 @@ class ShadowCommand(_Command):
         return self
 
 
+class PromoteCommand(_Command):
+    """The shadow model becomes the live one (edge.promotion)."""
+
+
+class RollbackCommand(_Command):
+    """The model before the last promote (or rollback) becomes the live one again (edge.promotion)."""
+
+
 COMMANDS: dict[str, type[_Command]] = {
     "trigger": TriggerCommand,
     "threshold": ThresholdCommand,
@@ -92,6 +100,8 @@ COMMANDS: dict[str, type[_Command]] = {
     "threshold_reset": ThresholdResetCommand,
     "feedback": FeedbackCommand,
     "shadow": ShadowCommand,
+    "promote": PromoteCommand,
+    "rollback": RollbackCommand,
 }
 
 

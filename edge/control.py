@@ -81,7 +81,7 @@ class CommandQueue:
 @dataclass(frozen=True)
 class Controls:
     """What commands act on: the running config and model (callables: a reload replaces them), the reporter
-    that answers, and the three commands handled elsewhere."""
+    that answers, and the commands handled elsewhere."""
 
     cfg: Callable[[], Config]
     inspector: Callable[[], Inspector]
@@ -89,6 +89,7 @@ class Controls:
     feedback: Callable[[FeedbackCommand], None]  # files the frame on the feedback thread (edge.feedback); it replies
     reload: Callable[[str | None], None]  # re-reads config and model, then replies to the request_id
     shadow: Callable[[object], None]  # a candidate model beside the live one, or stop (edge.shadow); it replies
+    switch_model: Callable[[str, object], None]  # promote or rollback (edge.promotion); it replies
 
 
 def apply_command(controls: Controls, command: Command) -> None:
@@ -104,6 +105,8 @@ def apply_command(controls: Controls, command: Command) -> None:
         controls.reload(args.request_id)
     elif name == "shadow":
         controls.shadow(args)
+    elif name in ("promote", "rollback"):
+        controls.switch_model(name, args)
 
 
 def apply_threshold(inspector: Inspector, args, report, storage_dir: Path) -> None:

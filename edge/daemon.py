@@ -33,6 +33,7 @@ from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
 from edge.startup import (broker_link, build_inspector, drop_threshold, open_evidence, open_frames, open_outbox,
                           start_link)
+from edge.promotion import switch_model
 from edge.shadow import shadow_command
 from edge.station import Station
 from edge.status import StationStatus
@@ -229,7 +230,10 @@ def controls(d: Daemon) -> Controls:
                     feedback=lambda args: d.web.feedback.label(args, d.report.reply),
                     reload=lambda request_id: d.reload(request_id),
                     shadow=lambda args: shadow_command(d.station.fanout.find("shadow"), d.cfg, d.station.inspector,
-                                                       d.config_path.parent, args, d.report.reply))
+                                                       d.config_path.parent, args, d.report.reply),
+                    switch_model=lambda name, args: switch_model(
+                        name, args, cfg=d.cfg, running=lambda: d.station.inspector, shadow=d.station.fanout.find("shadow"),
+                        reload=lambda: d.reload(None), status=d.status, reply=d.report.reply))
 
 
 def apply_log_level(debug: bool, cfg: Config) -> None:

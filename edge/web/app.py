@@ -174,6 +174,8 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         route("/api/feedback", command("feedback", ("seq", "label", "defect")), ("POST",)),
         route("/api/reload", command("reload", ()), ("POST",)),
         route("/api/shadow", command("shadow", ("model", "stop")), ("POST",)),
+        route("/api/promote", command("promote", ()), ("POST",)),
+        route("/api/rollback", command("rollback", ()), ("POST",)),
         *extra_routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -88,6 +88,13 @@ def add_station_commands(sub) -> None:
     what.add_argument("model", nargs="?", type=Path, help="the candidate bundle folder")
     what.add_argument("--stop", action="store_true", help="stop the shadow model")
     p.set_defaults(handler=cmd_shadow)
+    for name, text in (("promote", "make the running shadow model the live one (through a reload; audited)"),
+                       ("rollback", "make the model before the last promote or rollback live again (audited)")):
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}, like MQTT cmd/{name}. The "
+                           "choice is kept in storage.dir/model.json while the config's model: stays; every switch "
+                           "is a line in storage.dir/model-audit.log.")
+        p.add_argument("--config", type=Path, default=Path("config.yaml"), help="the daemon's config file")
+        p.set_defaults(handler=cmd_switch, command=name)
 
 
 def _config(path: Path):
@@ -156,6 +163,21 @@ def cmd_shadow(args) -> int:
         return refused
     body = {"stop": True} if args.stop else {"model": str(args.model.expanduser().resolve())}
     return _answer(client.command("/api/shadow", body))
+
+
+def cmd_switch(args) -> int:
+    """`lineguard promote` and `lineguard rollback`."""
+    cfg = _config(args.config)
+    if cfg is None:
+        return EX_CONFIG
+    client = PageClient(cfg.web)
+    refused = _connect(client, args.command)
+    if refused == EX_TEMPFAIL:
+        print(f"lineguard {args.command}: no station page answers at {client.base} (is the daemon running with "
+              "web.enabled?)", file=sys.stderr)
+    if refused is not None:
+        return refused
+    return _answer(client.command(f"/api/{args.command}", {}))
 
 
 def cmd_feedback(args) -> int:
