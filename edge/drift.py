@@ -97,6 +97,7 @@ class Signal:
         self.baseline: list[float] = []
         self.sides = [Cusum(sign, settings.limit, settings.allowance) for sign in signs]
         self.recent: deque[float] = deque(maxlen=settings.window)
+        self.recent_mean: float | None = None  # of `recent`; read by stats from other threads, never the deque
         self.frames = 0
 
     def add(self, value: float, top: float | None = None) -> bool:
@@ -119,6 +120,7 @@ class Signal:
         z = normal_score(rank)
         self.frames += 1
         self.recent.append(z)
+        self.recent_mean = sum(self.recent) / len(self.recent)  # at most drift.window additions, on this thread
         return any([side.add(z, value) for side in self.sides])
 
     @property
@@ -139,10 +141,10 @@ class Signal:
         return f"{self.name} {'up' if shift >= 0 else 'down'} {abs(shift):.1f} SD over the last {side.count}"
 
     def report(self) -> dict[str, Any]:
-        recent = list(self.recent)
+        recent = self.recent_mean
         return {
             "statistic": round(max((side.s for side in self.sides), default=0.0), 3),
-            "recent_sd": round(sum(recent) / len(recent), 3) if recent else None,
+            "recent_sd": round(recent, 3) if recent is not None else None,
             "frames": self.frames, "drift": self.tripped is not None,
             "reference": self.ranker.source if self.ranker is not None else
             f"learning: {len(self.baseline)} of {self.settings.baseline_frames} frames at this station",

@@ -147,6 +147,8 @@ def test_a_lighting_change_trips_the_daemon_within_the_stated_frames(tmp_path, b
         brightness = re.search(r"brightness down (\d+) %", stats["drift"]["reason"])
         assert brightness and abs(int(brightness[1]) - 100 * (1 - DARKEST)) <= 10, stats["drift"]["reason"]
         jsonschema.validate(stats, {**SCHEMA, "$ref": "#/$defs/stats"})
+        with urllib.request.urlopen(f"http://127.0.0.1:{page_port}/api/stats", timeout=10) as response:
+            assert json.loads(response.read())["drift"]["drift"] is True  # what the page's header line shows
         metrics = scrape(port)
         assert "\nlineguard_drift 1.0\n" in metrics
         assert 'lineguard_drift_statistic{signal="brightness"}' in metrics
