@@ -24,6 +24,8 @@ path.
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import logging
 import math
 from collections import deque
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edge.config.watch import DriftConfig
+from edge.core.files import read_limited
 from edge.core.preprocess import crop, scale, to_pixels
 from edge.core.quality import measure
 from edge.core.reference import IMAGE_FIGURES, DriftReference, Distribution
@@ -45,6 +48,7 @@ logger = logging.getLogger("lineguard")
 RANK_CLIP = 0.005  # ranks are clipped to [RANK_CLIP, 1 - RANK_CLIP]: |z| <= 2.576
 CAP_FACTOR = 2.0  # a tripped CUSUM stops growing at this many times the limit, so recovery is bounded
 MAX_REPORT_ROWS = 200000  # an older bundle's report/scores.csv read for its good scores: at most this many rows
+MAX_REPORT_BYTES = 32 * 1024 * 1024  # ... and bytes
 _NORMAL = NormalDist()
 Z_CLIP = _NORMAL.inv_cdf(1 - RANK_CLIP)
 
@@ -212,11 +216,12 @@ def reference_of(bundle) -> DriftReference:
 
 
 def _report_good_scores(path) -> list[float] | None:
+    """Good, scorable rows' scores; read bounded, from a regular file only (a FIFO cannot hang the watch)."""
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = [row for _, row in zip(range(MAX_REPORT_ROWS), csv.DictReader(handle))]
+        text = read_limited(path, MAX_REPORT_BYTES).decode("utf-8")
+        rows = itertools.islice(csv.DictReader(io.StringIO(text, newline="")), MAX_REPORT_ROWS)
         scores = [float(row["score"]) for row in rows if row.get("label") == "0" and not row.get("reason")]
-    except (OSError, KeyError, ValueError, csv.Error):
+    except (OSError, KeyError, ValueError, TypeError, csv.Error):
         return None
     scores = [s for s in scores if math.isfinite(s)]
     return scores if len(scores) >= 20 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import urllib.request
 from pathlib import Path
@@ -155,3 +156,15 @@ def test_a_lighting_change_trips_the_daemon_within_the_stated_frames(tmp_path, b
     finally:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.log()[-3000:]
+
+
+def test_an_older_bundle_without_report_takes_its_score_reference_from_the_calibration(tmp_path):
+    folder = tmp_path / "bundle"
+    shutil.copytree(MNIST_BUNDLE, folder, ignore=shutil.ignore_patterns("report"))
+    bundle = load_bundle(folder)
+    assert bundle.reference is None
+    scores = reference_of(bundle).scores
+    stats = bundle.calibration.stats
+    assert scores.source == "log-normal from the calibration's good p50 and p99" and scores.n == stats["n_good"]
+    assert scores.median == pytest.approx(stats["good_p50"], rel=1e-6)
+    assert np.interp(0.99, np.linspace(0, 1, 101), scores.quantiles) == pytest.approx(stats["good_p99"], rel=1e-6)
