@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.labels import DEFAULT_DEFECT, defect_problem
 from edge.text import one_line
@@ -72,12 +72,36 @@ class FeedbackCommand(_Command):
         return value
 
 
+class ShadowCommand(_Command):
+    """A candidate bundle to score beside the live model (edge.shadow), or stop: true."""
+
+    model: str | None = Field(default=None, min_length=1, max_length=4096, description="candidate bundle folder")
+    stop: bool = Field(default=False, description="stop the shadow model")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ShadowCommand":
+        if (self.model is None) == (not self.stop):
+            raise ValueError("give either model (a bundle folder) or stop: true")
+        return self
+
+
+class PromoteCommand(_Command):
+    """The shadow model becomes the live one (edge.promotion)."""
+
+
+class RollbackCommand(_Command):
+    """The model before the last promote (or rollback) becomes the live one again (edge.promotion)."""
+
+
 COMMANDS: dict[str, type[_Command]] = {
     "trigger": TriggerCommand,
     "threshold": ThresholdCommand,
     "reload": ReloadCommand,
     "threshold_reset": ThresholdResetCommand,
     "feedback": FeedbackCommand,
+    "shadow": ShadowCommand,
+    "promote": PromoteCommand,
+    "rollback": RollbackCommand,
 }
 
 

@@ -33,7 +33,7 @@ logger = logging.getLogger("lineguard")
 
 COMMAND_QUEUE_SIZE = 64
 # What a reload changes while inspecting: whole sections, and single keys of the others.
-LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger")
+LIVE_SECTIONS = ("model", "log_level", "inference", "alerts", "trigger", "drift", "shadow")
 LIVE_KEYS = {"mqtt": ("heatmap", "stats_interval_s"), "storage": ("evidence", "evidence_quota_mb", "drain_timeout_s")}
 
 Reply = Callable[[str, bool, str, "str | None"], None]
@@ -81,13 +81,15 @@ class CommandQueue:
 @dataclass(frozen=True)
 class Controls:
     """What commands act on: the running config and model (callables: a reload replaces them), the reporter
-    that answers, and the two commands handled elsewhere."""
+    that answers, and the commands handled elsewhere."""
 
     cfg: Callable[[], Config]
     inspector: Callable[[], Inspector]
     report: Reporter
     feedback: Callable[[FeedbackCommand], None]  # files the frame on the feedback thread (edge.feedback); it replies
     reload: Callable[[str | None], None]  # re-reads config and model, then replies to the request_id
+    shadow: Callable[[object], None]  # a candidate model beside the live one, or stop (edge.shadow); it replies
+    switch_model: Callable[[str, object], None]  # promote or rollback (edge.promotion); it replies
 
 
 def apply_command(controls: Controls, command: Command) -> None:
@@ -101,6 +103,10 @@ def apply_command(controls: Controls, command: Command) -> None:
         controls.feedback(args)  # written on the feedback thread, not here
     elif name == "reload":
         controls.reload(args.request_id)
+    elif name == "shadow":
+        controls.shadow(args)
+    elif name in ("promote", "rollback"):
+        controls.switch_model(name, args)
 
 
 def apply_threshold(inspector: Inspector, args, report, storage_dir: Path) -> None:

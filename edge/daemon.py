@@ -33,6 +33,8 @@ from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
 from edge.startup import (broker_link, build_inspector, drop_threshold, open_evidence, open_frames, open_outbox,
                           start_link)
+from edge.promotion import switch_model
+from edge.shadow import shadow_command
 from edge.station import Station
 from edge.status import StationStatus
 from edge.web.station import PageView, StationWeb
@@ -208,7 +210,8 @@ def station_stats(d: Daemon) -> dict:
         source=d.source.stats() if d.source is not None else {}, outbox=station.recorder.stats(),
         last_seq=station.recorder.last_seq, delivered=d.sender.delivered if d.sender else 0,
         evidence=d.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
-        sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats())
+        sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats(),
+        sections=station.fanout.sections())
 
 
 def reporter_view(d: Daemon) -> ReporterView:
@@ -225,7 +228,12 @@ def page_view(d: Daemon) -> PageView:
 def controls(d: Daemon) -> Controls:
     return Controls(cfg=lambda: d.cfg, inspector=lambda: d.station.inspector, report=d.report,
                     feedback=lambda args: d.web.feedback.label(args, d.report.reply),
-                    reload=lambda request_id: d.reload(request_id))
+                    reload=lambda request_id: d.reload(request_id),
+                    shadow=lambda args: shadow_command(d.station.fanout.find("shadow"), d.cfg, d.station.inspector,
+                                                       d.config_path.parent, args, d.report.reply),
+                    switch_model=lambda name, args: switch_model(
+                        name, args, cfg=d.cfg, running=lambda: d.station.inspector, shadow=d.station.fanout.find("shadow"),
+                        reload=lambda: d.reload(None), status=d.status, reply=d.report.reply))
 
 
 def apply_log_level(debug: bool, cfg: Config) -> None:

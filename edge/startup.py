@@ -21,6 +21,7 @@ from edge.core.space import free_bytes
 from edge.publish.evidence import EvidenceStore
 from edge.publish.messages import model_ref
 from edge.publish.mqtt import MqttLink
+from edge.promotion import active_model
 from edge.text import one_line
 from edge.threshold_store import (DroppedThreshold, StoredThresholdError, load_threshold, stored_model,
                                   stored_threshold_problem, threshold_path)
@@ -45,7 +46,7 @@ def build_inspector(cfg: Config) -> tuple[Inspector, DroppedThreshold | None]:
         if cfg.inference.ignore_mask is not None:
             mask = read_image(cfg.inference.ignore_mask, "gray")
         roi = tuple(cfg.inference.roi) if cfg.inference.roi else None
-        inspector = Inspector(cfg.model, threads=cfg.inference.threads, roi=roi, ignore_mask=mask,
+        inspector = Inspector(active_model(cfg), threads=cfg.inference.threads, roi=roi, ignore_mask=mask,
                               ignore_polygons=cfg.inference.ignore_polygons, threshold=cfg.inference.threshold,
                               min_region_px=cfg.inference.min_region_px, quality_gate=cfg.inference.quality_gate)
     except (BundleError, ModelLoadError, ImageError) as exc:

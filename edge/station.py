@@ -71,5 +71,5 @@ class Station:
             seq=seq, image=frame.image, image_name=frame.name, part_id=part_id, result=result, payload=payload.body,
             message=payload.data, alert=alert, arrival_s=frame.arrival_s, recorded_s=time.monotonic(),
             spec=self.inspector.spec, pixel_threshold=self.inspector.calibration.pixel_threshold,
-            frame_roi=self.inspector.frame_roi))
+            frame_roi=self.inspector.frame_roi, bundle=bundle))
         return seq

@@ -18,7 +18,7 @@ from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, wri
 from tests.support.ha_discovery import TOPIC_KEYS, TOPIC_PATTERN, schema_for
 
 DISCOVERY = "ha-test"
-EXPECTED = {("binary_sensor", "defect"), ("sensor", "score"), ("sensor", "fail_rate"), ("sensor", "fps"),
+EXPECTED = {("binary_sensor", "defect"), ("binary_sensor", "drift"), ("sensor", "score"), ("sensor", "fail_rate"), ("sensor", "fps"),
             ("sensor", "latency"), ("sensor", "outbox_depth"), ("image", "heatmap"), ("button", "trigger"),
             ("number", "threshold")}
 
@@ -74,7 +74,7 @@ def test_discovery_configs_pass_home_assistants_rules_and_name_real_topics(tmp_p
                 assert rendered in expected_values if expected_values else (is_number(rendered) or rendered == "None")
             if "json_attributes_template" in payload:
                 attributes = json.loads(render(payload["json_attributes_template"], last(payload["json_attributes_topic"])))
-                assert set(attributes) == {"seq", "part_id", "image", "score"}
+                assert set(attributes) == ({"reason"} if object_id == "drift" else {"seq", "part_id", "image", "score"})
         assert render(configs[("sensor", "fail_rate")]["value_template"], last(f"{BASE}/stats")) != "0"
         number = configs[("number", "threshold")]
         current = float(render(number["value_template"], last(f"{BASE}/state")))

@@ -31,7 +31,7 @@ def test_published_payloads_match_the_schema(tmp_path, broker, make_collector):
     assert collector.wait_for(lambda m: any(x.topic == f"{BASE}/stats" for x in m), 15)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
-    kinds = {"result": "result", "alert": "result", "stats": "stats", "reply": "reply", "state": "state"}
+    kinds = {"result": "result", "alert": "alert", "stats": "stats", "reply": "reply", "state": "state"}
     seen = set()
     for message in collector.messages:
         sub = message.topic[len(BASE) + 1:]
@@ -66,3 +66,8 @@ def test_command_examples_match_the_schema():
     validate("command_threshold", {"threshold": 21.5, "request_id": "r1"})
     validate("command_threshold", 0.42)  # a slider's bare number
     validate("command_reload", {})
+    validate("command_shadow", {"model": "/opt/lineguard/models/next", "request_id": "r2"})
+    validate("command_shadow", {"stop": True})
+    for broken in ({}, {"stop": False}, {"model": "m", "stop": True}, {"model": ""}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate("command_shadow", broken)

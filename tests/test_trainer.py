@@ -42,6 +42,15 @@ def test_bundle_contents_and_report(mnist_bundle):
     assert manifest["calibration"]["method"] == "best_f1"
     assert manifest["provenance"]["data_fingerprint"]
     assert manifest["input"]["shape"] == [1, 28, 28, 1]
+    # The drift watch's reference (edge.core.reference): the calibration's good scores (best-F1: the labelled test
+    # set's good images) and the training images' figures, as quantiles from 0 to 100 %.
+    reference = manifest["reference"]
+    assert reference["scores"]["source"] == "labelled test set's good images" and reference["scores"]["n"] > 10
+    assert len(reference["scores"]["quantiles"]) == 101 and reference["scores"]["quantiles"] == sorted(
+        reference["scores"]["quantiles"])
+    assert set(reference["image"]) == {"brightness", "contrast", "sharpness"}
+    assert {figure["source"] for figure in reference["image"].values()} == {"training images"}
+    assert reference["image"]["brightness"]["n"] == manifest["provenance"]["train_images"]
 
 
 def test_int8_threshold_and_parity(mnist_bundle):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from edge.core.files import write_json_atomic
 from edge.core.inspector import Inspector
 from edge.core.preprocess import PreprocessSpec
 from edge.core.quality import fit_limits, measure
+from edge.core.reference import DriftReference, Distribution, image_reference
 from edge.core.scoring import Calibration, ScoringSpec
 from trainer import calibration as good_calibration
 from trainer import crossfit, metrics, small_choice
@@ -218,7 +219,9 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
         )
         if model_choice is not None:
             bundle.architecture["model_choice"] = model_choice
-        bundle.quality = fit_limits([measure(x) for x in x_train])
+        measurements = [measure(x) for x in x_train]
+        bundle.quality = fit_limits(measurements)
+        bundle.reference = DriftReference(image=image_reference(measurements, "training images"))
         _add_ignore(bundle, opts, staged, dataset)
         save_manifest(bundle)
         refit = (lambda: crossfit.out_of_fold(bundle, kind_module, model, opts, fit_samples)) if cross_fit else None
@@ -283,11 +286,20 @@ def _calibration_scores(bundle: Bundle, dataset: Dataset, opts: TrainOptions, fi
             score_samples(float_model, samples, bundle.preprocess.color, "calibrating (float)", keep_heats=False))
 
 
+def _score_source(opts: TrainOptions, out_of_fold: bool) -> str:
+    """Which good scores the drift reference summarizes: the ones the threshold was calibrated on."""
+    if out_of_fold:
+        return "good images scored out of fold"
+    return "labelled test set's good images" if opts.threshold_method == "best-f1" else "held-out good images"
+
+
 def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, fit, val, refit=None) -> dict:
     color = bundle.preprocess.color
     calib, calib_float = _calibration_scores(bundle, dataset, opts, fit, val, refit)
     good_heats = [h for h, label in zip(calib.heats, calib.labels) if label == 0]
     bundle.calibration = calibrate(opts, calib, good_heats, out_of_fold=refit is not None)
+    bundle.reference = replace(bundle.reference or DriftReference(),
+                               scores=Distribution.of(calib.good_scores(), _score_source(opts, refit is not None)))
     float_threshold, _, _ = choose_threshold(opts, calib_float)
     float_model = Inspector(bundle, threads=opts.threads, use_float_model=True)
     int8 = Inspector(bundle, threads=opts.threads)

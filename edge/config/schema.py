@@ -20,6 +20,7 @@ from edge.config.fields import FilePath, base_dir, not_below, resolve
 from edge.config.integrations import HomeAssistantConfig, MetricsConfig, SparkplugConfig
 from edge.config.io import IoConfig
 from edge.config.opcua import OpcuaConfig
+from edge.config.watch import DriftConfig, ShadowConfig
 from edge.config.web import FeedbackConfig, WebConfig
 
 # The source section: the config class of the kind it names (edge.capture.registry), each with only its own
@@ -221,6 +222,8 @@ class Config(BaseModel):
     opcua: OpcuaConfig = Field(default_factory=OpcuaConfig, description="OPC UA server for SCADA and MES.")
     web: WebConfig = Field(default_factory=WebConfig, description="Station page.")
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Labelled frames for retraining.")
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift watch.")
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Shadow model.")
 
     @field_validator("source", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any
 from edge.core.files import read_limited, write_json_atomic
 from edge.core.preprocess import ImageError, PreprocessSpec, read_image
 from edge.core.quality import QualityLimits
+from edge.core.reference import DriftReference
 from edge.core.scoring import Calibration, ScoringSpec
 
 FORMAT_NAME = "lineguard-bundle"
@@ -81,6 +82,7 @@ class Bundle:
     quality: QualityLimits | None = None
     ignore_polygons: list[list[tuple[float, float]]] = field(default_factory=list)
     has_ignore_mask: bool = False
+    reference: DriftReference | None = None  # good scores and image figures for the drift watch (edge.drift)
 
     def ignore_mask(self):
         """The bundle's ignore mask image (non-zero = ignored), covering the whole frame, or None."""
@@ -125,6 +127,7 @@ class Bundle:
             "quality": self.quality.to_dict() if self.quality else None,
             "ignore": {"polygons": self.ignore_polygons, "mask_file": IGNORE_MASK_NAME if self.has_ignore_mask else None},
             "architecture": self.architecture,
+            "reference": self.reference.to_dict() if self.reference else None,
             "metrics": self.metrics,
             "provenance": self.provenance,
         }
@@ -232,6 +235,7 @@ def _bundle_from(root: Path, data: dict[str, Any]) -> Bundle:
         quality=QualityLimits.from_dict(data.get("quality")),
         ignore_polygons=[[tuple(p) for p in poly] for poly in ignore.get("polygons", [])],
         has_ignore_mask=bool(ignore.get("mask_file")),
+        reference=DriftReference.from_dict(data.get("reference")),
     )
 
 

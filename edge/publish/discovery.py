@@ -1,5 +1,5 @@
 """Home Assistant MQTT discovery: the retained config messages that make a station appear in Home Assistant as
-one device, with a "defect" binary sensor, sensors (score, fail rate, fps, latency, outbox depth), the last
+one device, with "defect" and "drift" binary sensors, sensors (score, fail rate, fps, latency, outbox depth), the last
 heatmap as an image, a trigger button and a threshold number.
 
 Every entity reads a topic the station already publishes (result, stats, state, heatmap) or commands one it
@@ -60,6 +60,12 @@ def _entities(base: str, threshold: float, threshold_range: tuple[float, float])
             "json_attributes_topic": result,
             "json_attributes_template": "{{ {'seq': value_json.seq, 'part_id': value_json.part_id, "
                                         "'image': value_json.image, 'score': value_json.score} | tojson }}"},
+        ("binary_sensor", "drift"): {
+            "name": "Drift", "state_topic": stats, "device_class": "problem",
+            "value_template": "{{ 'ON' if value_json.drift is defined and value_json.drift.drift else 'OFF' }}",
+            "json_attributes_topic": stats,
+            "json_attributes_template": "{{ {'reason': value_json.drift.reason if value_json.drift is defined "
+                                        "else none} | tojson }}"},
         ("sensor", "score"): {
             "name": "Score", "state_topic": result, "value_template": "{{ value_json.score }}",
             "state_class": "measurement"},

@@ -87,9 +87,11 @@ def state_payload(source_state: str, detail: str, bundle, threshold: float, last
 
 def stats_payload(device_id: str, bundle, threshold: float, status, *, source: dict, outbox: dict, last_seq: int,
                   delivered: int, evidence: dict, mqtt_connected: bool, sinks: dict,
-                  triggers: dict | None = None, feedback: dict | None = None) -> dict[str, Any]:
+                  triggers: dict | None = None, feedback: dict | None = None,
+                  sections: dict | None = None) -> dict[str, Any]:
     """<base>/stats: what the station has done since it started (``status``: edge.status.StationStatus) and how
-    its parts fare. Also what /metrics and the station page's charts show."""
+    its parts fare; ``sections`` are the sinks' own (drift, shadow). Also what /metrics and the station page's
+    charts show."""
     c = status.counters
     uptime = status.uptime_s()
     p50, p95, p99 = status.latency_percentiles()
@@ -104,8 +106,15 @@ def stats_payload(device_id: str, bundle, threshold: float, status, *, source: d
         "model": model_ref(bundle), "threshold": threshold, "last_reload_error": status.last_reload_error,
         "restart_required": status.restart_required, "cpu_temp_c": status.cpu_temp_c(),
         "reloads": c.reloads, "reload_failures": c.reload_failures,
-        "triggers": triggers or {}, "feedback": feedback or {},
+        "triggers": triggers or {}, "feedback": feedback or {}, **(sections or {}),
     }
+
+
+def drift_alert(device_id: str, bundle, report: dict[str, Any], seq: int) -> dict[str, Any]:
+    """<base>/alert when the drift watch trips (edge.drift) with the verdict ``seq``: ``kind`` tells it from a
+    failed part's alert."""
+    return {"kind": "drift", "id": uuid.uuid4().hex, "ts": utc_now(), "device_id": device_id, "seq": seq, "drift": True,
+            "reason": report["reason"], "signals": report["signals"], "model": model_ref(bundle)}
 
 
 def reply_payload(command: str, ok: bool, reason: str, request_id: str | None,

@@ -52,6 +52,11 @@ GAUGES = {
     "last_seq": ("last_seq", "Seq of the last verdict."),
     "cpu_temp_c": ("cpu_temperature_celsius", "CPU temperature."),
 }
+SHADOW_COUNTERS = {
+    "agreements": ("shadow_agreements", "Frames on which the shadow model's verdict equalled the live one's."),
+    "disagreements": ("shadow_disagreements", "Frames on which the shadow model's verdict differed."),
+    "skipped": ("shadow_skipped", "Frames the shadow model skipped while behind."),
+}
 VERDICTS = {"pass": "pass", "fail": "fail", "unscorable": "unscorable"}  # stats key -> result label
 
 
@@ -88,6 +93,8 @@ class StationCollector:
         yield GaugeMetricFamily(f"{PREFIX}_mqtt_connected", "1 while connected to the broker.",
                                 value=int(stats["mqtt_connected"]))
         yield from _evidence(GaugeMetricFamily, CounterMetricFamily, stats.get("evidence", {}))
+        yield from _drift(GaugeMetricFamily, CounterMetricFamily, stats.get("drift"))
+        yield from _counters(CounterMetricFamily, SHADOW_COUNTERS, stats.get("shadow") or {})
         recent = GaugeMetricFamily(f"{PREFIX}_latency_recent_seconds", "Latency percentiles over the last "
                                    "verdicts (the stats payload's window).", labels=["quantile"])
         for quantile, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
@@ -137,6 +144,24 @@ def _evidence(gauge, counter, evidence: dict) -> Iterator:
     yield gauge(f"{PREFIX}_evidence_bytes", "Disk space the evidence images take.", value=evidence["bytes"])
     yield gauge(f"{PREFIX}_evidence_low_space", "1 while evidence is paused for low disk space.",
                 value=int(evidence["low_space"]))
+
+
+def _drift(gauge, counter, drift: dict | None) -> Iterator:
+    """The drift watch (edge.drift): 0/1, its trips, and each signal's CUSUM against its limit."""
+    if not drift:
+        return
+    yield gauge(f"{PREFIX}_drift", "1 while the drift watch has tripped (stats drift.reason says why).",
+                value=int(drift["drift"]))
+    if "trips" in drift:
+        yield counter(f"{PREFIX}_drift_trips", "Times the drift watch tripped for the running model.",
+                      value=drift["trips"])
+        statistic = gauge(f"{PREFIX}_drift_statistic", "Each drift signal's CUSUM, in standard deviations; it "
+                          f"trips above {PREFIX}_drift_limit.", labels=["signal"])
+        for name, signal in drift["signals"].items():
+            statistic.add_metric([name], signal["statistic"])
+        yield statistic
+        yield gauge(f"{PREFIX}_drift_limit", "The drift watch's CUSUM decision limit (drift.limit).",
+                    value=drift["limit"])
 
 
 class StationMetrics:

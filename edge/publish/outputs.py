@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import cv2
 
 from edge.core.preprocess import to_uint8
+from edge.drift import DriftSink, alert_publisher
+from edge.shadow import ShadowSink
 from edge.publish import messages
 from edge.publish.evidence import EvidenceStore
 from edge.publish.sinks import VerdictEvent, VerdictSink
@@ -92,6 +94,10 @@ def build_evidence(parts: OutputParts) -> EvidenceSink:
     return EvidenceSink(parts.evidence, lambda: parts.cfg().storage.evidence)
 
 
+def build_drift(parts: OutputParts) -> DriftSink:
+    return DriftSink(lambda: parts.cfg().drift, alert_publisher(parts.cfg, parts.link))
+
+
 def build_heatmap(parts: OutputParts) -> HeatmapSink | None:
     return HeatmapSink(parts.link, lambda: parts.cfg().mqtt.heatmap) if parts.link is not None else None
 
@@ -101,6 +107,8 @@ OUTPUTS: dict[str, Build] = {
     "evidence": build_evidence,
     "heatmap": build_heatmap,
     "sparkplug": sparkplug.build,
+    "drift": build_drift,
+    "shadow": lambda parts: ShadowSink(parts.cfg),
 }
 
 

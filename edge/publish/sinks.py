@@ -44,6 +44,7 @@ class VerdictEvent:
     spec: Any  # the model's PreprocessSpec, for the overlay
     pixel_threshold: float
     frame_roi: tuple[int, int, int, int] | None = None  # the device's crop (inference.roi), for the overlay
+    bundle: Any = None  # the model's edge.core.bundle.Bundle that judged it
     _overlay: np.ndarray | None = field(default=None, repr=False)
     _overlay_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -90,6 +91,10 @@ class VerdictSink:
 
     def close(self) -> None:
         """Release what the sink holds; called once, after its last event."""
+
+    def stats(self) -> dict[str, Any] | None:
+        """Its own section of the stats payload, under its name (from any thread), or None for none."""
+        return None
 
 
 class _SinkWorker:
@@ -199,3 +204,11 @@ class FanOut:
 
     def stats(self) -> dict[str, dict[str, int]]:
         return {w.sink.name: {"dropped": w.dropped, "errors": w.errors} for w in self._workers}
+
+    def find(self, name: str) -> VerdictSink | None:
+        """The sink of that name, or None."""
+        return next((w.sink for w in self._workers if w.sink.name == name), None)
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The sinks' own sections of the stats payload (VerdictSink.stats), by sink name."""
+        return {w.sink.name: section for w in self._workers if (section := w.sink.stats()) is not None}

@@ -173,6 +173,9 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         route("/api/threshold/reset", command("threshold_reset", ()), ("POST",)),
         route("/api/feedback", command("feedback", ("seq", "label", "defect")), ("POST",)),
         route("/api/reload", command("reload", ()), ("POST",)),
+        route("/api/shadow", command("shadow", ("model", "stop")), ("POST",)),
+        route("/api/promote", command("promote", ()), ("POST",)),
+        route("/api/rollback", command("rollback", ()), ("POST",)),
         *extra_routes,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -1,4 +1,4 @@
-"""`lineguard threshold` and `lineguard feedback`: the station page's changes from a shell on the device.
+"""`lineguard threshold`, `feedback` and `shadow`: the station page's changes from a shell on the device.
 
 They talk to the running daemon's page (web.host/web.port, over loopback when it listens on every interface),
 so a change takes the same path as on the page and over MQTT. With no daemon running, `threshold --reset`
@@ -79,6 +79,22 @@ def add_station_commands(sub) -> None:
     source.add_argument("--image", type=Path, help="an image file to add as it is (PNG is copied, others converted)")
     p.add_argument("--defect", default="defect", help="folder name under test/ for a defect (default: defect)")
     p.set_defaults(handler=cmd_feedback)
+    p = sub.add_parser("shadow", help="score a candidate bundle beside the running model, or stop it",
+                       description="Have the running daemon score every frame with a candidate bundle too (like "
+                                   "MQTT cmd/shadow): compared with the live verdicts in stats and on the page, "
+                                   "never published. A bundle that cannot be used is refused with the reason.")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"), help="the daemon's config file")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("model", nargs="?", type=Path, help="the candidate bundle folder")
+    what.add_argument("--stop", action="store_true", help="stop the shadow model")
+    p.set_defaults(handler=cmd_shadow)
+    for name, text in (("promote", "make the running shadow model the live one (through a reload; audited)"),
+                       ("rollback", "make the model before the last promote or rollback live again (audited)")):
+        p = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}, like MQTT cmd/{name}. The "
+                           "choice is kept in storage.dir/model.json while the config's model: stays; every switch "
+                           "is a line in storage.dir/model-audit.log.")
+        p.add_argument("--config", type=Path, default=Path("config.yaml"), help="the daemon's config file")
+        p.set_defaults(handler=cmd_switch, command=name)
 
 
 def _config(path: Path):
@@ -132,6 +148,36 @@ def cmd_threshold(args) -> int:
     if args.reset:
         return _answer(client.command("/api/threshold/reset", {}))
     return _answer(client.command("/api/threshold", {"threshold": args.value}))
+
+
+def cmd_shadow(args) -> int:
+    cfg = _config(args.config)
+    if cfg is None:
+        return EX_CONFIG
+    client = PageClient(cfg.web)
+    refused = _connect(client, "shadow")
+    if refused == EX_TEMPFAIL:
+        print(f"lineguard shadow: no station page answers at {client.base} (is the daemon running with "
+              "web.enabled?)", file=sys.stderr)
+    if refused is not None:
+        return refused
+    body = {"stop": True} if args.stop else {"model": str(args.model.expanduser().resolve())}
+    return _answer(client.command("/api/shadow", body))
+
+
+def cmd_switch(args) -> int:
+    """`lineguard promote` and `lineguard rollback`."""
+    cfg = _config(args.config)
+    if cfg is None:
+        return EX_CONFIG
+    client = PageClient(cfg.web)
+    refused = _connect(client, args.command)
+    if refused == EX_TEMPFAIL:
+        print(f"lineguard {args.command}: no station page answers at {client.base} (is the daemon running with "
+              "web.enabled?)", file=sys.stderr)
+    if refused is not None:
+        return refused
+    return _answer(client.command(f"/api/{args.command}", {}))
 
 
 def cmd_feedback(args) -> int:

@@ -263,6 +263,9 @@ async function pollStats() {
     "outbox depth": stats.outbox.depth, "source": stats.source.state || "-", "MQTT": stats.mqtt_connected ? "connected" : "not connected",
     "CPU temp": stats.cpu_temp_c === null ? "-" : stats.cpu_temp_c.toFixed(1) + " °C", "threshold": fmt(stats.threshold),
   };
+  showDrift(stats.drift);
+  if (stats.drift) cards["drift"] = !stats.drift.enabled ? "off" : stats.drift.drift ? "yes" : "no";
+  if (stats.shadow && stats.shadow.model) Object.assign(cards, shadowCards(stats.shadow));
   const box = $("stats-cards");
   box.replaceChildren();
   for (const [name, value] of Object.entries(cards)) {
@@ -278,6 +281,24 @@ async function pollStats() {
   statsHistory.push({fps: stats.fps, failRate: judged ? 100 * stats.fail / judged : 0});
   if (statsHistory.length > STATS_POINTS) statsHistory.shift();
   drawStats();
+}
+
+function shadowCards(shadow) {
+  // The candidate beside the live model: agreement, the latest disagreeing seqs, both fail rates (Wilson 95 %).
+  const pct = (x) => x === null ? "-" : (100 * x).toFixed(1) + " %";
+  const rate = (r) => r.rate === null ? "-" : `${pct(r.rate)} (${pct(r.low)} to ${pct(r.high)})`;
+  return {
+    "shadow": `${shadow.model.name}: agree ${pct(shadow.agreement)} of ${shadow.frames}, skipped ${shadow.skipped}`,
+    "shadow differs at seq": shadow.last_disagreements.length ? shadow.last_disagreements.join(", ") : "-",
+    "fail rate live": rate(shadow.fail_rate.live), "fail rate shadow": rate(shadow.fail_rate.shadow),
+  };
+}
+
+function showDrift(drift) {
+  // One line in the header while the drift watch has tripped: what moved, by how much, over how many frames.
+  const line = $("drift");
+  line.hidden = !(drift && drift.drift);
+  line.textContent = line.hidden ? "" : "drift: " + drift.reason;
 }
 
 function drawStats() {
