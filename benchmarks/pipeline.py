@@ -74,7 +74,7 @@ def failed_fraction(run: DaemonRun) -> float | None:
 
 
 def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: int, repeats: int,
-            port: int, work: Path, extra: dict | None = None) -> Comparison:
+            port: int, work: Path, extra: dict | None = None, logs: list[str] | None = None) -> Comparison:
     """`repeats` pairs of (daemon run, bare loop), alternating which goes first."""
     result = Comparison(size=int(bundle.name.split("-")[1]), threads=threads)
     sample_image = str(sorted(frames.glob("*.png"))[0])
@@ -94,6 +94,8 @@ def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: i
             if run.ready_s is not None:
                 result.ready_s.append(run.ready_s)
             result.failed_fraction = failed_fraction(run)
+            if logs is not None:
+                logs.append(run.log_tail(20_000))
 
         def bare() -> None:
             reference = run_json("benchmarks.bare_invoke", bundle / "model.tflite", threads, count, WARMUP_FRAMES,
@@ -157,4 +159,31 @@ def run_plant(mode: str) -> dict:
         "pipeline_efficiency_256_plant": summary["efficiency"],
         "pipeline_256_plant": {"goal": GOAL, "met": summary["efficiency"] is not None and summary["efficiency"] >= GOAL,
                                "mode": mode, "interfaces": "opcua, sparkplug, modbus", "threads": 1, **summary},
+    }
+
+
+SHADOW_GOAL = 0.85
+SHADOW_PATTERN = re.compile(r"(\d+) frame\(s\) compared, (\d+) agreed, (\d+) disagreed, (\d+) skipped")
+
+
+def run_shadow(mode: str) -> dict:
+    """Case 11: case 1 at one thread with a shadow model (the same bundle) scoring beside the live one."""
+    bundle = conv_bundle(SIZE_PX)
+    count, repeats = FRAMES[mode], REPEATS[mode]
+    with scratch_dir("pipeline-shadow") as work, local_broker(work) as broker:
+        frames = part_frames(work / "frames", count, SIZE_PX)
+        threshold = fail_threshold(bundle, frames)
+        log("case 11: pipeline efficiency with a shadow model, %d frames, %d pairs", count, repeats)
+        logs: list[str] = []
+        comparison = compare(bundle, frames, threshold, 1, count, repeats, broker.port, work,
+                             extra={"shadow": {"model": str(bundle)}}, logs=logs)
+        summary = comparison.summary()
+    found = [tuple(int(v) for v in m.groups()) for m in map(SHADOW_PATTERN.search, logs) if m]
+    compared, skipped = sum(f[0] for f in found), sum(f[3] for f in found)
+    return {
+        "pipeline_efficiency_256_shadow": summary["efficiency"],
+        "pipeline_256_shadow": {
+            "goal": SHADOW_GOAL, "met": summary["efficiency"] is not None and summary["efficiency"] >= SHADOW_GOAL,
+            "mode": mode, "threads": 1, "shadow_compared": compared, "shadow_skipped": skipped,
+            "shadow_disagreed": sum(f[2] for f in found), **summary},
     }

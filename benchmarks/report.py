@@ -51,6 +51,11 @@ def headline_rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         ("   same, threads=1, with OPC UA, Sparkplug B and Modbus on (`pipeline_efficiency_256_plant`)",
          _fmt(r.get("pipeline_efficiency_256_plant")), ">= 0.90", _met(_get(r, "pipeline_256_plant", "met")),
          "`python -m benchmarks.run --case 10`"),
+        ("   same, threads=1, with a shadow model beside the live one (`pipeline_efficiency_256_shadow`); frames "
+         "the shadow skipped", f"{_fmt(r.get('pipeline_efficiency_256_shadow'))}; "
+         f"{_fmt(_get(r, 'pipeline_256_shadow', 'shadow_skipped'))} of "
+         f"{_fmt(_get(r, 'pipeline_256_shadow', 'shadow_compared'))} compared",
+         ">= 0.85", _met(_get(r, "pipeline_256_shadow", "met")), "`python -m benchmarks.run --case 11`"),
         ("   daemon / bare invoke fps (medians), threads=2",
          f"{_fmt(p2.get('daemon_fps_median'))} / {_fmt(p2.get('bare_invoke_fps_median'))}", "", "", f"`{ALL}`"),
         ("2. mnist-1 verdicts/s delivered, QoS 1 + outbox (`mnist1_verdicts_per_s`)",

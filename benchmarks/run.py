@@ -1,6 +1,6 @@
 """Run the benchmarks and write benchmarks/results/latest.json and latest.md.
 
-    python -m benchmarks.run --all      # every case (1-5, 7-10), about 12 minutes on 2 cores (make bench)
+    python -m benchmarks.run --all      # every case (1-5, 7-11), about 15 minutes on 2 cores (make bench)
     python -m benchmarks.run --quick    # case 1 only, at most 60 s (make bench-quick)
     python -m benchmarks.run --case 3   # one case
     python -m benchmarks.run --report   # rewrite latest.md from latest.json and soak.json, measuring nothing
@@ -22,7 +22,7 @@ from benchmarks.report import markdown
 
 LATEST_JSON = RESULTS_DIR / "latest.json"
 LATEST_MD = RESULTS_DIR / "latest.md"
-CASES = ("1", "2", "3", "4", "5", "7", "8", "9", "10")  # 6 is the soak (make soak)
+CASES = ("1", "2", "3", "4", "5", "7", "8", "9", "10", "11")  # 6 is the soak (make soak)
 
 
 def run_case(case: str, mode: str, results: dict) -> dict:
@@ -44,6 +44,9 @@ def run_case(case: str, mode: str, results: dict) -> dict:
     if case == "8":
         from benchmarks import station_page
         return station_page.run(mode)
+    if case == "11":
+        from benchmarks import pipeline
+        return pipeline.run_shadow(mode)
     if case == "10":
         from benchmarks import pipeline
         return pipeline.run_plant(mode)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from edge.text import one_line
 
 logger = logging.getLogger("lineguard")
 
+SHADOW_NICE = 19  # the shadow's thread yields the CPU to the live path; under load it skips frames instead
 MAX_PENDING = 2  # frames waiting for the shadow (or being scored); a newer one beyond them is skipped
 KEPT_VERDICTS = 1000  # both verdicts of the latest frames compared, kept in memory
 KEPT_DISAGREEMENTS = 20  # seqs of the latest disagreements shown
@@ -109,6 +111,14 @@ def colour_problem(candidate: Candidate, live_color: str, live_name: str) -> str
     return None
 
 
+def lower_priority() -> None:
+    """Give this thread (Linux: a thread is a task with its own nice value) the lowest CPU priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICE)
+    except OSError as exc:  # not fatal: the shadow then competes with the live path as an equal
+        logger.warning("shadow: cannot lower its thread's priority (%s)", exc)
+
+
 class ShadowSink(VerdictSink):
     """Scores each verdict's frame with the candidate, on the sink's thread, and compares the two verdicts."""
 
@@ -149,7 +159,16 @@ class ShadowSink(VerdictSink):
             self._slots.release()
 
     def on_start(self) -> None:
+        lower_priority()
         self._follow_config()  # a configured candidate is loaded before the first frame comes
+
+    def close(self) -> None:
+        candidate = self.candidate
+        if candidate is not None:  # the journal keeps what the comparison found, for after a stop
+            found = candidate.stats()
+            logger.info("shadow %s at exit: %d frame(s) compared, %d agreed, %d disagreed, %d skipped",
+                        candidate.inspector.bundle.name, found["frames"], found["agreements"],
+                        found["disagreements"], found["skipped"])
 
     def _follow_config(self) -> None:
         """shadow.model changed (by a reload): load it, here on the shadow's thread, or stop."""
