@@ -87,6 +87,8 @@ def switch_model(name: str, args, *, cfg, running: Callable, shadow, reload: Cal
                   args.request_id)
             return
         target = Path(record["previous"])
+    # What the shadow comparison showed when the swap was made: frames compared, agreement, both fail rates.
+    evidence = shadow.stats() if shadow is not None else None
     chosen = {"action": name, "model": str(target), "previous": before["path"], "configured": str(cfg.model),
               "ts": utc_now()}
     write_json_atomic(_record_path(storage_dir), chosen)
@@ -104,6 +106,6 @@ def switch_model(name: str, args, *, cfg, running: Callable, shadow, reload: Cal
               if ok else f"{name} refused: {status.last_reload_error or 'the model did not change'}; "
               f"{before['name']} stays live")
     _audit(storage_dir, {"ts": utc_now(), "action": name, "ok": ok, "from": before, "to": after if ok else
-                         {"path": str(target)}, "reason": reason, "request_id": args.request_id})
+                         {"path": str(target)}, "reason": reason, "evidence": evidence, "request_id": args.request_id})
     (logger.warning if ok else logger.error)("audit: %s", reason)
     reply(name, ok, reason, args.request_id)

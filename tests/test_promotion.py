@@ -55,3 +55,12 @@ def test_promote_makes_the_shadow_live_and_rollback_brings_the_old_model_back(tm
     audit = [json.loads(line) for line in (tmp_path / "state" / "model-audit.log").read_text().splitlines()]
     assert [(a["action"], a["ok"]) for a in audit] == [("promote", True), ("rollback", True)]
     assert audit[0]["to"]["path"] == str(candidate) and audit[1]["to"]["path"] == audit[0]["from"]["path"]
+    assert audit[1]["to"]["sha256"] == audit[0]["from"]["sha256"]  # rollback restores the earlier model
+    evidence = audit[0]["evidence"]  # what the comparison showed when the candidate was promoted
+    assert evidence["frames"] >= 0 and {"agreements", "disagreements", "fail_rate"} <= set(evidence)
+    # Neither swap lost a frame or scored one twice: every seq once, in order, across both runs and both swaps.
+    seqs = [r["seq"] for r in results(collector)]
+    assert sorted(set(seqs)) == list(range(1, max(seqs) + 1)), seqs
+    by_seq = {}
+    for result in results(collector):  # a QoS 1 repeat is the same message again, never a second verdict
+        assert by_seq.setdefault(result["seq"], result) == result
