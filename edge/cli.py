@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge.argtypes import POSITIVE_INT, number
 from edge.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
+from edge.history_cli import add_history_command
 from edge.web.client import add_station_commands
 
 # Commands that other packages plug in, e.g. the trainer's train and evaluate. Each entry point names a
@@ -39,6 +40,7 @@ examples:
   lineguard run --config /etc/lineguard/config.yaml
   lineguard threshold --config /etc/lineguard/config.yaml --reset
   lineguard feedback --config /etc/lineguard/config.yaml good --seq 1234
+  lineguard history --config /etc/lineguard/config.yaml --since 2026-05-01T06:00:00+02:00 --summary
 """
 
 
@@ -107,6 +109,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_score(sub)
     _add_device(sub)
     add_station_commands(sub)
+    add_history_command(sub)
     if command not in sub.choices:
         _add_plugged_in(sub, command)
     return parser

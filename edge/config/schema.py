@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from edge.capture.registry import DEFAULT_KIND, on_change, source_types
 from edge.config.broker import MqttConfig
 from edge.config.fields import FilePath, base_dir, not_below, resolve
+from edge.config.history import HistoryConfig
 from edge.config.integrations import HomeAssistantConfig, MetricsConfig, SparkplugConfig
 from edge.config.io import IoConfig
 from edge.config.opcua import OpcuaConfig
@@ -224,6 +225,7 @@ class Config(BaseModel):
     feedback: FeedbackConfig = Field(default_factory=FeedbackConfig, description="Labelled frames for retraining.")
     drift: DriftConfig = Field(default_factory=DriftConfig, description="Drift watch.")
     shadow: ShadowConfig = Field(default_factory=ShadowConfig, description="Shadow model.")
+    history: HistoryConfig = Field(default_factory=HistoryConfig, description="Verdict history.")
 
     @field_validator("source", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from edge.drift import DriftSink, alert_publisher
 from edge.shadow import ShadowSink
 from edge.publish import messages
 from edge.publish.evidence import EvidenceStore
+from edge.publish.history import History, HistorySink
 from edge.publish.sinks import VerdictEvent, VerdictSink
 from edge.publish.sparkplug import node as sparkplug
 
@@ -58,6 +59,11 @@ class HeatmapSink(VerdictSink):
                               user_properties=messages.heatmap_properties(event.message))
 
 
+def evidence_stem(event: VerdictEvent) -> str:
+    """<seq>-<image>: the name of a verdict's evidence files, without -heat and .jpg."""
+    return f"{event.seq:09d}-{Path(event.image_name).stem}"
+
+
 class EvidenceSink(VerdictSink):
     """Saves the frame and its overlay under storage.dir/evidence as <seq>-<image>.jpg and -heat.jpg."""
 
@@ -72,8 +78,7 @@ class EvidenceSink(VerdictSink):
         return _wanted(self.policy(), event)
 
     def on_verdict(self, event: VerdictEvent) -> None:
-        stem = f"{event.seq:09d}-{Path(event.image_name).stem}"
-        self.store.save(stem, {"": to_uint8(event.image), "-heat": event.overlay()})  # JPEG holds 8 bits
+        self.store.save(evidence_stem(event), {"": to_uint8(event.image), "-heat": event.overlay()})  # JPEG holds 8 bits
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,16 @@ def build_heatmap(parts: OutputParts) -> HeatmapSink | None:
     return HeatmapSink(parts.link, lambda: parts.cfg().mqtt.heatmap) if parts.link is not None else None
 
 
+def build_history(parts: OutputParts) -> HistorySink | None:
+    cfg = parts.cfg()
+    if not cfg.history.enabled:
+        return None
+    history = History(cfg.storage.dir, cfg.history.retention_days * 86400.0, int(cfg.history.max_mb * 1e6),
+                      int(cfg.storage.reserve_mb * 1e6))
+    return HistorySink(history, lambda event: f"{evidence_stem(event)}.jpg"
+                       if _wanted(parts.cfg().storage.evidence, event) else None)
+
+
 # Every output a station may run, by name, in the order verdicts reach them: one line per output.
 OUTPUTS: dict[str, Build] = {
     "evidence": build_evidence,
@@ -109,6 +124,7 @@ OUTPUTS: dict[str, Build] = {
     "sparkplug": sparkplug.build,
     "drift": build_drift,
     "shadow": lambda parts: ShadowSink(parts.cfg),
+    "history": build_history,
 }
 
 
