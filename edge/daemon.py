@@ -222,7 +222,8 @@ def reporter_view(d: Daemon) -> ReporterView:
 def page_view(d: Daemon) -> PageView:
     return PageView(cfg=lambda: d.cfg, inspector=lambda: _inspector(d), stats=lambda: station_stats(d),
                     status=d.status, link=lambda: d.link, evidence_folder=lambda: d.evidence.folder,
-                    command=d.commands.on_command, listen_replies=d.report.reply_listeners.append)
+                    command=d.commands.on_command, listen_replies=d.report.reply_listeners.append,
+                    history=lambda: d.station.fanout.find("history") if d.station is not None else None)
 
 
 def controls(d: Daemon) -> Controls:

@@ -99,6 +99,7 @@ class FeedbackStore:
         self.saved = self.refused_quota = self.refused_low_space = 0
         self.last_refusal: str | None = None
         self._refusing = False  # refusing for room since the last warning
+        self.on_filed = None  # called with (seq, PNG path within the folder) once a frame is filed (its thread)
         self._bytes = folder_bytes(self.folder)  # what earlier runs filed counts against the quota
         self._queue: queue.Queue = queue.Queue(maxsize=FEEDBACK_QUEUE_SIZE)
         self._thread = threading.Thread(target=self._run, name="feedback", daemon=True)
@@ -164,6 +165,8 @@ class FeedbackStore:
         self._check_room(sum(map(len, files.values())))
         self._write_pair(self.folder / relative, files)
         self.saved += 1
+        if self.on_filed is not None:
+            self.on_filed(seq, relative.with_suffix(".png").as_posix())
         return f"seq {seq} saved as {relative.with_suffix('.png')}"
 
     def _write_pair(self, stem: Path, files: dict[str, bytes]) -> None:

@@ -104,7 +104,7 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
 
     async def review(request, session) -> Response:
         try:
-            items = select_verdicts(station.recent(), request.query_params)
+            items = await run_in_threadpool(station.review_verdicts, request.query_params)
         except ValueError as exc:
             return _error(400, str(exc))
         held, evidence = station.held(), await run_in_threadpool(station.evidence_seqs)
@@ -215,13 +215,19 @@ class ViewerStream(StreamingResponse):
             self.slots.give_back()
 
 
-def select_verdicts(verdicts: list[dict], query) -> list[dict]:
-    """Newest first, by verdict filter and time range (ISO 8601 `since`/`until`), at most `limit`."""
+def review_query(query) -> tuple[str | None, float | None, float | None, int]:
+    """The Review list's query: verdict filter (None: all), time range (ISO 8601 `since`/`until`) and `limit`."""
     wanted = FILTERS.get(query.get("filter", "fail"), "?")
     if wanted == "?":
         raise ValueError(f"filter must be one of {', '.join(FILTERS)}")
     since, until = _time(query.get("since")), _time(query.get("until"))
     limit = int(query.get("limit", REVIEW_LIMIT)) if query.get("limit", "").isdigit() else REVIEW_LIMIT
+    return wanted, since, until, limit
+
+
+def select_verdicts(verdicts: list[dict], query) -> list[dict]:
+    """Newest first, by verdict filter and time range (ISO 8601 `since`/`until`), at most `limit`."""
+    wanted, since, until, limit = review_query(query)
     chosen = []
     for verdict in reversed(verdicts):
         ts = _time(verdict["ts"])

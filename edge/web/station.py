@@ -32,6 +32,7 @@ from edge.web.live import LiveSink
 if TYPE_CHECKING:
     from edge.config.schema import Config
     from edge.core.inspector import Inspector
+    from edge.publish.history import HistorySink
     from edge.publish.mqtt import MqttLink
 
 logger = logging.getLogger("lineguard")
@@ -41,6 +42,7 @@ STATE_CACHE_S = 0.25  # /api/state is rebuilt at most this often, however many a
 CALIBRATION_SCORES = Path("report") / "scores.csv"  # written by `lineguard train` into the bundle
 MAX_CALIBRATION_SCORES = 20000
 MAX_CALIBRATION_BYTES = 32 * 1024 * 1024
+MAX_HISTORY_ROWS = 5000  # most verdicts one Review request reads from the history
 
 ReplyListener = Callable[[str, bool, str, "str | None"], None]
 
@@ -58,6 +60,7 @@ class PageView:
     evidence_folder: Callable[[], Path]
     command: Callable[[str, bytes], None]  # queues a command as MQTT's cmd/<name> does (CommandQueue.on_command)
     listen_replies: Callable[[ReplyListener], None]  # hear every reply to a command, from any interface
+    history: Callable[[], HistorySink | None] = lambda: None  # the verdict history's sink; None when it is off
 
 
 class StationWeb:
@@ -69,6 +72,7 @@ class StationWeb:
         self.frames = RecentFrames(int(cfg.feedback.keep_frames_mb * 1e6))
         self.feedback = FeedbackStore(cfg.feedback_dir, self.frames, int(cfg.feedback.quota_mb * 1e6),
                                       int(cfg.storage.reserve_mb * 1e6))
+        self.feedback.on_filed = self._filed
         self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: view.cfg().inference.roi, cfg.web.live_fps)
         self.sinks = [self.sink]
         self.server = self.metrics = None
@@ -141,7 +145,7 @@ class StationWeb:
                 "stored_threshold": stored, "threshold_range": [low, high], "source": status.source_state,
                 "source_detail": status.source_detail, "last_reload_error": status.last_reload_error,
                 "restart_required": status.restart_required, "threshold_dropped": status.threshold_dropped,
-                "inspecting": self.inspecting(),
+                "inspecting": self.inspecting(), "history": self.history_state(),
                 "fitness": fitness_of(inspector.bundle)}
 
     def stats(self) -> dict:
@@ -149,6 +153,42 @@ class StationWeb:
 
     def recent(self) -> list[dict]:
         return list(self.sink.recent)
+
+    def history_state(self) -> dict:
+        """Whether the verdict history is kept and available, and why not."""
+        sink = self.view.history()
+        if sink is None:
+            return {"enabled": False, "available": False, "reason": "history.enabled is false"}
+        return {"enabled": True, "available": sink.history.available, "reason": sink.history.reason}
+
+    def review_verdicts(self, query) -> list[dict]:
+        """The Review list: the recent verdicts in memory and, before them, the history's (which outlive
+        restarts), newest first. ValueError for a bad query."""
+        from edge.publish.history_read import HistoryUnavailable, read_rows
+        from edge.web.app import review_query, select_verdicts
+
+        chosen = select_verdicts(self.recent(), query)
+        sink = self.view.history()
+        if sink is None:
+            return chosen
+        wanted, since, until, limit = review_query(query)
+        limit = min(limit, MAX_HISTORY_ROWS)
+        try:
+            rows = read_rows(sink.history.path, since, until, wanted, limit, newest_first=True)
+        except HistoryUnavailable:
+            return chosen
+        seen = {item["seq"] for item in chosen}
+        for row in rows:
+            if row["seq"] not in seen:
+                seen.add(row["seq"])
+                chosen.append(json.loads(row["message"]))
+        chosen.sort(key=lambda item: (item["ts"], item["seq"]), reverse=True)
+        return chosen[:limit]
+
+    def _filed(self, seq: int, path: str) -> None:
+        sink = self.view.history()
+        if sink is not None:
+            sink.note_feedback(seq, path)
 
     def evidence_file(self, seq: int, kind: str) -> Path | None:
         """The evidence JPEG of a verdict: kind "frame" or "heat"."""
