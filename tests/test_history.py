@@ -20,6 +20,7 @@ from edge.publish.history_read import read_rows, summary
 from tests.support.daemon_harness import BASE, DaemonProcess, replay_to_end, results, sample_folder, unique_in_order, \
     write_config
 from tests.support.helpers import run_cli, wait_until
+from tests.test_faults import fill, small_disk  # noqa: F401 (small_disk is a fixture)
 
 DAY_S = 86400.0
 
@@ -88,3 +89,57 @@ def test_summary_counts_verdicts_and_where_failed_parts_fail(tmp_path):
     totals = summary(read_rows(tmp_path / FILE_NAME))
     assert (totals["pass"], totals["fail"], totals["unscorable"], totals["fail_rate"]) == (1, 2, 1, pytest.approx(2 / 3))
     assert totals["top_regions"] == [{"x": 0, "y": 0, "w": 32, "h": 32, "fails": 2}]
+
+
+def latest_stats(collector) -> dict:
+    payloads = collector.payloads(f"{BASE}/stats")
+    return json.loads(payloads[-1]) if payloads else {}
+
+
+def warnings_of(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "WARNING" in line and "history unavailable" in line]
+
+
+def test_a_full_disk_makes_history_unavailable_and_inspection_goes_on(tmp_path, broker, make_collector, small_disk):
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/stats"])
+    state = small_disk / "state"
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), mqtt={"heatmap": "never"},
+                          source={"loop": True, "fps": 20},
+                          storage={"dir": str(state), "evidence": "never", "reserve_mb": 6})
+    daemon = DaemonProcess(config)
+    try:
+        assert wait_until(lambda: latest_stats(collector).get("history", {}).get("written", 0) >= 10, 30), \
+            daemon.log()[-3000:]
+        assert latest_stats(collector)["history"]["available"] is True
+        fill(small_disk, leave_bytes=3 * 1024 * 1024)  # below the 6 MB reserve: the outbox alone may use it
+        assert wait_until(lambda: latest_stats(collector).get("history", {}).get("available") is False, 30), \
+            daemon.log()[-3000:]
+        seen = len(unique_in_order(results(collector)))
+        assert wait_until(lambda: len(unique_in_order(results(collector))) >= seen + 40, 30), daemon.log()[-3000:]
+        history = latest_stats(collector)["history"]
+        assert "storage.reserve_mb" in history["reason"], history
+        assert daemon.process.poll() is None, daemon.log()[-3000:]
+    finally:
+        daemon.signal(signal.SIGTERM)
+        code = daemon.wait(60)
+    assert code == 0, daemon.log()[-3000:]
+    assert len(warnings_of(daemon.log())) == 1, warnings_of(daemon.log())
+    seqs = sorted(m["seq"] for m in unique_in_order(results(collector)))
+    assert seqs == list(range(1, len(seqs) + 1))  # every verdict published, none skipped
+
+
+def test_a_damaged_history_file_is_reported_and_inspection_goes_on(tmp_path, broker, make_collector):
+    collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/stats"])
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path))
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / FILE_NAME).write_bytes(b"not a database, " * 512)
+    daemon = DaemonProcess(config)
+    assert daemon.wait(60) == 0, daemon.log()[-3000:]
+    assert [m["seq"] for m in unique_in_order(results(collector))] == list(range(1, 21))
+    assert wait_until(lambda: "history" in latest_stats(collector), 10)
+    history = latest_stats(collector)["history"]
+    assert history["available"] is False and "not a database" in history["reason"], history
+    assert len(warnings_of(daemon.log())) == 1, daemon.log()[-3000:]
+    out = run_cli("history", "--config", config)
+    assert out.returncode != 0 and "history" in out.stderr
