@@ -143,3 +143,26 @@ def test_a_damaged_history_file_is_reported_and_inspection_goes_on(tmp_path, bro
     assert len(warnings_of(daemon.log())) == 1, daemon.log()[-3000:]
     out = run_cli("history", "--config", config)
     assert out.returncode != 0 and "history" in out.stderr
+
+
+def test_the_review_list_keeps_the_verdicts_from_before_a_restart(tmp_path, broker, make_collector):
+    from tests.test_station_page import page_config, review_seqs, start_daemon
+
+    collector = make_collector(broker, [f"{BASE}/result"])
+    config, url = page_config(tmp_path, broker.port, web={"recent_verdicts": 10})
+    replay_to_end(config, collector)  # the first run: seq 1..20, then it exits
+    daemon = start_daemon(config, url, "--keep-serving")  # the second: seq 21..40, and the page stays up
+    try:
+        assert wait_until(lambda: len(unique_in_order(results(collector))) >= 40, 30), daemon.log()[-3000:]
+        assert wait_until(lambda: review_seqs(url, filter="all") == set(range(1, 41)), 10), \
+            sorted(review_seqs(url, filter="all"))
+        with urllib.request.urlopen(f"{url}api/review?filter=all&limit=3", timeout=5) as response:
+            newest = json.loads(response.read())["verdicts"]
+        assert [v["seq"] for v in newest] == [40, 39, 38] and {"held", "evidence", "score", "ts"} <= set(newest[0])
+        fails = review_seqs(url, filter="fail")
+        assert fails and fails & set(range(1, 21))  # failed parts from before the restart are still there
+        with urllib.request.urlopen(f"{url}api/state", timeout=5) as response:
+            assert json.loads(response.read())["history"]["available"] is True
+    finally:
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0, daemon.log()[-3000:]
