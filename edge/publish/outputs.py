@@ -65,7 +65,8 @@ def evidence_stem(event: VerdictEvent) -> str:
 
 
 class EvidenceSink(VerdictSink):
-    """Saves the frame and its overlay under storage.dir/evidence as <seq>-<image>.jpg and -heat.jpg."""
+    """Saves the frame and its heatmap under storage.dir/evidence as <seq>-<image>.jpg and -heat.jpg, both in the
+    frame's geometry (edge.core.overlay.render_frame_overlay): the Review tab lays one over the other."""
 
     name = "evidence"
     queue_events = EVIDENCE_QUEUE_EVENTS
@@ -78,7 +79,7 @@ class EvidenceSink(VerdictSink):
         return _wanted(self.policy(), event)
 
     def on_verdict(self, event: VerdictEvent) -> None:
-        self.store.save(evidence_stem(event), {"": to_uint8(event.image), "-heat": event.overlay()})  # JPEG holds 8 bits
+        self.store.save(evidence_stem(event), {"": to_uint8(event.image), "-heat": event.frame_overlay()})  # 8-bit JPEG
 
 
 @dataclass(frozen=True)

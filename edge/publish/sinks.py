@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.core.overlay import render_overlay
+from edge.core.overlay import render_frame_overlay, render_overlay
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ class VerdictEvent:
                 self._overlay = render_overlay(self.image, self.result.heat, self.spec, self.pixel_threshold,
                                                self.frame_roi)
             return self._overlay
+
+    def frame_overlay(self) -> np.ndarray:
+        """The heatmap on the whole frame, in the frame's geometry (the Review tab's evidence)."""
+        return render_frame_overlay(self.image, self.result.heat, self.spec, self.pixel_threshold, self.frame_roi)
 
 
 class VerdictSink:

@@ -108,8 +108,10 @@ async function loadReview() {
   try { data = await api("/api/review?" + query); } catch (error) { text("review-message", error.message); return; }
   const list = $("review-list");
   list.replaceChildren();
-  text("review-count", `${data.verdicts.length} verdict(s)`);
-  for (const v of data.verdicts) list.appendChild(reviewItem(v));
+  const shown = $("review-with-regions").checked ? data.verdicts.filter((v) => v.regions.length) : data.verdicts;
+  text("review-count", `${shown.length} verdict(s)`);
+  reviewShown = shown;
+  for (const v of shown) list.appendChild(reviewItem(v));
 }
 
 function reviewItem(v) {
@@ -122,6 +124,7 @@ function reviewItem(v) {
       const img = document.createElement("img");
       img.src = `/api/evidence/${v.seq}/${kind}`;
       img.alt = `${kind} of seq ${v.seq}`;
+      img.addEventListener("click", () => openViewer(v.seq));
       item.appendChild(img);
     }
   }
@@ -151,6 +154,74 @@ function reviewItem(v) {
 
 $("review-refresh").addEventListener("click", loadReview);
 $("review-filter").addEventListener("change", loadReview);
+$("review-with-regions").addEventListener("change", loadReview);
+
+// --- review viewer: the chosen frame large, its heatmap and region boxes in the frame's own pixels ---
+
+let reviewShown = [];  // the cards of the Review list, in their order
+let viewerIndex = -1;
+
+function openViewer(seq) {
+  viewerIndex = reviewShown.findIndex((v) => v.seq === seq);
+  if (viewerIndex < 0) return;
+  $("review-viewer").hidden = false;
+  showViewer();
+}
+
+function closeViewer() { $("review-viewer").hidden = true; viewerIndex = -1; }
+
+function stepViewer(step) {
+  const next = viewerIndex + step;
+  if (viewerIndex < 0 || next < 0 || next >= reviewShown.length) return;
+  viewerIndex = next;
+  showViewer();
+}
+
+function showViewer() {
+  const v = reviewShown[viewerIndex];
+  const raw = $("viewer-raw").checked;
+  const image = $("viewer-image");
+  image.dataset.seq = v.seq;
+  image.dataset.kind = !v.evidence ? "none" : raw || !$("viewer-overlay").checked ? "frame" : "heat";
+  if (v.evidence) image.src = `/api/evidence/${v.seq}/${image.dataset.kind}`;
+  else image.removeAttribute("src");
+  text("viewer-caption", `${viewerIndex + 1} of ${reviewShown.length} · seq ${v.seq} · ${v.verdict.toUpperCase()} · ` +
+    `score ${fmt(v.score)} / ${fmt(v.threshold)} · ${v.image} · ${v.ts}` + (v.evidence ? "" : " · no evidence image kept"));
+  $("viewer-prev").disabled = viewerIndex === 0;
+  $("viewer-next").disabled = viewerIndex === reviewShown.length - 1;
+  if (image.complete && image.naturalWidth) fitViewer();
+}
+
+function fitViewer() {
+  // Drawn at a size chosen here (never letterboxed by CSS), so the SVG over it maps frame pixels exactly.
+  const image = $("viewer-image"), v = reviewShown[viewerIndex];
+  if (!v || !image.naturalWidth) return;
+  const w = image.naturalWidth, h = image.naturalHeight;
+  const zoom = Math.min((window.innerWidth - 40) / w, (window.innerHeight - 120) / h, 8);
+  image.style.width = `${Math.round(w * zoom)}px`;
+  image.style.height = `${Math.round(h * zoom)}px`;
+  const boxes = $("viewer-boxes");
+  boxes.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  boxes.replaceChildren();
+  if ($("viewer-raw").checked || !$("viewer-regions").checked) return;
+  for (const r of v.regions) {
+    const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    for (const [key, value] of Object.entries({x: r.x, y: r.y, width: r.w, height: r.h})) rect.setAttribute(key, value);
+    boxes.appendChild(rect);
+  }
+}
+
+$("viewer-image").addEventListener("load", fitViewer);
+$("viewer-prev").addEventListener("click", () => stepViewer(-1));
+$("viewer-next").addEventListener("click", () => stepViewer(1));
+$("viewer-close").addEventListener("click", closeViewer);
+for (const id of ["viewer-overlay", "viewer-regions", "viewer-raw"]) $(id).addEventListener("change", showViewer);
+document.addEventListener("keydown", (event) => {
+  if ($("review-viewer").hidden) return;
+  if (event.key === "ArrowRight") { event.preventDefault(); stepViewer(1); }
+  else if (event.key === "ArrowLeft") { event.preventDefault(); stepViewer(-1); }
+  else if (event.key === "Escape") closeViewer();
+});
 
 // --- threshold by eye ---
 
