@@ -16,7 +16,8 @@ from edge.text import one_line
 
 MAX_PAYLOAD_BYTES = 4096
 PART_ID_MAX_CHARS = 128
-REASON_KEY_MAX_CHARS = 64  # an unknown key is echoed in the reason only this far
+REASON_KEY_MAX_CHARS = 64
+WHY_MAX_CHARS = 200  # a threshold change's reason, as the audit keeps it  # an unknown key is echoed in the reason only this far
 
 
 class CommandRefused(ValueError):
@@ -34,6 +35,7 @@ class TriggerCommand(_Command):
 
 class ThresholdCommand(_Command):
     threshold: float = Field(gt=0, description="new score threshold; a part fails when score >= threshold")
+    why: str | None = Field(default=None, max_length=WHY_MAX_CHARS, description="kept in the threshold audit")
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -56,6 +58,8 @@ class ReloadCommand(_Command):
 
 class ThresholdResetCommand(_Command):
     """Back to the configured (inference.threshold) or bundle threshold: clears the stored one."""
+
+    why: str | None = Field(default=None, max_length=WHY_MAX_CHARS, description="kept in the threshold audit")
 
 
 class FeedbackCommand(_Command):
@@ -109,6 +113,7 @@ COMMANDS: dict[str, type[_Command]] = {
 class Command:
     name: str
     args: _Command
+    origin: str = "mqtt"  # who sent it, for the threshold audit: "mqtt", "page <address>", "cli", "opcua"
 
 
 def _first_error(exc: ValidationError) -> str:

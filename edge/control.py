@@ -12,7 +12,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge.commands import Command, CommandRefused, FeedbackCommand, parse_command, request_id_of
@@ -27,6 +27,7 @@ from edge.publish.messages import model_ref
 from edge.publish.reporter import Reporter
 from edge.startup import build_inspector
 from edge.text import one_line
+from edge.threshold_audit import record_change
 from edge.threshold_store import DroppedThreshold, clear_threshold, save_threshold, threshold_path
 
 logger = logging.getLogger("lineguard")
@@ -47,10 +48,11 @@ class CommandQueue:
         self.queue: queue.Queue[Command] = queue.Queue(maxsize=COMMAND_QUEUE_SIZE)
         self.on_trigger = None  # set by edge.io.triggers.TriggerDesk: it queues a trigger or answers it busy
 
-    def on_command(self, name: str, payload: bytes) -> None:
+    def on_command(self, name: str, payload: bytes, origin: str = "mqtt") -> None:
+        """``origin``: who sent it (the page and OPC UA queue their commands here too), for the threshold audit."""
         received_s = time.monotonic()  # a trigger's time: its frame is one captured after it
         try:
-            command = parse_command(name, payload)
+            command = replace(parse_command(name, payload), origin=origin)
             if command.name == "trigger" and self.on_trigger is not None:
                 args = command.args
                 self.on_trigger(Trigger("mqtt", received_s, args.part_id, args.request_id))
@@ -96,9 +98,9 @@ def apply_command(controls: Controls, command: Command) -> None:
     """Act on a validated command other than a trigger (the main loop's own), between two frames."""
     name, args = command.name, command.args
     if name == "threshold":
-        apply_threshold(controls.inspector(), args, controls.report, controls.cfg().storage.dir)
+        apply_threshold(controls.inspector(), args, controls.report, controls.cfg().storage.dir, command.origin)
     elif name == "threshold_reset":
-        reset_threshold(controls.inspector(), controls.cfg(), args, controls.report)
+        reset_threshold(controls.inspector(), controls.cfg(), args, controls.report, command.origin)
     elif name == "feedback":
         controls.feedback(args)  # written on the feedback thread, not here
     elif name == "reload":
@@ -109,14 +111,15 @@ def apply_command(controls: Controls, command: Command) -> None:
         controls.switch_model(name, args)
 
 
-def apply_threshold(inspector: Inspector, args, report, storage_dir: Path) -> None:
+def apply_threshold(inspector: Inspector, args, report, storage_dir: Path, origin: str = "mqtt") -> None:
     """Act on a validated threshold command: within the model's range it is stored in storage.dir (so reloads
     and restarts keep it), applies from the next frame and is reported (edge.publish.reporter); outside it, or
-    when it cannot be stored, the reply refuses it and says why."""
+    when it cannot be stored, the reply refuses it and says why. Each stored change is a row of the threshold
+    audit (edge.threshold_audit), with ``origin`` as who made it."""
     reason = inspector.calibration.threshold_problem(args.threshold, inspector.bundle.name)
     if reason is None:
         try:
-            save_threshold(storage_dir, args.threshold, model_ref(inspector.bundle), "command")
+            save_threshold(storage_dir, args.threshold, model_ref(inspector.bundle), origin)
         except (OSError, ValueError) as exc:
             reason = f"cannot store the threshold in {threshold_path(storage_dir)}: {one_line(str(exc))}"
     if reason is not None:
@@ -125,10 +128,11 @@ def apply_threshold(inspector: Inspector, args, report, storage_dir: Path) -> No
         return
     old = inspector.threshold
     inspector.set_threshold(args.threshold)
+    record_change(storage_dir, origin, "set", old, args.threshold, args.why, model_ref(inspector.bundle)["sha256"])
     report.threshold_changed(old, args)
 
 
-def reset_threshold(inspector: Inspector, cfg: Config, args, report) -> None:
+def reset_threshold(inspector: Inspector, cfg: Config, args, report, origin: str = "mqtt") -> None:
     """Clear the stored threshold: back to inference.threshold, else the bundle's calibrated one."""
     try:
         had_one = clear_threshold(cfg.storage.dir)
@@ -140,12 +144,14 @@ def reset_threshold(inspector: Inspector, cfg: Config, args, report) -> None:
     old = inspector.threshold
     configured = cfg.inference.threshold
     inspector.set_threshold(configured if configured is not None else inspector.calibration.threshold)
-    origin = "inference.threshold" if configured is not None else f"bundle {inspector.bundle.name}"
-    logger.info("threshold reset by command: %.6g -> %.6g (%s)%s", old, inspector.threshold, origin,
+    back_to = "inference.threshold" if configured is not None else f"bundle {inspector.bundle.name}"
+    logger.info("threshold reset by command: %.6g -> %.6g (%s)%s", old, inspector.threshold, back_to,
                 "" if had_one else "; none was stored")
+    if had_one:
+        record_change(cfg.storage.dir, origin, "reset", old, inspector.threshold, args.why, model_ref(inspector.bundle)["sha256"])
     report.stats()
     report.state()  # before the reply, so a reply means the state is current
-    report.reply("threshold_reset", True, f"threshold {old:.6g} -> {inspector.threshold:.6g} ({origin})",
+    report.reply("threshold_reset", True, f"threshold {old:.6g} -> {inspector.threshold:.6g} ({back_to})",
                  args.request_id)
 
 

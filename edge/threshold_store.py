@@ -125,6 +125,10 @@ class DroppedThreshold:
         again at the next start: it is never applied to a model it does not name."""
         stamp = f"{utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"  # unique: never over an earlier one
         aside = self.path.with_name(f"{THRESHOLD_FILE}.dropped-{stamp}")
+        from edge.threshold_audit import record_change
+
+        record_change(self.path.parent, "station", "dropped", self.threshold, self.used,
+                      "set for another model: not applied", self.running["sha256"])
         try:
             os.replace(self.path, aside)
             return aside

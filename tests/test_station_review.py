@@ -146,3 +146,60 @@ def test_review_viewer_lays_the_heatmap_on_the_frame_and_steps_with_the_keys(tmp
     browser.find_element(By.ID, "review-with-regions").click()
     assert poll(lambda: not cards())
     assert json.loads(fetch(url + "api/state"))["inspecting"]
+
+
+def audit_rows(browser) -> list[dict]:
+    rows = browser.find_elements(By.CSS_SELECTOR, "#threshold-audit tbody tr")
+    return [dict(zip(("ts", "who", "action", "from", "to", "why"), [td.text for td in row.find_elements(By.TAG_NAME, "td")]),
+                 to_value=row.get_attribute("data-to")) for row in rows]
+
+
+def test_a_typed_threshold_is_applied_and_every_change_is_in_the_audit_list(tmp_path, broker, make_collector,
+                                                                           browser):  # noqa: F811
+    from tests.support.daemon_harness import sample_folder
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), web={"enabled": True, "port": port})
+    collector = make_collector(broker, [f"{BASE}/reply"])
+    daemon = start_daemon(config, url, "--keep-serving")
+    assert daemon.wait_for_log("the station page stays up", WAIT_S), daemon.log()[-3000:]
+    browser.get(url)
+    open_tab(browser, "threshold")
+    assert poll(lambda: browser.find_element(By.ID, "threshold-current").text != "-")
+    assert poll(lambda: "no change" in browser.find_element(By.ID, "threshold-audit-message").text)
+    state = json.loads(fetch(url + "api/state"))
+    low, high = state["threshold_range"]
+    typed = round(state["threshold"] * 1.1, 3)
+    assert low < typed < high
+
+    # Typed, with a reason, and applied: the same command path as the slider's Apply.
+    field = browser.find_element(By.ID, "threshold-input")
+    field.clear()
+    field.send_keys(str(typed))
+    assert poll(lambda: float(browser.find_element(By.ID, "threshold-value").get_attribute("data-threshold")) == typed)
+    browser.find_element(By.ID, "threshold-why").send_keys("fewer false rejects on batch 7")
+    browser.find_element(By.ID, "threshold-apply").click()
+    assert poll(lambda: "->" in browser.find_element(By.ID, "threshold-message").text)
+    assert json.loads(fetch(url + "api/state"))["threshold"] == typed
+    assert poll(lambda: audit_rows(browser) and float(audit_rows(browser)[0]["to_value"]) == typed)
+    [row] = audit_rows(browser)
+    assert row["who"].startswith("page 127.0.0.1") and row["action"] == "set" and row["why"] == \
+        "fewer false rejects on batch 7"
+    assert float(row["from"]) == state["threshold"] or abs(float(row["from"]) / state["threshold"] - 1) < 1e-5
+    screenshot(browser, tmp_path, "station-threshold-audit.png")
+
+    # A change over MQTT and a reset on the page are logged too, newest first, with their origin.
+    collector.publish(f"{BASE}/cmd/threshold", json.dumps({"threshold": typed * 1.05, "why": "line 2 trial"}))
+    assert poll(lambda: json.loads(fetch(url + "api/state"))["threshold"] == typed * 1.05)
+    browser.find_element(By.ID, "threshold-reset").click()
+    assert poll(lambda: len(audit_rows(browser)) == 3)
+    rows = audit_rows(browser)
+    assert [(r["who"], r["action"]) for r in rows[:2]] == [(rows[0]["who"], "reset"), ("mqtt", "set")]
+    assert rows[0]["who"].startswith("page ") and rows[1]["why"] == "line 2 trial"
+    assert float(rows[0]["to_value"]) == json.loads(fetch(url + "api/state"))["bundle_threshold"]
+
+    # The log scale is an option: the running threshold keeps its value, the slider moves under it.
+    before = browser.find_element(By.ID, "threshold-slider").get_attribute("value")
+    browser.find_element(By.ID, "threshold-log").click()
+    assert poll(lambda: browser.find_element(By.ID, "threshold-slider").get_attribute("value") != before)

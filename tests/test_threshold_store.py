@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 from edge.core.bundle import MANIFEST_NAME, load_bundle
+from edge.threshold_audit import read_changes
 from edge.threshold_store import THRESHOLD_FILE
 from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
 from tests.support.helpers import FIXTURES, MNIST_BUNDLE, ROOT, run_cli
@@ -71,6 +72,11 @@ def test_a_commanded_threshold_outlasts_reload_and_restart_until_reset(tmp_path,
     assert thresholds_after(collector, daemon, stats_last_seq_after(collector, stats_seen)) == {CALIBRATED_THRESHOLD}
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+    # Both changes are in the threshold audit of the history database, newest first, with their origin.
+    changes = read_changes(tmp_path / "state")
+    assert [(c["who"], c["action"], c["to"]) for c in changes] == [("mqtt", "reset", CALIBRATED_THRESHOLD),
+                                                                   ("mqtt", "set", APPLIED)]
+    assert changes[0]["from"] == APPLIED and changes[1]["from"] == CALIBRATED_THRESHOLD
 
 
 def test_a_stored_threshold_out_of_range_or_unreadable_stops_the_start_naming_the_file(tmp_path):
@@ -143,6 +149,9 @@ def test_a_threshold_set_on_one_model_is_dropped_loudly_when_a_reload_switches_t
         mnist_sha, tile_sha, f"{CARRIED:g}", f"{TILE_THRESHOLD:.6g}", str(tmp_path / "state" / THRESHOLD_FILE)))
     assert not (tmp_path / "state" / THRESHOLD_FILE).exists()
     assert [r["threshold"] for r in set_aside(tmp_path / "state")] == [CARRIED]
+    dropped = read_changes(tmp_path / "state")[0]
+    assert (dropped["who"], dropped["action"], dropped["from"], dropped["to"], dropped["model_sha"]) == \
+        ("station", "dropped", CARRIED, TILE_THRESHOLD, tile_sha)
 
 
 def stored_for(model: dict | None, threshold: float = CARRIED) -> str:

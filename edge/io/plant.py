@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from edge.config.errors import ConfigError
@@ -98,7 +99,8 @@ class PlantIo:
         if problem is not None:
             raise IoError(problem)
         server = OpcuaServer(self.opcua_config, self.device_id, password,
-                             Station(self.triggers.offer, self.triggers.commands.on_command, self._threshold_problem))
+                             Station(self.triggers.offer, partial(self.triggers.commands.on_command, origin="opcua"),
+                                     self._threshold_problem))
         self.triggers.report.reply_listeners.append(self.replied)
         return server
 

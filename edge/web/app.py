@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,7 @@ SSE_WAIT_S = 5.0  # a comment line at least this often keeps proxies from closin
 FAILED_LOGIN_DELAY_S = 1.0
 MAX_BODY_BYTES = 4096
 REVIEW_LIMIT = 500
+CLIENT_HEADER = "X-Lineguard-Client"  # "cli" from `lineguard threshold` (edge.web.client)
 FILTERS = {"all": None, "fail": "fail", "unscorable": "unscorable", "pass": "pass"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -152,10 +154,17 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
             body = await _json_body(request) if fields else {}
             if not isinstance(body, dict):
                 return _error(400, "send a JSON object")
-            reply = await run_in_threadpool(station.command, name, {k: body[k] for k in fields if k in body})
+            reply = await run_in_threadpool(station.command, name, {k: body[k] for k in fields if k in body},
+                                            _origin(request, session))
             logger.info("web: %s %s", name, "applied" if reply["ok"] else f"refused: {reply['reason']}")
             return JSONResponse(reply, status_code=200 if reply["ok"] else 409)
         return handler
+
+    async def threshold_audit(request, session) -> Response:
+        try:
+            return JSONResponse({"changes": await run_in_threadpool(station.threshold_audit)})
+        except sqlite3.Error as exc:
+            return _error(503, f"the threshold audit cannot be read: {exc}")
 
     async def prometheus(request, session) -> Response:
         body, content_type = metrics.render(request.headers.get("accept"))
@@ -169,8 +178,9 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         route("/api/review", review), route("/api/scores", scores),
         route("/api/evidence/{seq:int}/{kind}", evidence), route("/api/live.jpg", live_jpeg),
         route("/api/live/events", live_events),
-        route("/api/threshold", command("threshold", ("threshold",)), ("POST",)),
-        route("/api/threshold/reset", command("threshold_reset", ()), ("POST",)),
+        route("/api/threshold", command("threshold", ("threshold", "why")), ("POST",)),
+        route("/api/threshold/reset", command("threshold_reset", ("why",)), ("POST",)),
+        route("/api/threshold/audit", threshold_audit),
         route("/api/feedback", command("feedback", ("seq", "label", "defect")), ("POST",)),
         route("/api/reload", command("reload", ()), ("POST",)),
         route("/api/shadow", command("shadow", ("model", "stop")), ("POST",)),
@@ -213,6 +223,15 @@ class ViewerStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.slots.give_back()
+
+
+def _origin(request: Request, session) -> str:
+    """Who sent a change, as the threshold audit names it: `lineguard` commands say so in a header (they pass the
+    same access rules as the page); otherwise the page, by address, and whether it logged in with the password."""
+    if request.headers.get(CLIENT_HEADER) == "cli":
+        return "cli"
+    address = request.client.host if request.client else "?"
+    return f"page {address}" + (" (logged in)" if session.authenticated else "")
 
 
 def review_query(query) -> tuple[str | None, float | None, float | None, int]:

@@ -31,7 +31,7 @@ class PageClient:
     def _call(self, path: str, data: dict | None = None) -> tuple[int, dict]:
         body = None if data is None else json.dumps(data).encode()
         request = urllib.request.Request(self.base + path, data=body, headers={
-            "Content-Type": "application/json", "X-CSRF-Token": self.csrf})
+            "Content-Type": "application/json", "X-CSRF-Token": self.csrf, "X-Lineguard-Client": "cli"})
         try:
             with self.opener.open(request, timeout=REQUEST_TIMEOUT_S) as response:
                 return response.status, json.loads(response.read() or b"{}")
@@ -67,6 +67,7 @@ def add_station_commands(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("value", nargs="?", type=float, help="new threshold (a part fails when score >= it)")
     what.add_argument("--reset", action="store_true", help="back to inference.threshold or the bundle's threshold")
+    p.add_argument("--why", help="the reason, kept with the change in the threshold audit (shown on the page)")
     p.set_defaults(handler=cmd_threshold)
     p = sub.add_parser("feedback", help="label a recent frame for retraining (false reject / missed defect)",
                        description="Save a recent frame, lossless, into the feedback folder (MVTec AD layout: "
@@ -127,7 +128,8 @@ def _answer(answer: dict) -> int:
 
 
 def cmd_threshold(args) -> int:
-    from edge.threshold_store import clear_threshold, threshold_path
+    from edge.threshold_audit import record_change
+    from edge.threshold_store import StoredThresholdError, clear_threshold, load_threshold, threshold_path
 
     cfg = _config(args.config)
     if cfg is None:
@@ -139,15 +141,23 @@ def cmd_threshold(args) -> int:
             print(f"lineguard threshold: no station page answers at {client.base} (is the daemon running with "
                   "web.enabled?)", file=sys.stderr)
             return EX_TEMPFAIL
+        try:
+            stored = load_threshold(cfg.storage.dir)
+        except StoredThresholdError:
+            stored = None
         removed = clear_threshold(cfg.storage.dir)
+        if removed:
+            record_change(cfg.storage.dir, "cli", "reset", stored["threshold"] if stored else None, None,
+                          args.why or "the daemon was not running")
         print(f"{threshold_path(cfg.storage.dir)} {'removed' if removed else 'was not there'}; the daemon is not "
               "running and uses the configured or bundle threshold when it starts")
         return EX_OK
     if refused is not None:
         return refused
+    why = {"why": args.why} if args.why else {}
     if args.reset:
-        return _answer(client.command("/api/threshold/reset", {}))
-    return _answer(client.command("/api/threshold", {"threshold": args.value}))
+        return _answer(client.command("/api/threshold/reset", why))
+    return _answer(client.command("/api/threshold", {"threshold": args.value, **why}))
 
 
 def cmd_shadow(args) -> int:

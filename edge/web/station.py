@@ -58,7 +58,7 @@ class PageView:
     status: StationStatus
     link: Callable[[], MqttLink | None]  # its connections are counted in /metrics
     evidence_folder: Callable[[], Path]
-    command: Callable[[str, bytes], None]  # queues a command as MQTT's cmd/<name> does (CommandQueue.on_command)
+    command: Callable[..., None]  # queues a command as MQTT's cmd/<name> does (CommandQueue.on_command, origin=...)
     listen_replies: Callable[[ReplyListener], None]  # hear every reply to a command, from any interface
     history: Callable[[], HistorySink | None] = lambda: None  # the verdict history's sink; None when it is off
 
@@ -185,6 +185,12 @@ class StationWeb:
         chosen.sort(key=lambda item: (item["ts"], item["seq"]), reverse=True)
         return chosen[:limit]
 
+    def threshold_audit(self) -> list[dict]:
+        """The stored threshold's changes, newest first (edge.threshold_audit)."""
+        from edge.threshold_audit import read_changes
+
+        return read_changes(self.view.cfg().storage.dir)
+
     def _filed(self, seq: int, path: str) -> None:
         sink = self.view.history()
         if sink is not None:
@@ -219,12 +225,13 @@ class StationWeb:
 
     # --- commands ---
 
-    def command(self, name: str, args: dict) -> dict:
-        """Queue a command as MQTT would and wait for its reply: {"ok", "reason"}."""
+    def command(self, name: str, args: dict, origin: str = "page") -> dict:
+        """Queue a command as MQTT would and wait for its reply: {"ok", "reason"}. ``origin`` is who sent it,
+        for the threshold audit."""
         request_id = f"web-{secrets.token_hex(8)}"
         with self._replied:
             self._waiting[request_id] = {}
-        self.view.command(name, json.dumps({**args, "request_id": request_id}).encode())
+        self.view.command(name, json.dumps({**args, "request_id": request_id}).encode(), origin=origin)
         with self._replied:
             self._replied.wait_for(lambda: self._waiting[request_id], REPLY_WAIT_S)
             reply = self._waiting.pop(request_id)

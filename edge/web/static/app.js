@@ -223,36 +223,105 @@ document.addEventListener("keydown", (event) => {
   else if (event.key === "Escape") closeViewer();
 });
 
-// --- threshold by eye ---
+// --- threshold by eye: an axis around the data (linear, or log), the slider or a typed value, the change log ---
 
-function sliderToThreshold(value) {
-  const [low, high] = scoresData.state.threshold_range;
-  return Math.exp(Math.log(low) + (Math.log(high) - Math.log(low)) * value / 1000);
+let axisCache = null;  // [low, high] of the axis; cleared when the scores or the scale change
+
+function axisDomain() {
+  if (!axisCache) axisCache = dataDomain();
+  return axisCache;
 }
 
-function thresholdToSlider(threshold) {
-  const [low, high] = scoresData.state.threshold_range;
-  return Math.round(1000 * (Math.log(threshold) - Math.log(low)) / (Math.log(high) - Math.log(low)));
+function dataDomain() {
+  // The scores shown and both thresholds, with a margin, within the range the model accepts.
+  const state = scoresData.state;
+  const [low, high] = state.threshold_range;
+  const values = [...scoresData.calibration.map((c) => c.score), ...scoresData.recent.map((r) => r.score),
+    state.threshold, state.bundle_threshold].filter((v) => Number.isFinite(v) && v > 0);
+  if (!values.length) return [low, high];
+  const log = $("threshold-log").checked;
+  const f = log ? Math.log : (v) => v, inverse = log ? Math.exp : (v) => v;
+  let a = f(Math.min(...values)), b = f(Math.max(...values));
+  const margin = (b - a) * 0.08 || Math.abs(a) * 0.1 || 1;
+  return [Math.max(low, inverse(a - margin)), Math.min(high, inverse(b + margin))];
 }
+
+function axisFraction(value) {
+  // 0..1 along the axis; outside the domain it is clamped to an end.
+  const [a, b] = axisDomain();
+  const v = Math.min(Math.max(value, a), b);
+  return $("threshold-log").checked ? (Math.log(v) - Math.log(a)) / (Math.log(b) - Math.log(a)) : (v - a) / (b - a);
+}
+
+function axisValue(fraction) {
+  const [a, b] = axisDomain();
+  return $("threshold-log").checked ? Math.exp(Math.log(a) + (Math.log(b) - Math.log(a)) * fraction) : a + (b - a) * fraction;
+}
+
+function axisTicks() {
+  // Round numbers across the domain: 1, 2, 5 x 10^k steps (linear) or 1, 2, 5 x each power of ten (log).
+  const [a, b] = axisDomain();
+  if ($("threshold-log").checked) {
+    const ticks = [];
+    for (let k = Math.floor(Math.log10(a)); k <= Math.ceil(Math.log10(b)); k++) {
+      for (const m of [1, 2, 5]) { const t = m * 10 ** k; if (t >= a && t <= b) ticks.push(t); }
+    }
+    return ticks;
+  }
+  const rough = (b - a) / 8, power = 10 ** Math.floor(Math.log10(rough));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough);
+  const ticks = [];
+  for (let t = Math.ceil(a / step) * step; t <= b + step * 1e-9; t += step) ticks.push(Number(t.toPrecision(12)));
+  return ticks;
+}
+
+function sliderToThreshold(value) { return axisValue(value / 1000); }
+function thresholdToSlider(threshold) { return Math.round(1000 * axisFraction(threshold)); }
 
 async function loadScores() {
   scoresData = await api("/api/scores");
+  axisCache = null;
   const state = scoresData.state;
   text("threshold-current", fmt(state.threshold));
   text("threshold-bundle", fmt(state.bundle_threshold));
-  text("threshold-origin", state.stored_threshold ? `set by command at ${state.stored_threshold.ts}`
+  const stored = state.stored_threshold;
+  text("threshold-origin", stored && stored.error ? stored.error
+    : stored ? `set by ${stored.set_by || "command"} at ${stored.ts}`
     : state.configured_threshold ? "from inference.threshold" : "the bundle's own");
   text("threshold-fitness", state.fitness.text);
+  const [low, high] = state.threshold_range;
+  Object.assign($("threshold-input"), {min: low, max: high, title: `${fmt(low)} to ${fmt(high)}`});
   $("threshold-slider").value = thresholdToSlider(state.threshold);
   showCandidate();
+  loadAudit();
+}
+
+async function loadAudit() {
+  let data;
+  try { data = await api("/api/threshold/audit"); } catch (error) { text("threshold-audit-message", error.message); return; }
+  text("threshold-audit-message", data.changes.length ? "" : "no change of the stored threshold recorded yet");
+  const body = $("threshold-audit").querySelector("tbody");
+  body.replaceChildren();
+  for (const c of data.changes) {
+    const row = document.createElement("tr");
+    row.dataset.to = c.to === null ? "" : c.to;
+    for (const cell of [c.ts, c.who, c.action, fmt(c.from), fmt(c.to), c.why || ""]) {
+      const td = document.createElement("td");
+      td.textContent = cell;
+      row.appendChild(td);
+    }
+    body.appendChild(row);
+  }
 }
 
 function candidate() { return Number($("threshold-value").dataset.threshold); }
 
-function showCandidate() {
-  const threshold = sliderToThreshold(Number($("threshold-slider").value));
+function showCandidate(typed) {
+  // typed: a value from the number field, kept exactly; otherwise the slider's position.
+  const threshold = typed === undefined ? sliderToThreshold(Number($("threshold-slider").value)) : typed;
   $("threshold-value").dataset.threshold = threshold;
   text("threshold-value", fmt(threshold));
+  if (typed === undefined) $("threshold-input").value = Number(threshold.toPrecision(6));
   const running = scoresData.state.threshold;
   const flips = scoresData.recent.filter((r) => (r.score >= threshold) !== (r.score >= running));
   text("flip-count", flips.length);
@@ -271,12 +340,11 @@ function showCandidate() {
 function drawHistogram(threshold) {
   const canvas = $("histogram");
   const ctx = canvas.getContext("2d");
-  const [low, high] = scoresData.state.threshold_range;
-  const bins = 80;
-  const x = (s) => (Math.log(Math.min(Math.max(s, low), high)) - Math.log(low)) / (Math.log(high) - Math.log(low)) * canvas.width;
+  const bins = 80, axisHeight = 22, plotHeight = canvas.height - axisHeight;
+  const x = (s) => axisFraction(s) * canvas.width;
   const count = (scores) => {
     const h = new Array(bins).fill(0);
-    for (const s of scores) h[Math.min(bins - 1, Math.floor(x(s) / canvas.width * bins))]++;
+    for (const s of scores) h[Math.min(bins - 1, Math.floor(axisFraction(s) * bins))]++;
     const total = scores.length || 1;
     return h.map((n) => n / total);
   };
@@ -290,32 +358,57 @@ function drawHistogram(threshold) {
   const width = canvas.width / bins;
   for (const [h, color] of series) {
     ctx.fillStyle = color + "b0";
-    h.forEach((v, i) => { const height = v / peak * (canvas.height - 20); ctx.fillRect(i * width, canvas.height - height, width - 1, height); });
+    h.forEach((v, i) => { const height = v / peak * (plotHeight - 20); ctx.fillRect(i * width, plotHeight - height, width - 1, height); });
   }
   for (const [value, color, dash] of [[scoresData.state.threshold, "#555", [6, 4]], [threshold, "#c0162b", []]]) {
     ctx.strokeStyle = color; ctx.setLineDash(dash); ctx.lineWidth = 2;
-    ctx.beginPath(); ctx.moveTo(x(value), 0); ctx.lineTo(x(value), canvas.height); ctx.stroke();
+    ctx.beginPath(); ctx.moveTo(x(value), 0); ctx.lineTo(x(value), plotHeight); ctx.stroke();
   }
   ctx.setLineDash([]);
-  ctx.fillStyle = "#333";
-  ctx.fillText(`${fmt(low)}`, 2, 12);
-  ctx.fillText(`${fmt(high)} (log scale)`, canvas.width - 130, 12);
+  ctx.strokeStyle = "#333"; ctx.lineWidth = 1; ctx.fillStyle = "#333"; ctx.font = "12px system-ui, sans-serif";
+  ctx.beginPath(); ctx.moveTo(0, plotHeight + .5); ctx.lineTo(canvas.width, plotHeight + .5); ctx.stroke();
+  ctx.textAlign = "center";
+  for (const t of axisTicks()) {
+    const px = Math.round(x(t)) + .5;
+    ctx.beginPath(); ctx.moveTo(px, plotHeight); ctx.lineTo(px, plotHeight + 5); ctx.stroke();
+    ctx.fillText(String(Number(t.toPrecision(4))), Math.min(Math.max(px, 14), canvas.width - 14), plotHeight + 17);
+  }
+  ctx.textAlign = "right";
+  ctx.fillText(`score (${$("threshold-log").checked ? "log" : "linear"} scale)`, canvas.width - 4, 12);
+  ctx.textAlign = "start";
 }
 
-$("threshold-slider").addEventListener("input", showCandidate);
+$("threshold-slider").addEventListener("input", () => showCandidate());
+$("threshold-log").addEventListener("change", () => {
+  const keep = candidate();  // the candidate stays; the axis and the slider's scale change under it
+  axisCache = null;
+  $("threshold-slider").value = thresholdToSlider(keep);
+  showCandidate(keep);
+});
+$("threshold-input").addEventListener("input", () => {
+  const typed = Number($("threshold-input").value);
+  if (!$("threshold-input").value || !Number.isFinite(typed) || typed <= 0) return;
+  $("threshold-slider").value = thresholdToSlider(typed);
+  showCandidate(typed);
+});
+$("threshold-input").addEventListener("keydown", (event) => { if (event.key === "Enter") $("threshold-apply").click(); });
 $("histogram").addEventListener("click", (event) => {
   const rect = event.target.getBoundingClientRect();
   $("threshold-slider").value = Math.round(1000 * (event.clientX - rect.left) / rect.width);
   showCandidate();
 });
 $("threshold-apply").addEventListener("click", async () => {
-  const result = await post("/api/threshold", {threshold: candidate()});
+  const why = $("threshold-why").value.trim();
+  const result = await post("/api/threshold", {threshold: candidate(), ...(why ? {why} : {})});
   text("threshold-message", result.ok ? result.reason : "refused: " + result.reason);
+  if (result.ok) $("threshold-why").value = "";
   await loadScores();
 });
 $("threshold-reset").addEventListener("click", async () => {
-  const result = await post("/api/threshold/reset");
+  const why = $("threshold-why").value.trim();
+  const result = await post("/api/threshold/reset", why ? {why} : {});
   text("threshold-message", result.ok ? result.reason : "refused: " + result.reason);
+  if (result.ok) $("threshold-why").value = "";
   await loadScores();
 });
 
