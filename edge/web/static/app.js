@@ -292,7 +292,7 @@ async function loadScores() {
   const [low, high] = state.threshold_range;
   Object.assign($("threshold-input"), {min: low, max: high, title: `${fmt(low)} to ${fmt(high)}`});
   $("threshold-slider").value = thresholdToSlider(state.threshold);
-  showCandidate();
+  showCandidate(state.threshold);  // the running value exactly, not the slider's nearest step
   loadAudit();
 }
 
