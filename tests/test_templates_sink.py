@@ -77,4 +77,5 @@ def test_an_output_that_is_not_wanted_builds_no_sink_and_the_order_is_fixed(tmp_
     monkeypatch.setitem(outputs.OUTPUTS, "toy", lambda parts: None)
     parts = OutputParts(lambda: load_config(write_config(tmp_path, None, tmp_path)), None, evidence=None)
     sinks = build_sinks(parts, plant=Named("plant"), page=[Named("page")], extra=[Named("extra")])
-    assert [s.name for s in sinks] == ["evidence", "plant", "extra", "page"]  # no heatmap without a broker link
+    # No heatmap without a broker link, no Sparkplug node unless enabled; the shadow waits for cmd/shadow.
+    assert [s.name for s in sinks] == ["evidence", "drift", "shadow", "history", "plant", "extra", "page"]
