@@ -203,6 +203,11 @@ def _inspector(d: Daemon) -> Inspector | None:
     return d.station.inspector if d.station is not None else None
 
 
+def _verdict(d: Daemon, seq: int) -> dict | None:
+    last = d.station.last_verdict if d.station is not None else None
+    return last if last is not None and last["seq"] == seq else None
+
+
 def station_stats(d: Daemon) -> dict:
     """The <base>/stats payload as of now, from any thread: also what /metrics and the station page show."""
     station, link, inspector = d.station, d.link, d.station.inspector
@@ -219,7 +224,7 @@ def station_stats(d: Daemon) -> dict:
 
 def reporter_view(d: Daemon) -> ReporterView:
     return ReporterView(cfg=lambda: d.cfg, link=lambda: d.link, inspector=lambda: _inspector(d),
-                        stats=lambda: station_stats(d), status=d.status)
+                        stats=lambda: station_stats(d), status=d.status, verdict=lambda seq: _verdict(d, seq))
 
 
 def page_view(d: Daemon) -> PageView:

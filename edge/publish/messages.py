@@ -120,13 +120,14 @@ def drift_alert(device_id: str, bundle, report: dict[str, Any], seq: int) -> dic
 
 
 def reply_payload(command: str, ok: bool, reason: str, request_id: str | None,
-                  seq: int | None = None) -> dict[str, Any]:
-    """<base>/reply: the answer to one command. A trigger's reply also carries the seq of its verdict (null when
-    none was made: busy, no frame in time, refused)."""
+                  seq: int | None = None, verdict: dict | None = None) -> dict[str, Any]:
+    """<base>/reply: the answer to one command. A trigger's reply also carries the seq, verdict and score of its
+    verdict (each null when none was made: busy, no frame in time, refused)."""
     reply = {"command": command[:REASON_COMMAND_MAX_CHARS], "ok": ok, "reason": reason, "request_id": request_id,
              "ts": utc_now()}
     if command == "trigger":
         reply["seq"] = seq
+        reply["verdict"], reply["score"] = (verdict or {}).get("verdict"), (verdict or {}).get("score")
     return reply
 
 
