@@ -41,10 +41,13 @@ def check_config(path: Path, probe: bool = False) -> tuple[int, list[str]]:
     problems = list(checked.errors)
     cfg, storage = checked.config, []
     if cfg is not None:
-        problems += located(checked, preflight(cfg))
+        found = preflight(cfg)
+        problems += located(checked, found)
         storage = located(checked, preflight_storage(cfg.storage))
-        if probe:
-            problems += located(checked, [probe_source(cfg, checked), *probe_broker(cfg)])
+        if probe:  # what the checks above found already is not probed again
+            concerns = {key[0] for key in checked.bad_keys if key} | {problem.split(".")[0] for problem in found}
+            problems += located(checked, [None if "source" in concerns else probe_source(cfg, checked),
+                                          *([] if "mqtt" in concerns else probe_broker(cfg))])
     lines = [message for _, message in sorted(problems + storage, key=lambda item: item[0])]
     if problems or storage:
         return (EX_CONFIG if problems else EX_TEMPFAIL), lines
@@ -60,7 +63,8 @@ def located(checked: Checked, problems: list[str | None]) -> list[tuple[int, str
         key = tuple(match.group(1).split(".")) if match else next(
             (path for what, path in FILE_KEYS.items() if f"cannot read {what}" in problem
              or f"cannot read the {what}" in problem), ())
-        inner = KEY.match(problem[match.end() + 2:]) if match else None  # "model: inference.threshold: ..."
+        rest = problem[match.end():] if match else ""
+        inner = KEY.match(rest[2:]) if rest.startswith(": ") else None  # "model: inference.threshold: ..."
         if inner and tuple(inner.group(1).split(".")) in checked.reader.lines:
             key = tuple(inner.group(1).split("."))
         if any(key[:len(bad)] == bad or bad[:len(key)] == key for bad in checked.bad_keys if key):
