@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from edge.components import components
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
 from edge.config.schema import Config
@@ -202,12 +203,19 @@ def _inspector(d: Daemon) -> Inspector | None:
     return d.station.inspector if d.station is not None else None
 
 
+def _verdict(d: Daemon, seq: int) -> dict | None:
+    last = d.station.last_verdict if d.station is not None else None
+    return last if last is not None and last["seq"] == seq else None
+
+
 def station_stats(d: Daemon) -> dict:
     """The <base>/stats payload as of now, from any thread: also what /metrics and the station page show."""
     station, link, inspector = d.station, d.link, d.station.inspector
+    source, outbox = d.source.stats() if d.source is not None else {}, station.recorder.stats()
     return messages.stats_payload(
-        d.cfg.device_id, inspector.bundle, inspector.threshold, d.status,
-        source=d.source.stats() if d.source is not None else {}, outbox=station.recorder.stats(),
+        d.cfg.device_id, inspector.bundle, inspector.threshold, d.status, source=source, outbox=outbox,
+        components=components(source, link, d.cfg.mqtt.enabled, outbox, inspector.bundle.name,
+                              d.status.last_reload_error),
         last_seq=station.recorder.last_seq, delivered=d.sender.delivered if d.sender else 0,
         evidence=d.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
         sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats(),
@@ -216,7 +224,7 @@ def station_stats(d: Daemon) -> dict:
 
 def reporter_view(d: Daemon) -> ReporterView:
     return ReporterView(cfg=lambda: d.cfg, link=lambda: d.link, inspector=lambda: _inspector(d),
-                        stats=lambda: station_stats(d), status=d.status)
+                        stats=lambda: station_stats(d), status=d.status, verdict=lambda seq: _verdict(d, seq))
 
 
 def page_view(d: Daemon) -> PageView:

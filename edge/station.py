@@ -38,6 +38,7 @@ class Station:
         self.recorder = recorder
         self.fanout = fanout
         self.status = status
+        self.last_verdict: dict | None = None
         self.debounce = AlertDebounce(cfg.alerts.debounce_n, cfg.alerts.debounce_m)
 
     def switch_to(self, cfg: Config, inspector: Inspector) -> None:
@@ -65,6 +66,7 @@ class Station:
                              + ([(messages.ALERT, payload.body, 1)] if alert else []),
                              self.fanout.durable(payload.data, alert))
         self.status.count(result.verdict, latency_ms, alert)
+        self.last_verdict = {"seq": seq, "verdict": result.verdict, "score": result.score}  # for a trigger's reply
         logger.info("%s %-4s score %.4g (norm %.3f)%s", frame.name, result.verdict.upper(), result.score,
                     result.score_norm, f" part {part_id}" if part_id else "")
         self.fanout.verdict(VerdictEvent(

@@ -140,8 +140,8 @@ def test_check_config_finds_what_run_would_refuse(tmp_path):
     result = run_cli("check-config", config)
     assert result.returncode == EX_CONFIG
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"{config}: model: {tmp_path / 'no-such-bundle'}: no such bundle folder",
-                     f"{config}: source.path: image folder not found: {tmp_path / 'frames'}"]
+    assert lines == [f"{config}:1: model: {tmp_path / 'no-such-bundle'}: no such bundle folder",
+                     f"{config}:4: source.path: image folder not found: {tmp_path / 'frames'}"]
 
     (tmp_path / "frames").mkdir()
     config.write_text(f"model: {MNIST_BUNDLE}\nsource:\n  kind: folder\n  path: frames\n")
@@ -183,7 +183,8 @@ def test_check_config_finds_what_run_would_refuse_in_the_source_and_tls_files(tm
 
     check = run_cli("check-config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
     assert check.returncode == EX_CONFIG, check.stderr
-    assert last_line(check).startswith(f"{config}: {expected}"), last_line(check)
+    line = {"gstreamer": 3, "tls ca": 7, "tls key pair": 7}[case]  # source.kind, mqtt.tls
+    assert last_line(check).startswith(f"{config}:{line}: {expected}"), last_line(check)
     run = run_cli("run", "--config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
     assert run.returncode == EX_CONFIG, run.stderr[-2000:]
     refusal = last_line(run).partition("cannot start: ")[2]
@@ -230,12 +231,13 @@ def test_check_config_loads_the_password_and_tls_files_as_run_does(tmp_path):
                       "mqtt:\n  password_file: missing.txt\n  tls:\n    enabled: true\n    ca_file: ca.pem\n")
     result = run_cli("check-config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
     assert result.returncode == EX_CONFIG
-    assert last_line(result) == f"{config}: {tmp_path / 'missing.txt'}: cannot read MQTT password file: No such file or directory"
+    assert last_line(result) == (f"{config}:6: {tmp_path / 'missing.txt'}: cannot read MQTT password file: "
+                                 "No such file or directory")
 
     (tmp_path / "missing.txt").write_text("secret\n")
     result = run_cli("check-config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
     assert result.returncode == EX_CONFIG
-    assert last_line(result).startswith(f"{config}: mqtt.tls: ") and "secret" not in result.stderr
+    assert last_line(result).startswith(f"{config}:7: mqtt.tls: ") and "secret" not in result.stderr
     run = run_cli("run", "--config", config, env={"LINEGUARD_MQTT_PASSWORD": ""})
     assert run.returncode == EX_CONFIG and "mqtt.tls: " in run.stderr
 

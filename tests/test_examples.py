@@ -22,7 +22,8 @@ from tests.support.mqtt5 import Mqtt5Collector
 
 FLOW = json.loads((ROOT / "examples" / "node-red" / "lineguard-flow.json").read_text())
 DASHBOARD = json.loads((ROOT / "examples" / "grafana" / "lineguard-dashboard.json").read_text())
-FLOW_BASE = "lineguard/station-1"  # the device the flow is written for
+FLOW_ENV = {item["name"]: item["value"] for item in next(n for n in FLOW if n["type"] == "tab")["env"]}
+FLOW_BASE = FLOW_ENV["LINEGUARD_STATION"]  # the one place the flow names its station
 PUBLISHED = {"status", messages.RESULT, messages.ALERT, messages.HEATMAP, messages.STATE, messages.STATS,
              messages.REPLY}
 OBEYED = {f"cmd/{name}" for name in COMMANDS}
@@ -33,14 +34,43 @@ def flow_nodes(kind: str) -> list[dict]:
     return [node for node in FLOW if node["type"] == kind]
 
 
-def run_functions(steps: list[dict]) -> list[dict]:
-    """Run function nodes of the flow on messages, in order, with one shared flow context."""
+def run_functions(steps: list[dict], env: dict = FLOW_ENV) -> list[dict]:
+    """Run function nodes of the flow on messages, in order, with one shared flow context and the flow's
+    environment variables."""
     functions = {node["id"]: node["func"] for node in flow_nodes("function")}
     assert NODE_JS, "Node.js is needed to run the Node-RED example's function nodes"
     done = subprocess.run([NODE_JS, str(ROOT / "tests" / "support" / "node_red_function.js")], check=True,
-                          input=json.dumps({"functions": functions, "steps": steps}), capture_output=True, text=True,
-                          timeout=60)
+                          input=json.dumps({"functions": functions, "steps": steps, "env": env}), capture_output=True,
+                          text=True, timeout=60)
     return json.loads(done.stdout)
+
+
+def subscriptions(env: dict = FLOW_ENV) -> dict[str, dict]:
+    """What the flow subscribes to on deploy: topic -> the "mqtt in" node the subscription goes to (each output of
+    the inject's function is wired to one)."""
+    [inject] = flow_nodes("inject")
+    [subscriber] = [node for node in FLOW if node["id"] == inject["wires"][0][0]]
+    [outcome] = run_functions([{"node": subscriber["id"], "msg": {}}], env)
+    by_id = {node["id"]: node for node in FLOW}
+    topics = {}
+    for msg, wires in zip(outcome["result"], subscriber["wires"]):
+        [target] = [by_id[target] for target in wires]
+        assert target["type"] == "mqtt in" and target["inputs"] == 1 and msg["action"] == "subscribe"
+        topics[msg["topic"]["topic"]] = target
+    return topics
+
+
+def command_topics(env: dict = FLOW_ENV) -> dict[str, tuple[str, dict]]:
+    """What each dashboard control sends to: control id -> (topic, the "mqtt out" node)."""
+    by_id = {node["id"]: node for node in FLOW}
+    sent = {}
+    for control in flow_nodes("ui_slider") + flow_nodes("ui_button"):
+        [function] = [by_id[target] for target in control["wires"][0]]
+        [outcome] = run_functions([{"node": function["id"], "msg": {"topic": control["topic"], "payload": 1}}], env)
+        [out] = [by_id[target] for target in function["wires"][0]]
+        assert out["type"] == "mqtt out" and out["topic"] == ""  # the topic comes with the message
+        sent[control["id"]] = (outcome["result"]["topic"], out)
+    return sent
 
 
 def test_the_node_red_flow_is_wired_to_topics_the_daemon_uses():
@@ -53,28 +83,35 @@ def test_the_node_red_flow_is_wired_to_topics_the_daemon_uses():
             assert node["broker"] in ids
         assert node.get("group", "lg.ui.group") in ids
     assert [node["protocolVersion"] for node in flow_nodes("mqtt-broker")] == ["5"]  # heatmaps name their result
-    for node in flow_nodes("mqtt in"):
-        assert node["topic"].removeprefix(f"{FLOW_BASE}/") in PUBLISHED, node["topic"]
-    for node in flow_nodes("mqtt out"):
-        assert node["topic"].removeprefix(f"{FLOW_BASE}/") in OBEYED, node["topic"]
+    topics = subscriptions()
+    assert {node["id"] for node in topics.values()} == {node["id"] for node in flow_nodes("mqtt in")}
+    for topic in topics:
+        assert topic.removeprefix(f"{FLOW_BASE}/") in PUBLISHED, topic
+    for topic, _ in command_topics().values():
+        assert topic.removeprefix(f"{FLOW_BASE}/") in OBEYED, topic
+    # The station is named in one place: another value there moves every topic, and no node names one itself.
+    other = {"LINEGUARD_STATION": "plant/cell-9"}
+    assert all(topic.startswith("plant/cell-9/") for topic in subscriptions(other))
+    assert all(topic.startswith("plant/cell-9/cmd/") for topic, _ in command_topics(other).values())
+    assert FLOW_BASE not in json.dumps([node for node in FLOW if node["type"] != "tab"])
 
 
 def test_the_node_red_flow_runs_on_the_daemons_real_messages(tmp_path, broker):
     config = write_config(tmp_path, broker.port, sample_folder(tmp_path, count=6), device_id="station-1",
                           source={"fps": 10, "loop": True})
-    node_red = Mqtt5Collector(broker.host, broker.port, [node["topic"] for node in flow_nodes("mqtt in")])
+    by_topic = subscriptions()
+    node_red = Mqtt5Collector(broker.host, broker.port, list(by_topic))
     daemon = DaemonProcess(config)
     try:
         topics = lambda: {m.topic for m in node_red.messages}  # noqa: E731
-        wanted = {node["topic"] for node in flow_nodes("mqtt in")} - {f"{FLOW_BASE}/reply"}
+        wanted = set(by_topic) - {f"{FLOW_BASE}/reply"}
         assert node_red.wait_for(lambda _: wanted <= topics(), 30), (wanted - topics(), daemon.log()[-2000:])
         threshold = strict_json([m for m in node_red.messages if m.topic.endswith("/state")][-1].payload)["threshold"]
-        slider = next(node for node in flow_nodes("mqtt out") if node["topic"].endswith("/cmd/threshold"))
-        button = next(node for node in flow_nodes("ui_button"))
-        trigger = next(node for node in FLOW if node["id"] == button["wires"][0][0])
+        sent = command_topics()
+        [slider], [button] = flow_nodes("ui_slider"), flow_nodes("ui_button")
         # What the flow sends: the slider's number as text (as "mqtt out" writes a number), the button's payload.
-        node_red.publish(slider["topic"], str(round(threshold * 1.2, 1)))
-        node_red.publish(trigger["topic"], button["payload"])
+        node_red.publish(sent[slider["id"]][0], str(round(threshold * 1.2, 1)))
+        node_red.publish(sent[button["id"]][0], button["payload"])
         replies = lambda: [strict_json(m.payload) for m in node_red.messages if m.topic.endswith("/reply")]  # noqa: E731
         assert node_red.wait_for(lambda _: len(replies()) >= 2, 15), daemon.log()[-2000:]
         assert sorted((r["command"], r["ok"]) for r in replies()[:2]) == [("threshold", True), ("trigger", True)]
@@ -83,7 +120,6 @@ def test_the_node_red_flow_runs_on_the_daemons_real_messages(tmp_path, broker):
         assert daemon.wait(30) == 0, daemon.log()[-3000:]
         node_red.close()
 
-    by_topic = {node["topic"]: node for node in flow_nodes("mqtt in")}
     steps = []
     for message in node_red.messages:
         source = by_topic[message.topic]

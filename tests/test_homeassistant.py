@@ -12,7 +12,7 @@ import pytest
 
 from edge.config.errors import ConfigError
 from edge.config.load import parse_config
-
+from edge.publish.discovery import discovery_messages
 from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
 from tests.support.ha_discovery import TOPIC_KEYS, TOPIC_PATTERN, schema_for
@@ -108,3 +108,14 @@ def test_discovery_without_mqtt_is_a_config_error_with_its_line(tmp_path):
     with pytest.raises(ConfigError) as refused:
         parse_config(text, "config.yaml", tmp_path)
     assert "config.yaml:6: homeassistant: enabled needs mqtt.enabled" in str(refused.value)
+
+
+def test_the_defect_sensor_reads_on_for_a_failed_and_an_unscorable_part():
+    """GPIO and Modbus reject an unscorable part; Home Assistant's defect sensor says the same."""
+    [defect] = [payload for topic, payload in discovery_messages("homeassistant", "lineguard", "cell-7", "mnist-1",
+                                                                   25.0, (0.25, 1369.0))
+                if topic.startswith("homeassistant/binary_sensor/") and topic.endswith("/defect/config")]
+    template = json.loads(defect)["value_template"]
+    rendered = {verdict: render(template, json.dumps({"verdict": verdict}).encode())
+                for verdict in ("pass", "fail", "unscorable")}
+    assert rendered == {"pass": "OFF", "fail": "ON", "unscorable": "ON"}

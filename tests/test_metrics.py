@@ -97,6 +97,11 @@ def test_metrics_over_http_equal_the_stats_payload(tmp_path, broker, make_collec
         "lineguard_latency_seconds_count": stats["frames"],
     }
     assert {name: value(name) for name in expected} == expected
+    assert stats["triggers"]["inspected"] == TRIGGERS
+    assert {outcome: value("lineguard_triggers_total", outcome=outcome) for outcome in stats["triggers"]} == \
+        stats["triggers"]
+    assert {part: value("lineguard_component_up", component=part) for part in stats["components"]} == {
+        "source": 1, "broker": 1, "outbox": 1, "model": 1}
     for result in ("pass", "fail", "unscorable"):
         assert value("lineguard_verdicts_total", result=result) == stats[result]
     for sink, counts in stats["sinks"].items():

@@ -49,14 +49,19 @@ def test_published_payloads_match_the_schema(tmp_path, broker, make_collector):
     [trigger_reply] = [r for r in replies if r["request_id"] == "t"]
     seqs = {strict_json(p)["seq"] for p in collector.payloads(f"{BASE}/result")}
     assert trigger_reply["ok"] is True and trigger_reply["seq"] in seqs
+    [inspected] = [strict_json(p) for p in collector.payloads(f"{BASE}/result")
+                   if strict_json(p)["seq"] == trigger_reply["seq"]][:1]
+    assert (trigger_reply["verdict"], trigger_reply["score"]) == (inspected["verdict"], inspected["score"])
     assert all("seq" not in r for r in replies if r["command"] != "trigger")
 
 
 def test_a_trigger_reply_must_carry_its_seq():
-    reply = {"command": "trigger", "ok": True, "reason": "inspected as seq 4", "request_id": None, "ts": "t", "seq": 4}
+    reply = {"command": "trigger", "ok": True, "reason": "inspected as seq 4", "request_id": None, "ts": "t", "seq": 4,
+             "verdict": "fail", "score": 31.5}
     validate("reply", reply)
-    validate("reply", {**reply, "ok": False, "seq": None})
-    for broken in ({k: v for k, v in reply.items() if k != "seq"}, {**reply, "seq": "4"}):
+    validate("reply", {**reply, "ok": False, "seq": None, "verdict": None, "score": None})
+    for broken in ({k: v for k, v in reply.items() if k != "seq"}, {**reply, "seq": "4"},
+                   {k: v for k, v in reply.items() if k != "verdict"}, {**reply, "verdict": "FAIL"}):
         with pytest.raises(jsonschema.ValidationError):
             validate("reply", broken)
 

@@ -86,6 +86,7 @@ def test_a_trigger_never_inspects_a_frame_buffered_before_it(tmp_path, broker, m
     assert collector.wait_for(lambda m: replies(collector) and results(collector), 15), daemon.log()[-3000:]
     [reply], [result] = replies(collector), results(collector)
     assert (reply["ok"], reply["seq"]) == (True, result["seq"])
+    assert (reply["verdict"], reply["score"]) == (result["verdict"], result["score"])
     assert result["part_id"] == "after-stall" and result["verdict"] == "fail", result
     finish(daemon)
 

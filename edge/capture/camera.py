@@ -1,6 +1,7 @@
 """Kind ``camera``: a V4L2 camera (/dev/videoN), read by the grabber thread of edge.capture.live."""
 from __future__ import annotations
 
+import errno
 import math
 import os
 from typing import Literal
@@ -35,6 +36,9 @@ def open_camera(config: CameraConfig, grayscale: bool, on_state: StateCallback |
 
 
 def _open_v4l2(config: CameraConfig) -> cv2.VideoCapture:
+    device = f"/dev/video{config.index}"
+    if not os.path.exists(device):  # OpenCV only says it could not open; say why
+        raise OSError(errno.ENODEV, "no such device")
     capture = cv2.VideoCapture(config.index, cv2.CAP_V4L2)
     if capture.isOpened():
         if config.width:

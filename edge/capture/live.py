@@ -137,6 +137,8 @@ class LiveSource:
             capture = self._opener()
         except cv2.error as exc:
             return f"cannot open {self._label}: {one_line(exc)}", False
+        except OSError as exc:  # an opener that knows why (edge.capture.camera: no such device)
+            return f"cannot open {self._label}: {exc.strerror or exc}", False
         try:
             if not capture.isOpened():
                 return f"cannot open {self._label}", False

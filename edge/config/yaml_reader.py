@@ -329,6 +329,11 @@ def _format_error(error: dict, reader: YamlReader) -> tuple[int, str] | None:
     return line, f"{reader.filename}:{line}: {prefix}{message}"
 
 
+def error_paths(exc: ValidationError) -> list[tuple[tuple, bool]]:
+    """Each error's key path as the file spells it, and whether the key is absent (a required key)."""
+    return [(_walk(tuple(error["loc"]))[0], error["type"] == "missing") for error in exc.errors()]
+
+
 def format_errors(exc: ValidationError, reader: YamlReader) -> list[tuple[int, str]]:
     entries = (_format_error(error, reader) for error in exc.errors())
     # dict.fromkeys: a short list yields one "missing" error per absent item; keep one.

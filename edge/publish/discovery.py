@@ -56,7 +56,8 @@ def _entities(base: str, threshold: float, threshold_range: tuple[float, float])
     return {
         ("binary_sensor", "defect"): {
             "name": "Defect", "state_topic": result, "device_class": "problem",
-            "value_template": "{{ 'ON' if value_json.verdict == 'fail' else 'OFF' }}",
+            # A part the quality gate could not judge is rejected too, as GPIO and Modbus treat it.
+            "value_template": "{{ 'ON' if value_json.verdict in ('fail', 'unscorable') else 'OFF' }}",
             "json_attributes_topic": result,
             "json_attributes_template": "{{ {'seq': value_json.seq, 'part_id': value_json.part_id, "
                                         "'image': value_json.image, 'score': value_json.score} | tojson }}"},

@@ -88,9 +88,10 @@ def state_payload(source_state: str, detail: str, bundle, threshold: float, last
 def stats_payload(device_id: str, bundle, threshold: float, status, *, source: dict, outbox: dict, last_seq: int,
                   delivered: int, evidence: dict, mqtt_connected: bool, sinks: dict,
                   triggers: dict | None = None, feedback: dict | None = None,
-                  sections: dict | None = None) -> dict[str, Any]:
+                  sections: dict | None = None, components: dict | None = None) -> dict[str, Any]:
     """<base>/stats: what the station has done since it started (``status``: edge.status.StationStatus) and how
-    its parts fare; ``sections`` are the sinks' own (drift, shadow). Also what /metrics and the station page's
+    its parts fare; ``components`` the source, broker, outbox and model with their last errors (edge.components);
+    ``sections`` are the sinks' own (drift, shadow). Also what /metrics and the station page's
     charts show."""
     c = status.counters
     uptime = status.uptime_s()
@@ -106,7 +107,8 @@ def stats_payload(device_id: str, bundle, threshold: float, status, *, source: d
         "model": model_ref(bundle), "threshold": threshold, "last_reload_error": status.last_reload_error,
         "restart_required": status.restart_required, "cpu_temp_c": status.cpu_temp_c(),
         "reloads": c.reloads, "reload_failures": c.reload_failures,
-        "triggers": triggers or {}, "feedback": feedback or {}, **(sections or {}),
+        "triggers": triggers or {}, "feedback": feedback or {}, "components": components or {},
+        **(sections or {}),
     }
 
 
@@ -118,13 +120,14 @@ def drift_alert(device_id: str, bundle, report: dict[str, Any], seq: int) -> dic
 
 
 def reply_payload(command: str, ok: bool, reason: str, request_id: str | None,
-                  seq: int | None = None) -> dict[str, Any]:
-    """<base>/reply: the answer to one command. A trigger's reply also carries the seq of its verdict (null when
-    none was made: busy, no frame in time, refused)."""
+                  seq: int | None = None, verdict: dict | None = None) -> dict[str, Any]:
+    """<base>/reply: the answer to one command. A trigger's reply also carries the seq, verdict and score of its
+    verdict (each null when none was made: busy, no frame in time, refused)."""
     reply = {"command": command[:REASON_COMMAND_MAX_CHARS], "ok": ok, "reason": reason, "request_id": request_id,
              "ts": utc_now()}
     if command == "trigger":
         reply["seq"] = seq
+        reply["verdict"], reply["score"] = (verdict or {}).get("verdict"), (verdict or {}).get("score")
     return reply
 
 

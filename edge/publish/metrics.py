@@ -95,6 +95,12 @@ class StationCollector:
         yield from _evidence(GaugeMetricFamily, CounterMetricFamily, stats.get("evidence", {}))
         yield from _drift(GaugeMetricFamily, CounterMetricFamily, stats.get("drift"))
         yield from _counters(CounterMetricFamily, SHADOW_COUNTERS, stats.get("shadow") or {})
+        yield from _components(GaugeMetricFamily, stats.get("components") or {})
+        triggers = CounterMetricFamily(f"{PREFIX}_triggers", "Triggers from every interface by outcome (stats "
+                                       "triggers; received counts them all).", labels=["outcome"])
+        for outcome, count in sorted((stats.get("triggers") or {}).items()):
+            triggers.add_metric([outcome], count)
+        yield triggers
         recent = GaugeMetricFamily(f"{PREFIX}_latency_recent_seconds", "Latency percentiles over the last "
                                    "verdicts (the stats payload's window).", labels=["quantile"])
         for quantile, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
@@ -144,6 +150,17 @@ def _evidence(gauge, counter, evidence: dict) -> Iterator:
     yield gauge(f"{PREFIX}_evidence_bytes", "Disk space the evidence images take.", value=evidence["bytes"])
     yield gauge(f"{PREFIX}_evidence_low_space", "1 while evidence is paused for low disk space.",
                 value=int(evidence["low_space"]))
+
+
+def _components(gauge, parts: dict) -> Iterator:
+    """1 while a part works, 0 while not (stats components.<part>.last_error says why); a part switched off
+    (the broker with mqtt.enabled false) is left out."""
+    up = gauge(f"{PREFIX}_component_up", "1 while the part works (source, broker, outbox, model); stats "
+               "components and /healthz say why not.", labels=["component"])
+    for name, part in parts.items():
+        if part["up"] is not None:
+            up.add_metric([name], int(part["up"]))
+    yield up
 
 
 def _drift(gauge, counter, drift: dict | None) -> Iterator:

@@ -89,6 +89,7 @@ class MqttLink:
         self._client: mqtt.Client | None = None
         self._stopping = False
         self._unreachable_reported = False
+        self.last_error: str | None = None  # the last refusal or outage, in words; kept after a reconnect
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -249,6 +250,7 @@ class MqttLink:
                 "broker %s:%d refused the connection: %s",
                 self.config.host, self.config.port, reason_code,
             )
+            self.last_error = refusal_text(reason_code)
             self._mark_disconnected(f"refused: {reason_code}", always_notify=True)
             self._first_attempt_done.set()
             return
@@ -284,6 +286,7 @@ class MqttLink:
             self.config.host, self.config.port, self.config.reconnect_max_s,
         )
         self._unreachable_reported = True
+        self.last_error = f"broker {self.config.host}:{self.config.port} unreachable"
         self._first_attempt_done.set()
 
     def _on_log(self, client: mqtt.Client, userdata: object, level: int, message: str) -> None:
@@ -304,6 +307,8 @@ class MqttLink:
         reason = str(reason_code)
         if reason_code.is_failure and not flags.is_disconnect_packet_from_server:
             reason = f"connection lost ({reason})"
+        if reason_code.is_failure and not self._stopping and self._session is not None:  # not after a refusal
+            self.last_error = f"broker {reason[0].lower()}{reason[1:]}"
         self._mark_disconnected(reason)
 
     def _mark_disconnected(self, reason: str, always_notify: bool = False) -> None:
@@ -382,3 +387,8 @@ def _check_base_topic(base_topic: str) -> None:
     if any(wildcard in base_topic for wildcard in TOPIC_WILDCARDS):
         raise ValueError(f"base topic must not contain MQTT wildcards: {base_topic!r}")
 
+
+def refusal_text(reason_code: ReasonCode) -> str:
+    """A CONNACK refusal in words: "broker refused: not authorized" (paho names every MQTT 3 and 5 code)."""
+    words = str(reason_code)
+    return f"broker refused: {words[:1].lower()}{words[1:]}"

@@ -35,6 +35,7 @@ class ReporterView:
     inspector: Callable[[], Inspector | None]  # None before a model is loaded
     stats: Callable[[], dict]  # the <base>/stats payload as of now (edge.publish.messages.stats_payload)
     status: StationStatus  # the reporter also writes the stop and reload outcomes into it
+    verdict: Callable[[int], dict | None] = lambda seq: None  # {"verdict", "score"} of the verdict with this seq
 
 
 class Reporter:
@@ -49,8 +50,9 @@ class Reporter:
         if link is not None:
             link.publish(subtopic, messages.to_json(data), qos=1, retain=retain)
 
-    def reply(self, command: str, ok: bool, reason: str, request_id: str | None, seq: int | None = None) -> None:
-        self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id, seq))
+    def reply(self, command: str, ok: bool, reason: str, request_id: str | None, seq: int | None = None,
+              verdict: dict | None = None) -> None:
+        self._publish(messages.REPLY, messages.reply_payload(command, ok, reason, request_id, seq, verdict))
         for listener in self.reply_listeners:
             listener(command, ok, reason, request_id)
 
@@ -104,9 +106,11 @@ class Reporter:
         return now + self.view.cfg().mqtt.stats_interval_s
 
     def trigger_answer(self, answer) -> None:
-        """The reply to an MQTT trigger (edge.io.triggers.Answer): ok only when inspected, with its seq."""
-        trigger = answer.trigger
-        self.reply("trigger", answer.seq is not None, answer.reason, trigger.request_id, answer.seq)
+        """The reply to an MQTT trigger (edge.io.triggers.Answer): ok only when inspected, with its seq, verdict
+        and score."""
+        trigger, seq = answer.trigger, answer.seq
+        self.reply("trigger", seq is not None, answer.reason, trigger.request_id, seq,
+                   self.view.verdict(seq) if seq is not None else None)
 
     def threshold_changed(self, old: float, args) -> None:
         """After a threshold command: the reply, then stats and state."""

@@ -20,6 +20,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from edge.components import inspecting, reasons
 from edge.web.auth import SESSION_COOKIE, Guard
 from edge.web.bodies import BoundedBodies
 
@@ -73,9 +74,13 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
 
     async def healthz(request: Request) -> Response:
         if not station.inspecting():
-            return JSONResponse({"status": "starting"}, status_code=503)
-        state = station.state()
-        return JSONResponse({"status": "inspecting", "source": state["source"], "model": state["model"]})
+            return JSONResponse({"status": "starting", "reasons": ["starting"]}, status_code=503)
+        state, parts = station.state(), (await run_in_threadpool(station.stats)).get("components", {})
+        # A broker outage is not a 503: the station still inspects and the outbox holds the verdicts.
+        ok = inspecting(parts)
+        return JSONResponse({"status": "inspecting" if ok else "not inspecting", "reasons": reasons(parts),
+                             "components": parts, "source": state["source"], "model": state["model"]},
+                            status_code=200 if ok else 503)
 
     async def session_info(request, session) -> Response:
         return JSONResponse({"csrf": session.csrf, "password_required": guard.password_required,

@@ -428,6 +428,7 @@ async function pollStats() {
     "CPU temp": stats.cpu_temp_c === null ? "-" : stats.cpu_temp_c.toFixed(1) + " °C", "threshold": fmt(stats.threshold),
   };
   showDrift(stats.drift);
+  showReasons(stats.components);
   if (stats.drift) cards["drift"] = !stats.drift.enabled ? "off" : stats.drift.drift ? "yes" : "no";
   if (stats.shadow && stats.shadow.model) Object.assign(cards, shadowCards(stats.shadow));
   const box = $("stats-cards");
@@ -456,6 +457,17 @@ function shadowCards(shadow) {
     "shadow differs at seq": shadow.last_disagreements.length ? shadow.last_disagreements.join(", ") : "-",
     "fail rate live": rate(shadow.fail_rate.live), "fail rate shadow": rate(shadow.fail_rate.shadow),
   };
+}
+
+function showReasons(parts) {
+  // One short line in the header, on every tab, while a part is down: "source: cannot open camera ...".
+  const down = Object.entries(parts || {}).filter(([, part]) => part.up === false);
+  const line = $("reasons");
+  line.hidden = down.length === 0;
+  line.textContent = down.map(([name, part]) => {
+    const why = part.last_error || part.state;
+    return why.startsWith(name) ? why : `${name}: ${why}`;
+  }).join(" · ");
 }
 
 function showDrift(drift) {

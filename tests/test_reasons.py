@@ -1,0 +1,97 @@
+"""Reasons everywhere: a station whose camera is missing and whose broker refuses its login says so, in the same
+words, in its stats, on /healthz, in /metrics and on the station page's header. Real daemons, a real Mosquitto
+with a password file, headless Chromium."""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from selenium.webdriver.common.by import By
+
+from tests.support.broker import free_port
+from tests.support.browser import start_chromium
+from tests.support.daemon_harness import DaemonProcess, sample_folder, write_config
+from tests.support.helpers import wait_until
+from tests.test_metrics import samples
+from tests.test_payload_schema import validate
+from tests.test_security import password_file
+
+CAMERA_AWAY = "cannot open camera /dev/video7: no such device"
+REFUSED = "broker refused: not authorized"
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def health(url: str) -> tuple[int, dict]:
+    try:
+        status, body = get(url + "healthz")
+    except OSError:
+        return 0, {}
+    return status, json.loads(body)
+
+
+def refused_station(tmp_path, broker, name: str, **sections) -> tuple[DaemonProcess, str]:
+    folder = tmp_path / name
+    folder.mkdir()
+    port = free_port()
+    config = write_config(folder, broker.port, sample_folder(folder), web={"enabled": True, "port": port},
+                          mqtt={"username": "line"}, **sections)
+    daemon = DaemonProcess(config, {"LINEGUARD_MQTT_PASSWORD": "wrong-Pa55"})
+    return daemon, f"http://127.0.0.1:{port}/"
+
+
+@pytest.mark.slow
+def test_a_missing_camera_and_a_refused_login_show_in_stats_healthz_metrics_and_the_page(tmp_path, make_broker):
+    passwd = password_file(tmp_path, {"line": "right-Pa55"})
+    broker = make_broker([f"password_file {passwd}"], allow_anonymous=False)
+    camera, camera_url = refused_station(tmp_path, broker, "camera", source={"kind": "camera", "index": 7})
+    # The same refusal with a folder that inspects: a broker outage alone is no 503, the outbox holds the verdicts.
+    folder, folder_url = refused_station(tmp_path, broker, "folder", source={"fps": 5, "loop": True})
+    driver = None
+    try:
+        def both_reasons() -> bool:
+            status, body = health(camera_url)
+            return status == 503 and len(body.get("reasons", [])) == 2
+        assert wait_until(both_reasons, 60), (health(camera_url), camera.log()[-3000:])
+        status, body = health(camera_url)
+        assert body["status"] == "not inspecting"
+        assert body["reasons"] == [f"source: {CAMERA_AWAY}", REFUSED]
+        assert body["components"]["model"] == {"up": True, "state": "loaded", "last_error": None}
+
+        stats = json.loads(get(camera_url + "api/stats")[1])
+        validate("stats", stats)
+        parts = stats["components"]
+        assert parts["source"]["up"] is False and parts["source"]["last_error"] == CAMERA_AWAY
+        assert parts["broker"] == {"up": False, "state": "refused", "last_error": REFUSED}
+        assert parts["outbox"]["up"] is True
+
+        scraped = samples(get(camera_url + "metrics")[1].decode())
+        up = {labels[0][1]: value for (name, labels), value in scraped.items() if name == "lineguard_component_up"}
+        assert up == {"source": 0.0, "broker": 0.0, "outbox": 1.0, "model": 1.0}
+
+        assert wait_until(lambda: health(folder_url)[1].get("reasons") == [REFUSED], 60), folder.log()[-3000:]
+        status, body = health(folder_url)
+        assert status == 200 and body["status"] == "inspecting"
+        assert body["components"]["outbox"]["state"] == "holding"
+
+        driver = start_chromium(tmp_path / "chromium-profile")
+        driver.get(camera_url)
+        header = driver.find_element(By.ID, "reasons")
+        assert wait_until(lambda: CAMERA_AWAY in header.text and REFUSED in header.text, 30), header.text
+        for tab in ("review", "threshold", "stats", "live"):  # the header line stays on every tab
+            driver.find_element(By.CSS_SELECTOR, f'.tab[data-tab="{tab}"]').click()
+            assert header.is_displayed() and REFUSED in header.text
+        assert "right-Pa55" not in camera.log() + folder.log() and "wrong-Pa55" not in camera.log()
+    finally:
+        if driver is not None:
+            driver.quit()
+        camera.kill()
+        folder.kill()
