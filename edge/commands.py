@@ -132,7 +132,8 @@ def parse_command(name: str, payload: bytes) -> Command:
 
 def _parse(name: str, payload: bytes) -> Command:
     if name not in COMMANDS:
-        raise CommandRefused(f"unknown command {name[:64]!r}; known: {', '.join(sorted(COMMANDS))}")
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."  # escapes can make a name long
+        raise CommandRefused(f"unknown command {shown}; known: {', '.join(sorted(COMMANDS))}")
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise CommandRefused(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
