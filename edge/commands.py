@@ -15,6 +15,7 @@ from edge.labels import DEFAULT_DEFECT, defect_problem
 from edge.text import one_line
 
 MAX_PAYLOAD_BYTES = 4096
+MASK_PAYLOAD_BYTES = 48 * 1024  # cmd/mask: up to 32 polygons of 64 points
 PART_ID_MAX_CHARS = 128
 REASON_KEY_MAX_CHARS = 64
 WHY_MAX_CHARS = 200  # a threshold change's reason, as the audit keeps it  # an unknown key is echoed in the reason only this far
@@ -97,7 +98,27 @@ class RollbackCommand(_Command):
     """The model before the last promote (or rollback) becomes the live one again (edge.promotion)."""
 
 
+class MaskCommand(_Command):
+    """Ignore polygons in frame pixels, added to the config's and stored (edge.mask_store); [] stores none."""
+    polygons: list = Field(description="[[[x, y], ...], ...] in frame pixels")
+    why: str | None = Field(default=None, max_length=WHY_MAX_CHARS, description="kept in the audit")
+
+    @field_validator("polygons", mode="before")
+    @classmethod
+    def _polygons(cls, value: Any) -> Any:
+        from edge.mask_store import check_polygons
+
+        return check_polygons(value)
+
+
+class MaskResetCommand(_Command):
+    """Remove the stored mask: back to the config's ignore polygons only."""
+    why: str | None = Field(default=None, max_length=WHY_MAX_CHARS, description="kept in the audit")
+
+
 COMMANDS: dict[str, type[_Command]] = {
+    "mask": MaskCommand,
+    "mask_reset": MaskResetCommand,
     "trigger": TriggerCommand,
     "threshold": ThresholdCommand,
     "reload": ReloadCommand,
@@ -134,8 +155,9 @@ def _parse(name: str, payload: bytes) -> Command:
     if name not in COMMANDS:
         shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."  # escapes can make a name long
         raise CommandRefused(f"unknown command {shown}; known: {', '.join(sorted(COMMANDS))}")
-    if len(payload) > MAX_PAYLOAD_BYTES:
-        raise CommandRefused(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    limit = MASK_PAYLOAD_BYTES if name == "mask" else MAX_PAYLOAD_BYTES
+    if len(payload) > limit:
+        raise CommandRefused(f"payload of {len(payload)} bytes exceeds {limit}")
     try:
         data = json.loads(payload.decode("utf-8")) if payload.strip() else {}
     except (ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, too many digits
@@ -153,7 +175,7 @@ def _parse(name: str, payload: bytes) -> Command:
 def request_id_of(payload: bytes) -> str | None:
     """Best-effort request_id of a refused command, so the sender can match the reply."""
     try:
-        data = json.loads(payload[:MAX_PAYLOAD_BYTES])
+        data = json.loads(payload[:MASK_PAYLOAD_BYTES])
     except (ValueError, RecursionError):
         return None
     value = data.get("request_id") if isinstance(data, dict) else None

@@ -23,6 +23,7 @@ from edge.config.secrets import resolve_mqtt_password
 from edge.core.inspector import Inspector
 from edge.errors import StartupError
 from edge.io.triggers import Trigger
+from edge.mask_commands import apply_mask, reset_mask
 from edge.publish.messages import model_ref
 from edge.publish.reporter import Reporter
 from edge.startup import build_inspector
@@ -101,6 +102,9 @@ def apply_command(controls: Controls, command: Command) -> None:
         apply_threshold(controls.inspector(), args, controls.report, controls.cfg().storage.dir, command.origin)
     elif name == "threshold_reset":
         reset_threshold(controls.inspector(), controls.cfg(), args, controls.report, command.origin)
+    elif name in ("mask", "mask_reset"):
+        handler = apply_mask if name == "mask" else reset_mask
+        handler(controls.inspector(), args, controls.report, controls.cfg().storage.dir, command.origin)
     elif name == "feedback":
         controls.feedback(args)  # written on the feedback thread, not here
     elif name == "reload":

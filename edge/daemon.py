@@ -72,7 +72,7 @@ class Daemon:
     def start(self) -> None:
         cfg, base_topic = self.cfg, messages.base_topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id)
         inspector, dropped = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (75)
-        drop_threshold(dropped, self.status)
+        drop_threshold(dropped, self.status, inspector)
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
         self.io.start()  # a Modbus or OPC UA port or a GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
@@ -177,7 +177,7 @@ class Daemon:
         self.cfg = loaded.cfg
         self.station.switch_to(loaded.cfg, loaded.inspector)
         self.status.last_reload_error, self.status.restart_required = None, loaded.restart_required
-        drop_threshold(loaded.dropped, self.status)
+        drop_threshold(loaded.dropped, self.status, loaded.inspector)
         self.evidence.quota_bytes = int(loaded.cfg.storage.evidence_quota_mb * 1e6)
         apply_log_level(self.debug, loaded.cfg)
         reason = reload_outcome(loaded.inspector, loaded.restart_required, loaded.dropped)

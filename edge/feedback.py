@@ -87,6 +87,11 @@ class RecentFrames:
         with self._lock:
             return set(self._frames)
 
+    def held(self) -> list[HeldFrame]:
+        """The frames held, oldest first."""
+        with self._lock:
+            return list(self._frames.values())
+
 
 class FeedbackStore:
     """Writes labelled frames into the feedback folder on its own thread; answers through ``reply``."""

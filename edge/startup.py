@@ -22,6 +22,7 @@ from edge.publish.evidence import EvidenceStore
 from edge.publish.messages import model_ref
 from edge.publish.mqtt import MqttLink
 from edge.promotion import active_model
+from edge.mask_store import StoredMaskError, apply_stored_mask
 from edge.text import one_line
 from edge.threshold_store import (DroppedThreshold, StoredThresholdError, load_threshold, stored_model,
                                   stored_threshold_problem, threshold_path)
@@ -55,6 +56,10 @@ def build_inspector(cfg: Config) -> tuple[Inspector, DroppedThreshold | None]:
     problem = None if override is None else inspector.calibration.threshold_problem(override, inspector.bundle.name)
     if problem is not None:
         raise StartupError(f"inference.threshold: {problem}")
+    try:  # stored polygons add to the config's; another model's are kept on the inspector, for drop_threshold
+        inspector.mask_dropped = apply_stored_mask(inspector, cfg.storage.dir)
+    except StoredMaskError as exc:
+        raise StartupError(str(exc)) from None
     return inspector, apply_stored_threshold(inspector, cfg.storage.dir)
 
 
@@ -80,13 +85,17 @@ def apply_stored_threshold(inspector: Inspector, storage_dir) -> DroppedThreshol
     return None
 
 
-def drop_threshold(dropped: DroppedThreshold | None, status) -> None:
-    """Once its inspector runs: say loudly that another model's stored threshold was not applied, rename its
-    file aside (kept for a person) and show the event on the state topic until the next start or reload."""
+def drop_threshold(dropped: DroppedThreshold | None, status, inspector: Inspector | None = None) -> None:
+    """Once its inspector runs: say loudly that another model's stored threshold (or, with ``inspector``, stored
+    mask) was not applied, rename its file aside (kept for a person) and show the event on the state topic until
+    the next start or reload."""
     status.threshold_dropped = None if dropped is None else dropped.payload()
-    if dropped is not None:
-        aside = dropped.set_aside()
-        logger.warning("%s%s", dropped.message(), f"; the file is kept as {aside.name}" if aside else "")
+    mask = inspector.mask_dropped if inspector is not None else None
+    status.mask_dropped = None if mask is None else mask.payload()
+    for event in (dropped, mask):
+        if event is not None:
+            aside = event.set_aside()
+            logger.warning("%s%s", event.message(), f"; the file is kept as {aside.name}" if aside else "")
 
 
 def open_outbox(cfg: Config) -> outbox.Outbox:
@@ -177,12 +186,14 @@ def preflight(cfg: Config) -> list[str]:
     exits 75 on it, and systemd retries."""
     problems = []
     try:
-        dropped = build_inspector(cfg)[1]
+        built = build_inspector(cfg)
     except StartupError as exc:
         problems.append(f"model: {exc}")
     else:
-        if dropped is not None:  # run goes on with it, as with a damaged outbox: a warning, not a problem
-            logger.warning("%s; run will rename the file aside", dropped.message())
+        inspector, dropped = built
+        for event in (dropped, inspector.mask_dropped):  # run goes on with it: a warning, not a problem
+            if event is not None:
+                logger.warning("%s; run will rename the file aside", event.message())
     if cfg.mqtt.enabled:
         try:
             broker_link(cfg, "check").check_files()

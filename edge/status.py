@@ -48,6 +48,7 @@ class StationStatus:
         self.source_detail = ""
         self.last_reload_error: str | None = None
         self.restart_required: list[str] = []
+        self.mask_dropped: dict | None = None  # another model's stored mask, not applied (edge.mask_store)
         self.threshold_dropped: dict | None = None  # another model's stored threshold, not applied (edge.startup)
 
     def count(self, verdict: str, latency_ms: float, alert: bool) -> None:

@@ -66,6 +66,10 @@ class Inspector:
         self.threshold = float(threshold) if threshold is not None else self.calibration.threshold
         self.ignore_masks = [m for m in (self.bundle.ignore_mask(), ignore_mask) if m is not None]
         self.ignore_polygons = list(self.bundle.ignore_polygons) + list(ignore_polygons or [])
+        self.base_polygons = list(self.ignore_polygons)  # the bundle's and the config's; a stored mask adds to them
+        self.stored_polygons: list[Polygon] = []  # drawn on the station page (edge.mask_store)
+        self.mask_dropped = None  # another model's stored mask, not applied (set by edge.startup.build_inspector)
+        self.frame_size: tuple[int, int] | None = None  # (height, width) of the last frame inspected
         self._ignore_by_shape: dict[tuple[int, int], np.ndarray | None] = {}
         self.min_region_px = min_region_px
         self.quality = self.bundle.quality if quality_gate else None
@@ -91,6 +95,12 @@ class Inspector:
         region = crop(crop(canvas, self.frame_roi), self.spec.roi)
         return cv2.resize(region, (self.spec.width, self.spec.height), interpolation=cv2.INTER_NEAREST) > 0
 
+    def set_stored_polygons(self, polygons: list[Polygon]) -> None:
+        """Ignore these polygons (frame pixels) besides the bundle's and the config's, from the next frame."""
+        self.stored_polygons = [list(p) for p in polygons]
+        self.ignore_polygons = self.base_polygons + self.stored_polygons
+        self._ignore_by_shape = {}
+
     def set_threshold(self, threshold: float) -> None:
         self.threshold = float(threshold)
 
@@ -114,6 +124,7 @@ class Inspector:
     def inspect(self, frame: np.ndarray, bgr: bool = False, keep_images: bool = False) -> Inspection:
         """Score one frame (gray, RGB, or BGR from a camera with bgr=True)."""
         frame_shape = frame.shape
+        self.frame_size = (int(frame_shape[0]), int(frame_shape[1]))
         frame = crop(frame, self.frame_roi)
         pixels = to_pixels(frame, self.spec, bgr=bgr)
         x = scale(pixels)

@@ -30,6 +30,8 @@ STATIC = Path(__file__).parent / "static"
 SSE_WAIT_S = 5.0  # a comment line at least this often keeps proxies from closing an idle stream
 FAILED_LOGIN_DELAY_S = 1.0
 MAX_BODY_BYTES = 4096
+MASK_BODY_BYTES = 48 * 1024  # POST /api/mask and /api/mask/preview: up to 32 polygons of 64 points
+MASK_PATHS = ("/api/mask", "/api/mask/preview")
 REVIEW_LIMIT = 500
 CLIENT_HEADER = "X-Lineguard-Client"  # "cli" from `lineguard threshold` (edge.web.client)
 FILTERS = {"all": None, "fail": "fail", "unscorable": "unscorable", "pass": "pass"}
@@ -156,7 +158,7 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
 
     def command(name: str, fields: tuple[str, ...]):
         async def handler(request, session) -> Response:
-            body = await _json_body(request) if fields else {}
+            body = await _json_body(request, MASK_BODY_BYTES if name == "mask" else MAX_BODY_BYTES) if fields else {}
             if not isinstance(body, dict):
                 return _error(400, "send a JSON object")
             reply = await run_in_threadpool(station.command, name, {k: body[k] for k in fields if k in body},
@@ -164,6 +166,16 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
             logger.info("web: %s %s", name, "applied" if reply["ok"] else f"refused: {reply['reason']}")
             return JSONResponse(reply, status_code=200 if reply["ok"] else 409)
         return handler
+
+    async def mask_preview(request, session) -> Response:
+        body = await _json_body(request, MASK_BODY_BYTES)
+        if not isinstance(body, dict) or not isinstance(body.get("seq", 0), int):
+            return _error(400, "send {\"polygons\": [[[x, y], ...], ...], \"seq\": <the frame shown>}")
+        try:
+            rows = await run_in_threadpool(station.mask_preview, body.get("polygons"), body.get("seq"))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return JSONResponse({"ok": True, "frames": rows})
 
     async def threshold_audit(request, session) -> Response:
         try:
@@ -186,6 +198,9 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         route("/api/threshold", command("threshold", ("threshold", "why")), ("POST",)),
         route("/api/threshold/reset", command("threshold_reset", ("why",)), ("POST",)),
         route("/api/threshold/audit", threshold_audit),
+        route("/api/mask", command("mask", ("polygons", "why")), ("POST",)),
+        route("/api/mask/reset", command("mask_reset", ("why",)), ("POST",)),
+        route("/api/mask/preview", mask_preview, ("POST",)),
         route("/api/feedback", command("feedback", ("seq", "label", "defect")), ("POST",)),
         route("/api/reload", command("reload", ()), ("POST",)),
         route("/api/shadow", command("shadow", ("model", "stop")), ("POST",)),
@@ -195,7 +210,8 @@ def build_app(station, guard: Guard, live_fps: float, extra_routes=(), metrics=N
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BoundedBodies, max_bytes=MAX_BODY_BYTES,
-                                                           headers=SECURITY_HEADERS)])
+                                                           headers=SECURITY_HEADERS,
+                                                           larger={path: MASK_BODY_BYTES for path in MASK_PATHS})])
 
 
 class ViewerSlots:
@@ -276,9 +292,9 @@ def _time(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-async def _json_body(request: Request):
+async def _json_body(request: Request, limit: int = MAX_BODY_BYTES):
     body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
+    if len(body) > limit:
         return None
     try:
         return json.loads(body or b"{}")

@@ -26,6 +26,8 @@ from edge.publish.metrics import serve_metrics
 from edge.publish.messages import model_ref
 from edge.status import StationStatus
 from edge.text import one_line
+from edge.mask_commands import MaskPreview
+from edge.mask_store import StoredMaskError, load_mask
 from edge.threshold_store import StoredThresholdError, load_threshold
 from edge.web.live import LiveSink
 
@@ -83,6 +85,7 @@ class StationWeb:
         self._calibration_cache: tuple[Path, list[dict]] | None = None
         self._state_cache: tuple[float, dict] | None = None
         self._state_lock = threading.Lock()
+        self._mask_preview = MaskPreview()
         view.listen_replies(self._on_reply)
 
     # --- lifecycle ---
@@ -140,7 +143,13 @@ class StationWeb:
             stored = load_threshold(cfg.storage.dir)
         except StoredThresholdError as exc:
             stored = {"error": str(exc)}
-        return {"device_id": cfg.device_id, "model": model_ref(inspector.bundle), "threshold": inspector.threshold,
+        try:
+            mask = load_mask(cfg.storage.dir)
+        except StoredMaskError as exc:
+            mask = {"error": str(exc)}
+        return {"stored_mask": mask, "mask_in_force": inspector.stored_polygons,
+                "config_polygons": cfg.inference.ignore_polygons, "mask_dropped": status.mask_dropped,
+                "frame_size": inspector.frame_size,"device_id": cfg.device_id, "model": model_ref(inspector.bundle), "threshold": inspector.threshold,
                 "bundle_threshold": inspector.calibration.threshold, "configured_threshold": cfg.inference.threshold,
                 "stored_threshold": stored, "threshold_range": [low, high], "source": status.source_state,
                 "source_detail": status.source_detail, "last_reload_error": status.last_reload_error,
@@ -215,6 +224,17 @@ class StationWeb:
 
     def held(self) -> set[int]:
         return self.frames.seqs()
+
+    def mask_preview(self, polygons, seq: int | None = None) -> list[dict]:
+        """The held frames (the chosen one first) scored as recorded and with ``polygons`` added to the config's
+        ignore polygons; ValueError for bad polygons or when no frame is held."""
+        frames = self.frames.held()
+        if not frames:
+            raise ValueError("no frame is held in memory to preview on (feedback.keep_frames_mb)")
+        chosen = [f for f in frames if f.seq == seq]
+        rest = [f for f in frames if f.seq != seq]
+        rows = self._mask_preview.preview(self.view.inspector(), rest + chosen, polygons)
+        return rows[::-1]  # newest first, the chosen frame at the top
 
     def calibration_scores(self) -> list[dict]:
         """The bundle's own test scores (report/scores.csv), for the histogram; [] when it has none."""
