@@ -17,8 +17,8 @@ from edge.text import one_line
 MAX_PAYLOAD_BYTES = 4096
 MASK_PAYLOAD_BYTES = 48 * 1024  # cmd/mask: up to 32 polygons of 64 points
 PART_ID_MAX_CHARS = 128
-REASON_KEY_MAX_CHARS = 64
-WHY_MAX_CHARS = 200  # a threshold change's reason, as the audit keeps it  # an unknown key is echoed in the reason only this far
+REASON_KEY_MAX_CHARS = 64  # an unknown key is echoed in the reason only this far
+WHY_MAX_CHARS = 200  # a threshold change's reason, as the audit keeps it
 
 
 class CommandRefused(ValueError):

@@ -323,7 +323,7 @@ def check_applied(daemon: Daemon, command: Command) -> None:
         assert wait_until(lambda: link.since(before, "reply"), 5)
         [reply] = link.since(before, "reply")
         assert reply["ok"] is False and reply["request_id"] == args.request_id and "not among" in reply["reason"]
-    elif command.name in ("shadow", "promote", "rollback"):  # answered once, between two frames
+    elif command.name in ("shadow", "promote", "rollback", "mask", "mask_reset"):  # answered once, between frames
         [reply] = link.since(before, "reply")
         assert reply["request_id"] == args.request_id and reply["command"] == command.name
         assert_one_line_reason(reply["reason"])
