@@ -21,6 +21,7 @@ from tests.support.daemon_harness import BASE, DaemonProcess, replay_to_end, res
     write_config
 from tests.support.helpers import run_cli, wait_until
 from tests.test_faults import fill, small_disk  # noqa: F401 (small_disk is a fixture)
+from tests.test_station_page import browser  # noqa: F401 (a fixture)
 
 DAY_S = 86400.0
 
@@ -147,8 +148,10 @@ def test_a_damaged_history_file_is_reported_and_inspection_goes_on(tmp_path, bro
     assert out.returncode != 0 and "history" in out.stderr
 
 
-def test_the_review_list_keeps_the_verdicts_from_before_a_restart(tmp_path, broker, make_collector):
-    from tests.test_station_page import page_config, review_seqs, start_daemon
+def test_the_review_list_keeps_the_verdicts_from_before_a_restart(tmp_path, broker, make_collector, browser):
+    from selenium.webdriver.common.by import By
+
+    from tests.test_station_page import open_tab, page_config, poll, review_seqs, start_daemon
 
     collector = make_collector(broker, [f"{BASE}/result"])
     config, url = page_config(tmp_path, broker.port, web={"recent_verdicts": 10})
@@ -165,6 +168,13 @@ def test_the_review_list_keeps_the_verdicts_from_before_a_restart(tmp_path, brok
         assert fails and fails & set(range(1, 21))  # failed parts from before the restart are still there
         with urllib.request.urlopen(f"{url}api/state", timeout=5) as response:
             assert json.loads(response.read())["history"]["available"] is True
+        # What a person sees after the restart: the Review tab lists the cards of both runs.
+        browser.get(url)
+        open_tab(browser, "review")
+        browser.find_element(By.CSS_SELECTOR, "#review-filter option[value='all']").click()
+        shown = lambda: {int(c.get_attribute("data-seq"))  # noqa: E731
+                         for c in browser.find_elements(By.CSS_SELECTOR, "#review-list .item")}
+        assert poll(lambda: shown() == set(range(1, 41))), sorted(shown())
     finally:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(60) == 0, daemon.log()[-3000:]
