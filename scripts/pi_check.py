@@ -11,7 +11,7 @@ What it does, each step printed with its time:
      (cached in .pi-check/, which git ignores; rebuilt when this script's recipe changes or with --rebuild);
    - the README's "Installing on a Raspberry Pi" steps 1, 2, 3 and 5, command for command, inside that root;
    - `lineguard --version`, `check-config`, `score` on both bundles and the replay to the host's broker;
-   - every verdict must equal the x86 one and every score must lie within SCORE_TOLERANCE of it.
+   - every verdict must equal the x86 one and every score must lie within the bundle's tolerance of it.
 
 How the emulation works (no change to the host):
    - qemu-user (Debian's qemu-user-static) runs the arm64 programs. The root's programs start other programs
@@ -22,10 +22,10 @@ How the emulation works (no change to the host):
    - QEMU_CPU picks the core the Pi has: cortex-a72 (Raspberry Pi 4) or cortex-a76 (Raspberry Pi 5), so the
      runtime sees that core's instruction set (auxiliary vector HWCAPs) and chooses its kernels for it.
    - /proc/cpuinfo in the root is the Pi's. Without that, LiteRT crashes under Debian 12's qemu 7.2: qemu-user
-     passes the host's x86 /proc/cpuinfo through, and the cpuinfo library inside ai-edge-litert (called by the
-     first FULLY_CONNECTED/CONV op's Init) dereferences a null pointer in cpuinfo_arm_linux_init when it finds
-     no ARM processor there (SIGSEGV at address 0x8). qemu 8.2 and later emulate /proc/cpuinfo for arm64
-     guests themselves; a real Pi has the real file. See README, "What was proven on arm64".
+     passes the host's x86 /proc/cpuinfo through, and the cpuinfo library inside ai-edge-litert (first called
+     from an op's Init, FULLY_CONNECTED for mnist-1) dereferences a null pointer in cpuinfo_arm_linux_init when
+     it finds no ARM processor there (SIGSEGV at address 0x8). Debian 13's qemu 10.0 makes up an arm64
+     /proc/cpuinfo itself and needs no such file; a real Pi has the real one. README, "What was proven on arm64".
 
 Run it as root (debootstrap and the namespace need it); it uses the network only for Debian's archive and PyPI.
 """
@@ -47,16 +47,21 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CACHE = REPO / ".pi-check"
 
-# Scores may differ in the last digits between x86 and arm64 and must not differ by more than this, as a
-# fraction of the bundle's threshold. The int8 model itself is integer arithmetic, but XNNPACK's x86 (AVX2/
-# AVX-512) and ARM (NEON, dot product) kernels requantize in float32 in different orders, and everything after
-# the model runs in float32/float64 through OpenCV and NumPy builds with different SIMD paths (Gaussian
-# smoothing, the features kind's Mahalanobis distance). Measured: see README. Verdicts must be identical.
-SCORE_TOLERANCE = 1e-3
+# How far an arm64 score may lie from the x86 one, as a fraction of the bundle's threshold; verdicts must be
+# identical. Measured (README, "What was proven on arm64"): the int8 models give bit-identical outputs on both
+# for the same input, and mnist-1's scores are identical. OpenCV's uint8 bilinear enlargement (cv2.resize,
+# INTER_LINEAR) is not bit-exact between its x86 and arm64 builds: on magnetic-tile's 90x210 test crops
+# enlarged to 224 px, one pixel in five differs by one grey level, and those differences, through the backbone
+# and the PaDiM head, move the score by up to 3.8 % of the threshold. A camera's own noise moves it more.
+TOLERANCE_EXACT = 1e-9  # float noise only
+TOLERANCE_RESIZED = 0.05
 
-# README "Installing on a Raspberry Pi", step 1 (plus sudo, which Raspberry Pi OS has and the README uses).
-SYSTEM_PACKAGES = ["python3-venv", "v4l-utils"]
+# What Raspberry Pi OS has from the start and the README uses.
 BASE_PACKAGES = ["python3", "sudo", "ca-certificates"]
+# README "Installing on a Raspberry Pi", step 1, per suite. Trixie's Python 3.13 has no lgpio wheel on PyPI,
+# so pip builds it there: swig, a C compiler and Python's headers.
+SYSTEM_PACKAGES = {"bookworm": ["python3-venv", "v4l-utils"],
+                   "trixie": ["python3-venv", "v4l-utils", "swig", "gcc", "python3-dev"]}
 
 SUITES = {
     # suite: (the Pi it stands for, QEMU_CPU, /proc/cpuinfo of that Pi: per-core lines, trailer)
@@ -71,7 +76,7 @@ SUITES = {
                "Revision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0\n"),
 }
 # Bump to rebuild every cached root.
-ROOT_RECIPE = "1 " + " ".join(BASE_PACKAGES + SYSTEM_PACKAGES)
+ROOT_RECIPE = "2 " + " ".join(BASE_PACKAGES)
 
 # The binfmt_misc entry for arm64 ELF executables, as Debian's qemu-user-static registers it; F: qemu is opened
 # now, so it also runs inside the chroot.
@@ -79,10 +84,10 @@ BINFMT = (r":qemu-aarch64:M::\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00
           r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:{qemu}:F")
 
 CHECKOUT = "/home/pi/lineguard"  # where the README's commands run: a checkout on the Pi
-SCORE_RUNS = {  # name: (bundle, images), relative to the checkout
-    "mnist-1": ("models/mnist-1", ["samples/mnist"]),
+SCORE_RUNS = {  # name: (bundle, images relative to the checkout, score tolerance)
+    "mnist-1": ("models/mnist-1", ["samples/mnist"], TOLERANCE_EXACT),  # 28x28 images: no resize
     "magnetic-tile": ("models/magnetic-tile", [f"tests/fixtures/magnetic-tile/test/{part}"
-                                               for part in ("good", "blowhole", "uneven")]),
+                                               for part in ("good", "blowhole", "uneven")], TOLERANCE_RESIZED),
 }
 REPLAY_MODEL = "mnist-1"
 REPLAY_IMAGES = "samples/mnist"
@@ -175,10 +180,10 @@ class Arm:
         if resolv.parent.is_dir() and not resolv.is_symlink():
             shutil.copyfile("/etc/resolv.conf", resolv)
         hosts = self.root / "etc/hosts"  # the root shares this machine's host name; sudo looks it up
-        name = os.uname().nodename
-        if hosts.is_file() and not re.search(rf"\s{re.escape(name)}(\s|$)", hosts.read_text()):
+        host = os.uname().nodename
+        if hosts.is_file() and not re.search(rf"\s{re.escape(host)}(\s|$)", hosts.read_text()):
             with open(hosts, "a") as out:
-                out.write(f"127.0.1.1\t{name}\n")
+                out.write(f"127.0.1.1\t{host}\n")
         environ = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                    "LANG": "C.UTF-8", "QEMU_CPU": self.cpu, "DEBIAN_FRONTEND": "noninteractive",
                    "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore",
@@ -256,9 +261,6 @@ def build_root(suite: str, root: Path, logs: Path) -> None:
         f"deb http://deb.debian.org/debian {suite} main\n"
         f"deb http://deb.debian.org/debian {suite}-updates main\n"
         f"deb http://deb.debian.org/debian-security {security} main\n")
-    # README step 1.
-    arm.sh(f"apt-get update -q\napt-get install -y -q {' '.join(SYSTEM_PACKAGES)}\napt-get clean",
-           "readme-1-apt")
     stamp.write_text(ROOT_RECIPE)
 
 
@@ -283,6 +285,17 @@ def carry_local_cas(arm: Arm) -> None:
         say(f"  this machine's {len(ours)} local CA certificate(s) added to the root's trust store")
         arm.sh("update-ca-certificates", "local-cas")
     arm.pip_cert = True
+
+
+def readme_step_1(suite: str, root: Path, arm: Arm) -> None:
+    """sudo apt update; sudo apt install ... (cached: again only when the list changes)."""
+    packages = " ".join(SYSTEM_PACKAGES[suite])
+    stamp = root.parent / "step1.packages"
+    if stamp.exists() and stamp.read_text() == packages:
+        say(f"  installed earlier: {packages}")
+        return
+    arm.sh(f"apt-get update -q\napt-get install -y -q {packages}\napt-get clean", "readme-1-apt")
+    stamp.write_text(packages)
 
 
 def copy_checkout(dest: Path) -> None:
@@ -397,8 +410,8 @@ def count_images(folder: Path) -> int:
 
 # --- comparison ----------------------------------------------------------------------------------------------------
 
-def compare(what: str, x86: dict[str, dict], arm: dict[str, dict]) -> tuple[float, list[str]]:
-    """Identical verdicts, scores within SCORE_TOLERANCE × threshold. Returns the largest relative difference and
+def compare(what: str, x86: dict[str, dict], arm: dict[str, dict], tolerance: float) -> tuple[float, list[str]]:
+    """Identical verdicts, scores within tolerance × threshold. Returns the largest relative difference and
     the differences found."""
     problems, worst = [], 0.0
     if set(x86) != set(arm):
@@ -410,9 +423,9 @@ def compare(what: str, x86: dict[str, dict], arm: dict[str, dict]) -> tuple[floa
             problems.append(f"{what}: {image}: verdict {b['verdict']} on arm64, {a['verdict']} on x86")
         relative = abs(a["score"] - b["score"]) / abs(a["threshold"])
         worst = max(worst, relative)
-        if relative > SCORE_TOLERANCE:
+        if relative > tolerance:
             problems.append(f"{what}: {image}: score {b['score']!r} on arm64, {a['score']!r} on x86 "
-                            f"(difference {relative:.2e} of the threshold > {SCORE_TOLERANCE:g})")
+                            f"(difference {relative:.2e} of the threshold > {tolerance:g})")
     return worst, problems
 
 
@@ -440,7 +453,7 @@ def x86_reference(work: Path, broker: Broker) -> dict:
     results: dict = {"scores": {}}
     with Step("x86: lineguard --version"):
         say("  " + run([*command, "--version"], capture=True, cwd=REPO).stdout.decode().strip().replace("\n", " | "))
-    for name, (bundle, images) in SCORE_RUNS.items():
+    for name, (bundle, images, _) in SCORE_RUNS.items():
         with Step(f"x86: lineguard score --model {bundle}"):
             out = run([*command, "score", "--model", bundle, *images], capture=True, cwd=REPO).stdout.decode()
             results["scores"][name] = parse_scores(out)
@@ -467,11 +480,17 @@ def check_suite(suite: str, reference: dict, broker: Broker, logs: Path) -> list
     pi, cpu, _, _ = SUITES[suite]
     root = CACHE / suite / "root"
     say(f"== {suite}: arm64 Debian {suite} as a {pi}, QEMU_CPU={cpu}")
-    with Step(f"{suite}: arm64 root (debootstrap; README step 1: apt install {' '.join(SYSTEM_PACKAGES)})"):
+    with Step(f"{suite}: arm64 root (debootstrap, Debian's archive)"):
         build_root(suite, root, logs)
     arm = Arm(suite, root, logs)
+    # Emulation only: sudo resets the environment, and qemu takes the core to emulate from QEMU_CPU in it.
+    keep = root / "etc/sudoers.d/qemu-cpu"
+    keep.write_text('Defaults env_keep += "QEMU_CPU"\n')
+    keep.chmod(0o440)
     with Step(f"{suite}: this machine's local CA certificates, if any"):
         carry_local_cas(arm)
+    with Step(f"{suite}: README step 1: apt install {' '.join(SYSTEM_PACKAGES[suite])}"):
+        readme_step_1(suite, root, arm)
     with Step(f"{suite}: README step 2: service account"):
         arm.sh("id lineguard >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/lineguard "
                "--no-create-home --shell /usr/sbin/nologin lineguard", "readme-2-user")
@@ -499,7 +518,7 @@ def check_suite(suite: str, reference: dict, broker: Broker, logs: Path) -> list
     replay_port = broker.port
     device_id = f"pi-{suite}"
     with Step(f"{suite}: README step 5: config and model under /etc and /var/lib; check-config as lineguard"):
-        models = " ".join(f"{CHECKOUT}/{bundle}" for bundle, _ in SCORE_RUNS.values())
+        models = " ".join(f"{CHECKOUT}/{bundle}" for bundle, _, _ in SCORE_RUNS.values())
         arm.sh("install -d -m 0755 /etc/lineguard\n"
                "install -m 0640 -o root -g lineguard config.yaml /etc/lineguard/config.yaml\n"
                "install -d -m 0750 -o lineguard -g lineguard /var/lib/lineguard /var/lib/lineguard/models\n"
@@ -514,16 +533,16 @@ def check_suite(suite: str, reference: dict, broker: Broker, logs: Path) -> list
                      "/opt/lineguard/bin/lineguard check-config /etc/lineguard/config.yaml", "check-config")
         say("  " + out.strip().splitlines()[-1][:200])
     problems: list[str] = []
-    for name, (bundle, images) in SCORE_RUNS.items():
+    for name, (bundle, images, tolerance) in SCORE_RUNS.items():
         with Step(f"{suite}: lineguard score --model {bundle}"):
             out = arm.sh(f"sudo -u lineguard /opt/lineguard/bin/lineguard score "
                          f"--model /var/lib/lineguard/models/{Path(bundle).name} {' '.join(images)}",
                          f"score-{name}", cwd=CHECKOUT)
             scores = {image: record for image, record in parse_scores(out).items()}
-            worst, found = compare(f"{suite} score {name}", reference["scores"][name], scores)
+            worst, found = compare(f"{suite} score {name}", reference["scores"][name], scores, tolerance)
             problems += found
             say(f"  {len(scores)} images, verdicts {'identical' if not any('verdict' in p for p in found) else 'DIFFER'}"
-                f", largest score difference {worst:.2e} of the threshold (tolerance {SCORE_TOLERANCE:g})")
+                f", largest score difference {worst:.2e} of the threshold (tolerance {tolerance:g})")
     with Step(f"{suite}: lineguard run as lineguard (replay to the host's broker at 127.0.0.1:{replay_port})"):
         out = arm.sh("sudo -u lineguard env STATE_DIRECTORY=/var/lib/lineguard /opt/lineguard/bin/lineguard run "
                      "--config /etc/lineguard/config.yaml --drain-timeout 20", "run")
@@ -534,7 +553,7 @@ def check_suite(suite: str, reference: dict, broker: Broker, logs: Path) -> list
         verdicts = broker.verdicts(device_id, expected)
         if len(verdicts) != expected:
             raise CheckFailed(f"{len(verdicts)} verdicts on the broker, {expected} frames replayed")
-        worst, found = compare(f"{suite} replay", reference["replay"], verdicts)
+        worst, found = compare(f"{suite} replay", reference["replay"], verdicts, SCORE_RUNS[REPLAY_MODEL][2])
         problems += found
         say(f"  {len(verdicts)} verdicts on the broker, largest score difference {worst:.2e} of the threshold")
     return problems
@@ -582,8 +601,8 @@ def main(argv: list[str]) -> int:
         for problem in problems:
             print("  " + problem)
         return 1
-    say(f"pi-check passed: {', '.join(suites)} on arm64 gave the x86 verdicts, scores within "
-        f"{SCORE_TOLERANCE:g} of the threshold")
+    say(f"pi-check passed: {', '.join(suites)} on arm64 gave the x86 verdicts and scores within tolerance "
+        f"({', '.join(f'{name} {run[2]:g}' for name, run in SCORE_RUNS.items())} of the threshold)")
     return 0
 
 
