@@ -58,10 +58,8 @@ TOLERANCE_RESIZED = 0.05
 
 # What Raspberry Pi OS has from the start and the README uses.
 BASE_PACKAGES = ["python3", "sudo", "ca-certificates"]
-# README "Installing on a Raspberry Pi", step 1, per suite. Trixie's Python 3.13 has no lgpio wheel on PyPI,
-# so pip builds it there: swig, a C compiler and Python's headers.
-SYSTEM_PACKAGES = {"bookworm": ["python3-venv", "v4l-utils"],
-                   "trixie": ["python3-venv", "v4l-utils", "swig", "gcc", "python3-dev"]}
+# README "Installing on a Raspberry Pi", step 1, per suite.
+SYSTEM_PACKAGES = {"bookworm": ["python3-venv", "v4l-utils"], "trixie": ["python3-venv", "v4l-utils"]}
 
 SUITES = {
     # suite: (the Pi it stands for, QEMU_CPU, /proc/cpuinfo of that Pi: per-core lines, trailer)
@@ -208,7 +206,7 @@ class Arm:
             code = proc.wait()
         text = log.read_text(errors="replace")
         if check and code != 0:
-            raise CheckFailed(f"exit {code} in the {self.suite} root; last lines of {log.relative_to(REPO)}:\n"
+            raise CheckFailed(f"exit {code} in the {self.suite} root; last lines of {log}:\n"
                               + "\n".join(text.splitlines()[-25:]))
         return text
 
@@ -244,7 +242,7 @@ def build_root(suite: str, root: Path, logs: Path) -> None:
     """debootstrap's first stage here, its second stage under emulation, then the README's step 1."""
     stamp = root.parent / "root.recipe"
     if stamp.exists() and stamp.read_text() == ROOT_RECIPE and (root / "usr/bin/python3").exists():
-        say(f"  {suite} root: cached ({root.relative_to(REPO)})")
+        say(f"  {suite} root: cached ({root})")
         return
     if root.exists():
         shutil.rmtree(root)
@@ -567,7 +565,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suites", default="bookworm,trixie", help="comma-separated (default bookworm,trixie)")
     parser.add_argument("--rebuild", action="store_true", help="build the arm64 roots anew")
+    parser.add_argument("--cache", type=Path, default=REPO / ".pi-check",
+                        help="folder for the roots and logs (default .pi-check/ in the checkout, which git ignores)")
     args = parser.parse_args(argv)
+    global CACHE
+    CACHE = args.cache.resolve()
     suites = [s for s in args.suites.split(",") if s]
     unknown = set(suites) - set(SUITES)
     if unknown:
@@ -594,7 +596,7 @@ def main(argv: list[str]) -> int:
                 broker.close()
     except CheckFailed as exc:
         say(f"pi-check FAILED: {exc}")
-        say(f"logs: {logs.relative_to(REPO)}/")
+        say(f"logs: {logs}/")
         return 1
     if problems:
         say("pi-check FAILED: arm64 results differ from x86:")

@@ -42,6 +42,15 @@ def test_edge_has_gpio_and_modbus_everywhere_and_lgpio_only_on_arm_linux(platfor
     assert not any(name.startswith("tensorflow") for name in packages)  # the device never needs TensorFlow
 
 
+@pytest.mark.parametrize("python, has_wheel", [("3.11", True), ("3.12", True), ("3.13", False)])
+def test_lgpio_is_asked_of_pip_only_where_pypi_has_its_wheel(python, has_wheel):
+    """Trixie's Python 3.13 has no lgpio wheel, and building one needs liblgpio, which only Raspberry Pi OS has."""
+    environment = {**PLATFORMS["raspberry-pi-64"], "extra": "edge", "python_version": python}
+    packages = {requirement.name for line in PROJECT["optional-dependencies"]["edge"]
+                if not (requirement := Requirement(line)).marker or requirement.marker.evaluate(environment)}
+    assert ("lgpio" in packages) == has_wheel and "gpiozero" in packages
+
+
 def test_licence_is_an_spdx_expression_with_its_file():
     assert PROJECT["license"] == "Apache-2.0"
     assert all((ROOT / name).is_file() for name in PROJECT["license-files"])
