@@ -120,7 +120,7 @@ class Step:
         if kind is None:
             say(f"{self.name}: ok ({took:.1f} s)")
         else:
-            say(f"{self.name}: FAILED after {took:.1f} s: {exc}")
+            say(f"{self.name}: FAILED after {took:.1f} s: {str(exc).splitlines()[0] if str(exc) else kind.__name__}")
         return False
 
 
@@ -225,11 +225,12 @@ def in_namespace(root: str, cpuinfo: str, qemu: str, command: list[str]) -> None
     """The user namespace's side: wait until the parent mapped the ids, set up, then chroot into the root."""
     sys.stdin.readline()
     binfmt = "/proc/sys/fs/binfmt_misc"
-    subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", binfmt], check=True)
     try:
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", binfmt], check=True)
         Path(binfmt, "register").write_text(BINFMT.format(qemu=qemu))
-    except OSError as exc:
-        sys.exit(f"cannot register qemu in a private binfmt_misc ({exc}): this needs Linux 6.7 or later")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"cannot register qemu in a binfmt_misc of this user namespace ({exc}): that needs Linux 6.7 "
+                 f"or later; this is {os.uname().release}")
     for name in ("dev", "proc", "sys"):
         Path(root, name).mkdir(exist_ok=True)
         subprocess.run(["mount", "--rbind", f"/{name}", f"{root}/{name}"], check=True)
