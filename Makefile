@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench bench-quick soak clean
+.PHONY: demo test test-fast bench bench-quick soak pi-check clean
 
 # The device's footprint: LiteRT, OpenCV, paho-mqtt. No TensorFlow.
 $(VENV)/.edge-installed: pyproject.toml
@@ -43,6 +43,11 @@ bench-quick: $(VENV)/.test-installed
 ## soak: the daemon for 11 minutes at 30 fps; RSS over time and latency; writes benchmarks/results/soak.json
 soak: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.soak
+
+## pi-check: install and run on arm64 Debian Bookworm and Trixie under emulation and compare with this machine's
+## results (as root; Debian's archive and PyPI; roots cached in .pi-check/). README "What was proven on arm64".
+pi-check: $(VENV)/.edge-installed
+	$(BIN)/python scripts/pi_check.py
 
 clean:
 	rm -rf state .pytest_cache

@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import sys
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
@@ -96,10 +97,26 @@ def _add_plugged_in(sub, command: str | None) -> None:
 
 
 def _version() -> str:
+    """lineguard's version, then the model runtime's and the interpreter's, e.g. for a bug report."""
+    from edge.core.runtime import runtime_version  # imports NumPy: only when asked
+
     try:
-        return version("lineguard")
+        own = version("lineguard")
     except PackageNotFoundError:  # run from a checkout that was never installed
-        return "unknown (not installed)"
+        own = "unknown (not installed)"
+    return (f"{own}\nruntime: {runtime_version()}\n"
+            f"python: {platform.python_version()} ({platform.machine()}, {platform.system()})")
+
+
+class _VersionAction(argparse.Action):
+    """--version, worked out only when asked for: it looks up the runtime's version."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -107,7 +124,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lineguard", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (for run: unless log_level says otherwise)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the versions of lineguard, its runtime and Python, and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_score(sub)
     _add_device(sub)

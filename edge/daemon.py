@@ -32,8 +32,8 @@ from edge.publish.outputs import OutputParts, build_sinks
 from edge.publish.recorder import VerdictRecorder
 from edge.publish.reporter import Reporter, ReporterView
 from edge.publish.sinks import FanOut, VerdictSink
-from edge.startup import (broker_link, build_inspector, drop_threshold, open_evidence, open_frames, open_outbox,
-                          start_link)
+from edge.startup import (broker_link, build_inspector, drop_threshold, log_runtime, open_evidence, open_frames,
+                          open_outbox, start_link)
 from edge.promotion import switch_model
 from edge.shadow import shadow_command
 from edge.station import Station
@@ -271,6 +271,7 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
     daemon.web.keep_serving = keep_serving or cfg.web.keep_serving_after_replay  # --keep-serving outlives reloads
     apply_log_level(debug, cfg)
     install_signal_handlers(daemon)
+    log_runtime()
     try:
         daemon.start()
     except (StartupError, ConfigError) as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import tempfile
 
 from edge.capture.base import CaptureError, FrameSource
@@ -13,7 +14,7 @@ from edge.config.secrets import resolve_mqtt_password
 from edge.core.bundle import BundleError
 from edge.core.inspector import Inspector
 from edge.core.preprocess import ImageError, read_image
-from edge.core.runtime import ModelLoadError
+from edge.core.runtime import ModelLoadError, cpu_features, runtime_version
 from edge.errors import StartupError, StorageError
 from edge.io.plant import preflight_io, preflight_opcua
 from edge.publish import outbox
@@ -36,6 +37,12 @@ PROBE_BYTES = 64 * 1024  # what check-config writes (and removes) to see that st
 # Below this the outbox would soon fail to record a verdict, and a verdict is never published without its
 # seq recorded: run exits 75 at start instead (systemd tries again), check-config says so.
 OUTBOX_MIN_FREE_BYTES = 1_000_000
+
+
+def log_runtime() -> None:
+    """One start-up line: the model runtime, the Python, and the CPU's SIMD extensions the runtime can use."""
+    logger.info("runtime %s on Python %s; the CPU offers %s (LiteRT's XNNPACK kernels use the best of these)",
+                runtime_version(), platform.python_version(), cpu_features())
 
 
 def build_inspector(cfg: Config) -> tuple[Inspector, DroppedThreshold | None]:

@@ -2,6 +2,7 @@
 licence metadata is the SPDX form setuptools asks for."""
 from __future__ import annotations
 
+import re
 import tomllib
 
 import pytest
@@ -41,9 +42,43 @@ def test_edge_has_gpio_and_modbus_everywhere_and_lgpio_only_on_arm_linux(platfor
     assert not any(name.startswith("tensorflow") for name in packages)  # the device never needs TensorFlow
 
 
+@pytest.mark.parametrize("python, has_wheel", [("3.11", True), ("3.12", True), ("3.13", False)])
+def test_lgpio_is_asked_of_pip_only_where_pypi_has_its_wheel(python, has_wheel):
+    """Trixie's Python 3.13 has no lgpio wheel, and building one needs liblgpio, which only Raspberry Pi OS has."""
+    environment = {**PLATFORMS["raspberry-pi-64"], "extra": "edge", "python_version": python}
+    packages = {requirement.name for line in PROJECT["optional-dependencies"]["edge"]
+                if not (requirement := Requirement(line)).marker or requirement.marker.evaluate(environment)}
+    assert ("lgpio" in packages) == has_wheel and "gpiozero" in packages
+
+
 def test_licence_is_an_spdx_expression_with_its_file():
     assert PROJECT["license"] == "Apache-2.0"
     assert all((ROOT / name).is_file() for name in PROJECT["license-files"])
     build = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["build-system"]["requires"]
     [setuptools] = [Requirement(line) for line in build if line.startswith("setuptools")]
     assert setuptools.specifier.contains("77") and not setuptools.specifier.contains("76.9")
+
+
+def test_version_names_lineguard_its_runtime_and_python(capsys):
+    import platform
+
+    from edge.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("lineguard ") and len(lines) == 3
+    assert re.fullmatch(r"runtime: ai-edge-litert \d+\.\d+\S*", lines[1])
+    assert lines[2] == f"python: {platform.python_version()} ({platform.machine()}, {platform.system()})"
+
+
+def test_cpu_features_name_the_machine_and_only_known_extensions():
+    import platform
+
+    from edge.core.runtime import ARM64_HWCAP, ARM64_HWCAP2, X86_FLAGS, cpu_features
+
+    machine, _, names = cpu_features().partition(": ")
+    assert machine == platform.machine().lower()
+    known = {*X86_FLAGS, *ARM64_HWCAP.values(), *ARM64_HWCAP2.values()}
+    assert names == "none of the SIMD extensions it knows" or set(names.split()) <= known

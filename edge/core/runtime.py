@@ -4,8 +4,11 @@ TFLiteStage runs one model file; StageChain runs a bundle's stages in order.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
+import platform
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,70 @@ logger = logging.getLogger(__name__)
 
 # Tried in order; the device needs only the first, which the trainer's install includes too.
 RUNTIME_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+
+
+# The PyPI distribution of each runtime module, for its version.
+RUNTIME_DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}
+
+# The SIMD extensions that LiteRT's CPU kernels (XNNPACK) choose between, by the names Linux gives them.
+# arm64: bits of the auxiliary vector's AT_HWCAP and AT_HWCAP2, which is where XNNPACK reads them from.
+ARM64_HWCAP = {1: "asimd", 9: "fphp", 10: "asimdhp", 20: "asimddp", 22: "sve"}
+ARM64_HWCAP2 = {1: "sve2", 13: "i8mm", 14: "bf16", 23: "sme"}
+AT_HWCAP, AT_HWCAP2 = 16, 26
+# x86: /proc/cpuinfo flags (CPUID as the kernel enabled it).
+X86_FLAGS = ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_int8")
+
+
+def runtime_version() -> str:
+    """The installed runtime and its version, e.g. "ai-edge-litert 2.3.0", without importing it."""
+    for name in RUNTIME_MODULES:
+        distribution = RUNTIME_DISTRIBUTIONS[name.split(".")[0]]
+        try:
+            return f"{distribution} {version(distribution)}"
+        except PackageNotFoundError:
+            continue
+    return "no TFLite runtime installed"
+
+
+def _arm64_hwcaps() -> list[str] | None:
+    try:
+        getauxval = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return None
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    words = (getauxval(AT_HWCAP), getauxval(AT_HWCAP2))
+    return [name for word, table in zip(words, (ARM64_HWCAP, ARM64_HWCAP2))
+            for bit, name in table.items() if word >> bit & 1]
+
+
+def _cpuinfo_words(*keys: str) -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in keys:
+            return set(value.split())
+    return set()
+
+
+def cpu_features() -> str:
+    """The SIMD extensions this CPU offers that LiteRT's XNNPACK kernels can use, e.g. "aarch64: asimd asimddp".
+
+    LiteRT does not report which kernels it chose; it picks the best of these (by the same HWCAP bits on arm64)."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        names = _arm64_hwcaps() if platform.system() == "Linux" else None
+        if names is None:
+            names = sorted(_cpuinfo_words("Features") & {*ARM64_HWCAP.values(), *ARM64_HWCAP2.values()})
+    elif machine in ("x86_64", "amd64", "i686", "i386"):
+        offered = _cpuinfo_words("flags")
+        names = [flag for flag in X86_FLAGS if flag in offered]
+    else:
+        names = sorted(_cpuinfo_words("Features", "flags"))
+    return f"{machine}: {' '.join(names) or 'none of the SIMD extensions it knows'}"
 
 
 class RuntimeMissing(ImportError):
