@@ -95,9 +95,11 @@ def test_a_feedback_flood_stops_at_the_reserve_the_outbox_keeps_writing_and_no_s
         threading.Event().wait(OUTAGE_S)
         broker.start()
         restarted = len(collector.payloads(f"{BASE}/stats"))
-        # Stats published after the outage (not one queued before it) must show the outbox emptied.
+        # Stats published after the outage (not one queued before it) must show the outage's backlog delivered:
+        # at most the verdict of the moment still waits for its PUBACK (the replay goes on at 20 fps).
         assert collector.wait_for(lambda _: len(collector.payloads(f"{BASE}/stats")) > restarted + 1
-                                  and latest_stats(collector).get("outbox", {}).get("depth") == 0, WAIT_S)
+                                  and latest_stats(collector).get("outbox", {}).get("depth", 99) <= 1, WAIT_S), \
+            (latest_stats(collector), first.log()[-3000:])
         stats = latest_stats(collector)
         first.signal(signal.SIGTERM)
         assert first.wait(30) == 0, first.log()[-3000:]
