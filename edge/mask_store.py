@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.core.files import read_limited, write_json_atomic
 from edge.publish.messages import model_ref, utc_now
+from edge.threshold_store import remove_stored, rename_aside, stored_model
 
 logger = logging.getLogger("lineguard")
 
@@ -106,16 +105,7 @@ def save_mask(storage_dir: Path, polygons: list[Polygon], model: dict, set_by: s
 
 def clear_mask(storage_dir: Path) -> bool:
     """Remove the stored mask; True if there was one."""
-    try:
-        mask_path(storage_dir).unlink()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def stored_model(record: dict) -> dict:
-    model = record.get("model") if isinstance(record.get("model"), dict) else {}
-    return {key: model.get(key) if isinstance(model.get(key), str) else None for key in ("name", "sha256")}
+    return remove_stored(mask_path(storage_dir))
 
 
 @dataclass(frozen=True)
@@ -138,18 +128,11 @@ class DroppedMask:
 
     def set_aside(self) -> Path | None:
         """Rename the file aside (kept for a person); None when it cannot be (it is then dropped again next time)."""
-        stamp = f"{utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"
-        aside = self.path.with_name(f"{MASK_FILE}.dropped-{stamp}")
         from edge.threshold_audit import record_change
 
         record_change(self.path.parent, "station", "mask dropped", self.polygons, 0,
                       "drawn for another model: not applied", self.running["sha256"])
-        try:
-            os.replace(self.path, aside)
-            return aside
-        except OSError as exc:
-            logger.warning("%s: cannot rename it aside: %s", self.path, exc.strerror or exc)
-            return None
+        return rename_aside(self.path)
 
 
 def apply_stored_mask(inspector, storage_dir: Path) -> DroppedMask | None:

@@ -77,11 +77,29 @@ def save_threshold(storage_dir: Path, threshold: float, model: dict, set_by: str
 
 def clear_threshold(storage_dir: Path) -> bool:
     """Remove the stored threshold; True if there was one."""
+    return remove_stored(threshold_path(storage_dir))
+
+
+def remove_stored(path: Path) -> bool:
+    """Remove a stored record (threshold or mask); True if there was one."""
     try:
-        threshold_path(storage_dir).unlink()
+        path.unlink()
         return True
     except FileNotFoundError:
         return False
+
+
+def rename_aside(path: Path) -> Path | None:
+    """Rename a dropped record to <name>.dropped-<time>-<id> (kept for a person; unique, never over an earlier
+    one); None when it cannot be, which only leaves it to be dropped again at the next start."""
+    stamp = f"{utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"
+    aside = path.with_name(f"{path.name}.dropped-{stamp}")
+    try:
+        os.replace(path, aside)
+        return aside
+    except OSError as exc:
+        logger.warning("%s: cannot rename it aside: %s", path, exc.strerror or exc)
+        return None
 
 
 def stored_model(record: dict) -> dict:
@@ -123,15 +141,8 @@ class DroppedThreshold:
     def set_aside(self) -> Path | None:
         """Rename the file aside (kept for a person); None when it cannot be, which only leaves it to be dropped
         again at the next start: it is never applied to a model it does not name."""
-        stamp = f"{utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"  # unique: never over an earlier one
-        aside = self.path.with_name(f"{THRESHOLD_FILE}.dropped-{stamp}")
         from edge.threshold_audit import record_change
 
         record_change(self.path.parent, "station", "dropped", self.threshold, self.used,
                       "set for another model: not applied", self.running["sha256"])
-        try:
-            os.replace(self.path, aside)
-            return aside
-        except OSError as exc:
-            logger.warning("%s: cannot rename it aside: %s", self.path, exc.strerror or exc)
-            return None
+        return rename_aside(self.path)
