@@ -8,7 +8,6 @@ opcua.trusted_clients. A config that would expose the server otherwise is refuse
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edge.config.fields import FilePath, resolve
-from edge.config.secrets import read_secret
+from edge.config.secrets import find_secret
 from edge.config.web import ip_literal
 
 CREDENTIAL_NAME = "opcua_password"  # systemd LoadCredential= name
@@ -162,13 +161,7 @@ def _has_login(data: dict) -> bool:
 def resolve_opcua_password(opcua: OpcuaConfig) -> str | None:
     """The login's password: $<password_env>, then opcua.password_file, then $CREDENTIALS_DIRECTORY/opcua_password
     (as the page's password is found). None when none is set; ConfigError when a file cannot be read."""
-    from_env = os.environ.get(opcua.password_env)
-    if from_env:
-        return from_env
-    path, credentials = opcua.password_file, os.environ.get("CREDENTIALS_DIRECTORY")
-    if path is None and credentials and (Path(credentials) / CREDENTIAL_NAME).exists():
-        path = Path(credentials) / CREDENTIAL_NAME  # there but unreadable is an error, not "no password"
-    return (read_secret(path, "the OPC UA password file") or None) if path is not None else None
+    return find_secret(opcua.password_env, opcua.password_file, CREDENTIAL_NAME, "the OPC UA password file") or None
 
 
 def check_opcua_password(opcua: OpcuaConfig, password: str | None) -> str | None:

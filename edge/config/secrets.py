@@ -20,17 +20,19 @@ def resolve_mqtt_password(mqtt: MqttConfig) -> str | None:
     LoadCredential=). Returns None when none is set. Raises ConfigError when
     ``password_file`` cannot be read.
     """
-    from_env = os.environ.get(mqtt.password_env)
+    return find_secret(mqtt.password_env, mqtt.password_file, CREDENTIAL_NAME, "MQTT password file")
+
+
+def find_secret(env_name: str, password_file: Path | None, credential_name: str, what: str) -> str | None:
+    """A password by the station's one order: $<env_name>, then ``password_file``, then the systemd credential
+    $CREDENTIALS_DIRECTORY/<credential_name>. None when none is set; ConfigError when a file cannot be read."""
+    from_env = os.environ.get(env_name)
     if from_env:
         return from_env
-    if mqtt.password_file is not None:
-        return read_secret(mqtt.password_file, "MQTT password file")
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials:
-        candidate = Path(credentials) / CREDENTIAL_NAME
-        if candidate.exists():  # there but unreadable (a FIFO, a device) is an error, not "no password"
-            return read_secret(candidate, "MQTT password file")
-    return None
+    path, credentials = password_file, os.environ.get("CREDENTIALS_DIRECTORY")
+    if path is None and credentials and (Path(credentials) / credential_name).exists():
+        path = Path(credentials) / credential_name  # there but unreadable is an error, not "no password"
+    return read_secret(path, what) if path is not None else None
 
 
 def read_secret(path: Path, what: str) -> str:

@@ -15,15 +15,13 @@ import hashlib
 import hmac
 import ipaddress
 import math
-import os
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from edge.config.secrets import read_secret
+from edge.config.secrets import find_secret
 from edge.config.web import WILDCARD_HOSTS, WebConfig, ip_literal
 
 CREDENTIAL_NAME = "web_password"  # systemd LoadCredential= name
@@ -43,13 +41,7 @@ LOOPBACK_V6 = ipaddress.ip_address("::1")
 
 def resolve_web_password(web: WebConfig) -> str | None:
     """The page password: $<password_env>, then web.password_file, then $CREDENTIALS_DIRECTORY/web_password."""
-    from_env = os.environ.get(web.password_env)
-    if from_env:
-        return from_env
-    path, credentials = web.password_file, os.environ.get("CREDENTIALS_DIRECTORY")
-    if path is None and credentials and (Path(credentials) / CREDENTIAL_NAME).exists():
-        path = Path(credentials) / CREDENTIAL_NAME  # there but unreadable is an error, not "no password"
-    return (read_secret(path, "the web password file") or None) if path is not None else None
+    return find_secret(web.password_env, web.password_file, CREDENTIAL_NAME, "the web password file") or None
 
 
 def check_web_password(web: WebConfig, password: str | None) -> str | None:
