@@ -22,6 +22,7 @@ FOLDS = 10  # each fold's model sees 90 % of the goods: out-of-fold scores run o
 # rank: one glare or mislabelled image must not set the threshold on its own.
 OUTLIER_Z = 5.0
 MIN_GOOD_FOR_OUTLIERS = 20  # below this a median and MAD say too little to call anything unusual
+EDGE_BAND_FRACTION = 0.05  # of the shorter side: the outer band the edge check looks at (19 % of a square frame)
 
 
 def fold_of(name: str, folds: int = FOLDS) -> int:
@@ -151,3 +152,30 @@ def describe(choice: ThresholdChoice) -> str:
                  f"{choice.add_good} more good image(s): until then the threshold is the target quantile of a "
                  "log-normal fitted to the usual good scores")
     return held
+
+
+def edge_peaks(good_heats: list[np.ndarray], good_scores: np.ndarray, target_frr: float, threshold: float) -> dict | None:
+    """When most of the highest good scores peak in the frame's outer band, what leaving that band out would do.
+
+    Parts at random angles on a dusty background (screw) put their highest good scores on the frame's edge, where a
+    speck meets the padding of the backbone's convolutions, not on the part: the threshold is then set by the edge.
+    Returns None when fewer than half of the top scores peak there (or too few goods to say). The threshold with
+    the band is the same rule on the same out-of-fold maps, so it is what `--edge-band` would ship.
+    """
+    scores = np.asarray(good_scores, dtype=np.float64)
+    if len(scores) < MIN_GOOD_FOR_OUTLIERS or len(good_heats) != len(scores):
+        return None
+    height, width = good_heats[0].shape[:2]
+    band = max(1, round(EDGE_BAND_FRACTION * min(height, width)))
+    top = np.argsort(-scores, kind="stable")[:max(3, math.ceil(2 * target_frr * len(scores)))]
+    peaks = [np.unravel_index(int(np.argmax(good_heats[i])), (height, width)) for i in top]
+    at_edge = sum(min(r, c, height - 1 - r, width - 1 - c) < band for r, c in peaks)
+    if 2 * at_edge <= len(top):
+        return None
+    inner = np.array([float(np.max(heat[band:height - band, band:width - band])) for heat in good_heats])
+    with_band = choose_threshold(inner, target_frr).threshold
+    note = (f"{at_edge} of the {len(top)} highest good scores peak in the outer {band} px of the {width}x{height} "
+            f"model input: if parts never reach the frame's edge, --edge-band {band} would set the threshold at "
+            f"{with_band:.4g} instead of {threshold:.4g}")
+    return {"top_goods": len(top), "at_edge": int(at_edge), "band_px": band, "threshold_with_band": with_band,
+            "note": note}

@@ -99,6 +99,11 @@ def add_train(sub) -> argparse.ArgumentParser:
                    help="mask image covering the whole frame; non-zero pixels are left out of scoring (shipped in the bundle)")
     p.add_argument("--ignore-polygons", type=polygons, default=[], metavar="JSON",
                    help='polygons left out of scoring, in frame pixels: a JSON list like [[[0,0],[40,0],[40,30]]] or a .json file')
+    p.add_argument("--edge-band", type=number(int, 0), default=0, metavar="PX",
+                   help="leave the outer PX pixels of the model input out of the map and the score (the bundle's "
+                        "scoring.edge_band): for parts that never reach the frame's edge, where specks on the "
+                        "background meet the backbone's padding and set the threshold (the log and report say when "
+                        "that happens, and which PX)")
     p.add_argument("--loss", choices=("mse", "l1", "ssim"), default="mse",
                    help="autoencoders' training loss (default mse, the study's); the segmenter always learns its "
                         "synthetic defect masks with focal + dice loss")
@@ -185,6 +190,9 @@ def _print_summary(result: dict) -> None:
     summary = result.get("fitness")
     if summary:
         print("\n".join(summary_lines(summary)))
+    edge = (result.get("calibration") or {}).get("edge_peaks")
+    if edge:
+        print(f"note: {edge['note']}")
     figures = {k: result.get(k) for k in SUMMARY_KEYS}
     print(json.dumps({"verdict": (summary or {}).get("verdict"), **figures}, allow_nan=False))
 

@@ -194,7 +194,8 @@ def threshold_note(result: dict) -> str:
     where = "" if low is None else (f" The threshold's own 95% interval: {low:.4g} to "
                                     f"{'beyond the highest good score' if high is None else f'{high:.4g}'}.")
     how = "scored out of fold (each by a model fitted without it)" if facts.get("scored_out_of_fold") else "held out"
-    return f"Threshold from good images {how}: {facts['calibration_note'].split(': ', 1)[-1]}.{where}"
+    edge = f" {facts['edge_peaks']['note'][0].upper()}{facts['edge_peaks']['note'][1:]}." if facts.get("edge_peaks") else ""
+    return f"Threshold from good images {how}: {facts['calibration_note'].split(': ', 1)[-1]}.{where}{edge}"
 
 
 def fitness_tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:

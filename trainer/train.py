@@ -62,6 +62,7 @@ class TrainOptions:
     learning_rate: float | None = None
     ignore_mask: Path | None = None  # image covering the whole frame; non-zero pixels are not scored
     ignore_polygons: list[list[tuple[float, float]]] = field(default_factory=list)  # frame pixel coordinates
+    edge_band: int = 0  # model-input pixels at each side left out of the map and the score (scoring.edge_band)
     threshold_method: str = "auto"  # auto | best-f1 | good-quantile
     target_frr: float = 0.01
     min_catch: float = 0.9  # share of test defects a fit model catches at its threshold (trainer.fitness)
@@ -93,10 +94,17 @@ class TrainOptions:
                 setattr(out, key, value)
         if out.smoothing_sigma is None:
             out.smoothing_sigma = 0.0
+        _check_edge_band(out)
         if out.threshold_method == "auto":
             # The study's protocol when anomaly classes were named; good parts only otherwise.
             out.threshold_method = "best-f1" if dataset.anomaly_classes_named else "good-quantile"
         return out
+
+
+def _check_edge_band(opts: TrainOptions) -> None:
+    if 2 * opts.edge_band >= min(opts.size):
+        raise ValueError(f"--edge-band {opts.edge_band} leaves nothing of the {opts.size[1]}x{opts.size[0]} model "
+                         "input to score")
 
 
 def check_image_sizes(dataset: Dataset) -> None:
@@ -174,6 +182,10 @@ def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarr
         if facts["unusual_goods"]:
             logger.warning("good images that score like defects (check them: glare, wrong part, mislabelled?): %s",
                            ", ".join(f"{u['image']} {u['score']:.4g}" for u in facts["unusual_goods"]))
+        edge = good_calibration.edge_peaks(good_heats, good, options.target_frr, threshold)
+        if edge is not None:
+            stats["edge_peaks"] = edge
+            logger.warning("%s", edge["note"])
     return Calibration(
         threshold=float(threshold), method=method, score_min=score_min, score_max=max(score_max, threshold + 1e-9),
         pixel_threshold=max(float(np.quantile(pixels, PIXEL_THRESHOLD_QUANTILE)), PIXEL_THRESHOLD_FLOOR), stats=stats,
@@ -198,7 +210,7 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
         options, model_choice = small_choice.choose(options, dataset, fit_samples)
     opts = options.resolved(dataset)
     spec = PreprocessSpec(color=opts.color, height=opts.size[0], width=opts.size[1], roi=opts.roi)
-    scoring = ScoringSpec(opts.residual, opts.reducer, opts.smoothing_sigma, opts.topk_fraction)
+    scoring = ScoringSpec(opts.residual, opts.reducer, opts.smoothing_sigma, opts.topk_fraction, opts.edge_band)
     choice = MODELS[opts.model]
     kind_module = module_for(choice)
     cross_fit = (opts.threshold_method == "good-quantile" and crossfit.supported(kind_module)
@@ -253,7 +265,7 @@ def _choices(architecture: dict) -> dict:
 
 
 CALIBRATION_FACTS = ("n_good", "scored_out_of_fold", "target_frr", "expected_frr", "frr_interval", "threshold_interval",
-                     "reachable", "add_good", "unusual_goods", "calibration_note")
+                     "reachable", "add_good", "unusual_goods", "calibration_note", "edge_peaks")
 
 
 def _calibration_facts(stats: dict) -> dict:
@@ -316,6 +328,7 @@ def _calibrate_and_report(bundle: Bundle, dataset: Dataset, opts: TrainOptions, 
 
         write_report(report_dir, bundle, int8, scored, result, unusual=_unusual_samples(bundle, fit))
         write_json_atomic(report_dir / "metrics.json", result)
+    result.setdefault("calibration", _calibration_facts(bundle.calibration.stats))
     bundle.metrics = result
     bundle.provenance = {
         "data": dataset.description, "data_fingerprint": dataset.fingerprint(),

@@ -248,6 +248,10 @@ def load_bundle(path: str | Path, verify_float: bool = False) -> Bundle:
         bundle = _bundle_from(root, data)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{manifest_path}: invalid manifest: {exc.__class__.__name__}: {exc}") from None
+    try:
+        bundle.scoring.check_size(bundle.preprocess.height, bundle.preprocess.width)
+    except ValueError as exc:
+        raise BundleError(f"{manifest_path}: {exc}") from None
     declared = tuple(data.get("input", {}).get("shape", ()))
     if declared != bundle.input_shape:
         raise BundleError(

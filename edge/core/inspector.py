@@ -83,8 +83,9 @@ class Inspector:
         return self._ignore_by_shape[key]
 
     def _rasterize_ignore(self, frame_size: tuple[int, int]) -> np.ndarray | None:
+        band = scoring.edge_band_mask((self.spec.height, self.spec.width), self.bundle.scoring.edge_band)
         if not self.ignore_masks and not self.ignore_polygons:
-            return None
+            return band
         height, width = frame_size
         canvas = np.zeros((height, width), np.uint8)
         for mask in self.ignore_masks:
@@ -93,7 +94,8 @@ class Inspector:
         for polygon in self.ignore_polygons:
             cv2.fillPoly(canvas, [np.round(np.asarray(polygon, dtype=np.float64)).astype(np.int32)], 1)
         region = crop(crop(canvas, self.frame_roi), self.spec.roi)
-        return cv2.resize(region, (self.spec.width, self.spec.height), interpolation=cv2.INTER_NEAREST) > 0
+        ignored = cv2.resize(region, (self.spec.width, self.spec.height), interpolation=cv2.INTER_NEAREST) > 0
+        return ignored if band is None else ignored | band
 
     def set_stored_polygons(self, polygons: list[Polygon]) -> None:
         """Ignore these polygons (frame pixels) besides the bundle's and the config's, from the next frame."""

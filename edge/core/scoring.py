@@ -28,6 +28,7 @@ class ScoringSpec:
     reducer: str = "sum"  # the study's image score
     smoothing_sigma: float = 0.0  # Gaussian blur of the anomaly map, in model pixels; 0 = off
     topk_fraction: float = 0.01  # share of pixels averaged by the "topk" reducer
+    edge_band: int = 0  # model pixels at each side left out of the map and the score (trainer --edge-band)
 
     def __post_init__(self) -> None:
         if self.residual is not None and self.residual not in RESIDUALS:
@@ -38,13 +39,22 @@ class ScoringSpec:
             raise ValueError("scoring.smoothing_sigma must be >= 0")
         if not 0 < self.topk_fraction <= 1:
             raise ValueError("scoring.topk_fraction must be in (0, 1]")
+        if isinstance(self.edge_band, bool) or not isinstance(self.edge_band, int) or self.edge_band < 0:
+            raise ValueError(f"scoring.edge_band must be a whole number of pixels >= 0, got {self.edge_band!r}")
+
+    def check_size(self, height: int, width: int) -> None:
+        """An edge band that leaves nothing to score would pass every part: refused."""
+        if 2 * self.edge_band >= min(height, width):
+            raise ValueError(f"scoring.edge_band {self.edge_band} leaves nothing of the {width}x{height} model input "
+                             "to score")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScoringSpec:
-        return cls(**{k: data[k] for k in ("residual", "reducer", "smoothing_sigma", "topk_fraction") if k in data})
+        keys = ("residual", "reducer", "smoothing_sigma", "topk_fraction", "edge_band")
+        return cls(**{k: data[k] for k in keys if k in data})
 
 
 # A threshold set on the device (cmd/threshold, inference.threshold) must lie within the bundle's calibration
@@ -183,6 +193,15 @@ def smooth(heat: np.ndarray, spec: ScoringSpec) -> np.ndarray:
     if spec.smoothing_sigma > 0:
         return cv2.GaussianBlur(heat, (0, 0), spec.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
     return heat
+
+
+def edge_band_mask(shape: tuple[int, int], band: int) -> np.ndarray | None:
+    """True on the outer `band` pixels of a model-sized map; None without a band."""
+    if band <= 0:
+        return None
+    mask = np.ones(shape, bool)
+    mask[band:shape[0] - band, band:shape[1] - band] = False
+    return mask
 
 
 def image_score(heat: np.ndarray, spec: ScoringSpec, ignore: np.ndarray | None = None) -> float:

@@ -20,7 +20,8 @@ from edge.core.bundle import Stage, sha256_of
 from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
 from edge.kinds.components.backbone import BackboneFeatures
-from trainer.kinds.head_choice import choose_head, choose_head_at_threshold, progress
+from edge.kinds.features import BACKBONE_STRIDE
+from trainer.kinds.head_choice import choose_head, choose_head_at_threshold, inner_positions, progress
 from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
 from trainer import backbones
 from trainer.synthetic import DefectSynthesizer
@@ -107,17 +108,18 @@ def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, se
     if options.head != "auto":
         return options.head, {"reason": f"{options.head}: chosen with --head"}
     candidates = head_candidates(features.shape[1])
+    scored = inner_positions(extractor.grid, options.edge_band, BACKBONE_STRIDE)  # as --edge-band scores them
     if len(x_train) >= MIN_CROSS_CHOICE:
         defects = _synthetic_defects(x_train, x_train, options.seed)
         defect_features = np.stack(list(extract(extractor, defects, "synthetic defects")))
-        return choose_head_at_threshold(features, defect_features, setting, candidates, options.target_frr)
+        return choose_head_at_threshold(features, defect_features, setting, candidates, options.target_frr, scored)
     split = held_out_defects(x_train, options.seed)
     if split is None:
         return candidates[0], {"reason": f"{candidates[0]}: too few images ({len(x_train)}) to hold some out and "
                                          "measure"}
     kept, held, defective = split
     defect_features = np.stack(list(extract(extractor, defective, "synthetic defects")))
-    return choose_head(features[kept], features[held], defect_features, setting, candidates)
+    return choose_head(features[kept], features[held], defect_features, setting, candidates, scored)
 
 
 def fit(options, x_train: np.ndarray) -> FittedFeatures:

@@ -21,10 +21,23 @@ def progress(items, **options):
     return tqdm(items, leave=False, mininterval=0.5, **options)
 
 
-def image_scores(head: Head, features: np.ndarray) -> np.ndarray:
-    """Max patch distance per image (the device's image score before smoothing)."""
+def image_scores(head: Head, features: np.ndarray, scored: np.ndarray | None = None) -> np.ndarray:
+    """Max patch distance per image (the device's image score before smoothing), over the `scored` positions
+    (a boolean per position; all when None: --edge-band leaves the outer ones out)."""
     channels = head.channels
-    return np.array([head.distances(f[:, channels]).max() for f in features])
+    if scored is None:
+        return np.array([head.distances(f[:, channels]).max() for f in features])
+    return np.array([head.distances(f[:, channels])[scored].max() for f in features])
+
+
+def inner_positions(grid: tuple[int, int], band_px: int, stride: int) -> np.ndarray | None:
+    """Positions whose patch lies at least partly inside an edge band of band_px model pixels; None without one."""
+    cut = band_px // stride  # patches wholly inside the band
+    if cut <= 0:
+        return None
+    keep = np.zeros(grid, bool)
+    keep[cut:grid[0] - cut, cut:grid[1] - cut] = True
+    return keep.reshape(-1)
 
 
 def caught_above_goods(good_scores: np.ndarray, defect_scores: np.ndarray) -> float:
@@ -34,7 +47,7 @@ def caught_above_goods(good_scores: np.ndarray, defect_scores: np.ndarray) -> fl
 
 
 def choose_head(fit_features: np.ndarray, good: np.ndarray, defective: np.ndarray, setting: HeadFit,
-                candidates: tuple[str, ...] = ("padim", "patchcore")) -> tuple[str, dict]:
+                candidates: tuple[str, ...] = ("padim", "patchcore"), scored: np.ndarray | None = None) -> tuple[str, dict]:
     """Fit every candidate head on part of the good images; the one that catches the most of the same held-out
     images with synthetic defects above all held-out good images wins (then the higher AUROC, then the first
     listed). Returns its name and the measurements."""
@@ -42,7 +55,7 @@ def choose_head(fit_features: np.ndarray, good: np.ndarray, defective: np.ndarra
     measured, caught = {}, {}
     for head_type in candidates:
         _, _, head = fit_head(head_type, fit_features, replace(setting, quick=True))
-        good_scores, defect_scores = image_scores(head, good), image_scores(head, defective)
+        good_scores, defect_scores = image_scores(head, good, scored), image_scores(head, defective, scored)
         measured[head_type] = round(float(roc_auc_score(labels, np.r_[good_scores, defect_scores])), 4)
         caught[head_type] = round(caught_above_goods(good_scores, defect_scores), 4)
         logger.info("head choice: %s catches %.1f%% of synthetic defects above all %d held-out good images (AUROC "
@@ -57,7 +70,7 @@ CHOICE_FOLDS = 5
 
 
 def cross_fitted(head_type: str, features: np.ndarray, defect_features: np.ndarray, setting: HeadFit,
-                 folds: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                 folds: list[np.ndarray], scored: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold image scores of every good image and of its copy with a synthetic defect (quick fits)."""
     good, defect = np.zeros(len(features)), np.zeros(len(features))
     droppable = hasattr(HEADS[head_type], "without_images")  # one fit, then each fold's images left out of it
@@ -70,12 +83,14 @@ def cross_fitted(head_type: str, features: np.ndarray, defect_features: np.ndarr
                                     Path(f"<{head_type} without a fold>"), features.shape[2])
         else:
             _, _, head = fit_head(head_type, features[keep], replace(setting, quick=True))
-        good[held], defect[held] = image_scores(head, features[held]), image_scores(head, defect_features[held])
+        good[held] = image_scores(head, features[held], scored)
+        defect[held] = image_scores(head, defect_features[held], scored)
     return good, defect
 
 
 def choose_head_at_threshold(features: np.ndarray, defect_features: np.ndarray, setting: HeadFit,
-                             candidates: tuple[str, ...], target_frr: float) -> tuple[str, dict]:
+                             candidates: tuple[str, ...], target_frr: float,
+                             scored: np.ndarray | None = None) -> tuple[str, dict]:
     """The head that catches the most synthetic defects at the threshold it would ship.
 
     Every good image and its copy with a synthetic defect are scored out of fold; each head's threshold comes from
@@ -88,7 +103,7 @@ def choose_head_at_threshold(features: np.ndarray, defect_features: np.ndarray, 
     labels = np.r_[np.zeros(len(features)), np.ones(len(features))]
     caught, aurocs, thresholds = {}, {}, {}
     for head_type in candidates:
-        good, defect = cross_fitted(head_type, features, defect_features, setting, folds)
+        good, defect = cross_fitted(head_type, features, defect_features, setting, folds, scored)
         threshold = choose_threshold(good, target_frr).threshold
         caught[head_type] = round(float(np.mean(defect >= threshold)), 4)
         aurocs[head_type] = round(float(roc_auc_score(labels, np.r_[good, defect])), 4)
