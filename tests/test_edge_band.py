@@ -13,6 +13,7 @@ import pytest
 from edge.core.bundle import IGNORE_MASK_NAME, MANIFEST_NAME, load_bundle
 from edge.core.inspector import Inspector
 from trainer.calibration import choose_threshold, edge_peaks
+from trainer.kinds.features import visible_defects
 from trainer.kinds.head_choice import image_scores, inner_positions
 from tests.support.helpers import FIXTURES, run_cli, textured_part
 
@@ -151,3 +152,12 @@ def test_the_head_choice_scores_the_positions_the_band_leaves_in():
     features[0, 5, 0], features[0, 3 * 40 + 7, 0] = 9.0, 2.0
     assert image_scores(Edgy(), features)[0] == 9.0
     assert image_scores(Edgy(), features, inner_positions((40, 40), 16, 8))[0] == 2.0
+
+
+def test_a_synthetic_defect_wholly_inside_the_band_is_not_counted_in_the_head_choice():
+    masks = np.zeros((3, 64, 64), np.float32)
+    masks[0, 0:4, 10:20] = 1  # wholly in an 8 px band
+    masks[1, 5:12, 30:34] = 1  # reaches inside it
+    masks[2, 30:40, 30:40] = 1
+    assert visible_defects(masks, 0) is None
+    assert visible_defects(masks, 8).tolist() == [False, True, True]

@@ -77,9 +77,19 @@ def extract(extractor: BackboneFeatures, x: np.ndarray, desc: str = "features"):
         yield extractor(image, pixels)
 
 
-def _synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int) -> np.ndarray:
+def _synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the images with a synthetic defect each, and the defects' masks."""
     synthesizer = DefectSynthesizer(images.shape[1:], donors, seed=seed)
-    return np.stack([synthesizer(image)[0] for image in images])
+    made = [synthesizer(image) for image in images]
+    return np.stack([image for image, _ in made]), np.stack([mask for _, mask in made])
+
+
+def visible_defects(masks: np.ndarray, band_px: int) -> np.ndarray | None:
+    """Which synthetic defects reach inside an edge band of band_px (the others cannot be seen); None: all."""
+    if band_px <= 0:
+        return None
+    height, width = masks.shape[1:3]
+    return masks[:, band_px:height - band_px, band_px:width - band_px].reshape(len(masks), -1).max(axis=1) > 0
 
 
 def head_candidates(positions: int) -> tuple[str, ...]:
@@ -94,7 +104,7 @@ def held_out_defects(x_train: np.ndarray, seed: int) -> tuple[np.ndarray, np.nda
     if len(x_train) - n_hold < MIN_HOLDOUT:
         return None
     held, kept = order[:n_hold], order[n_hold:]
-    return kept, held, _synthetic_defects(x_train[held], x_train[kept], seed)
+    return kept, held, _synthetic_defects(x_train[held], x_train[kept], seed)[0]
 
 
 def head_setting(extractor: BackboneFeatures, budget: int, seed: int) -> HeadFit:
@@ -110,9 +120,10 @@ def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, se
     candidates = head_candidates(features.shape[1])
     scored = inner_positions(extractor.grid, options.edge_band, BACKBONE_STRIDE)  # as --edge-band scores them
     if len(x_train) >= MIN_CROSS_CHOICE:
-        defects = _synthetic_defects(x_train, x_train, options.seed)
+        defects, masks = _synthetic_defects(x_train, x_train, options.seed)
         defect_features = np.stack(list(extract(extractor, defects, "synthetic defects")))
-        return choose_head_at_threshold(features, defect_features, setting, candidates, options.target_frr, scored)
+        return choose_head_at_threshold(features, defect_features, setting, candidates, options.target_frr, scored,
+                                        visible_defects(masks, options.edge_band))
     split = held_out_defects(x_train, options.seed)
     if split is None:
         return candidates[0], {"reason": f"{candidates[0]}: too few images ({len(x_train)}) to hold some out and "

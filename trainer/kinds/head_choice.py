@@ -89,23 +89,27 @@ def cross_fitted(head_type: str, features: np.ndarray, defect_features: np.ndarr
 
 
 def choose_head_at_threshold(features: np.ndarray, defect_features: np.ndarray, setting: HeadFit,
-                             candidates: tuple[str, ...], target_frr: float,
-                             scored: np.ndarray | None = None) -> tuple[str, dict]:
+                             candidates: tuple[str, ...], target_frr: float, scored: np.ndarray | None = None,
+                             counted: np.ndarray | None = None) -> tuple[str, dict]:
     """The head that catches the most synthetic defects at the threshold it would ship.
 
     Every good image and its copy with a synthetic defect are scored out of fold; each head's threshold comes from
     its good scores by the calibration's own rule (trainer.calibration). A head that ranks well but whose good
     parts spread widely (PaDiM on parts at random angles: a good part in a rare pose looks anomalous) ships a high
-    threshold and catches little; this measures that, where AUROC on a small held-out share does not.
+    threshold and catches little; this measures that, where AUROC on a small held-out share does not. `scored`:
+    the patch positions an edge band leaves in; `counted`: the synthetic defects that reach inside it (one wholly
+    in the band cannot be seen, whatever the head).
     """
     order = np.random.default_rng(setting.seed).permutation(len(features))
     folds = [order[i::CHOICE_FOLDS] for i in range(CHOICE_FOLDS)]
-    labels = np.r_[np.zeros(len(features)), np.ones(len(features))]
     caught, aurocs, thresholds = {}, {}, {}
     for head_type in candidates:
         good, defect = cross_fitted(head_type, features, defect_features, setting, folds, scored)
+        if counted is not None:
+            defect = defect[counted]
         threshold = choose_threshold(good, target_frr).threshold
         caught[head_type] = round(float(np.mean(defect >= threshold)), 4)
+        labels = np.r_[np.zeros(len(good)), np.ones(len(defect))]
         aurocs[head_type] = round(float(roc_auc_score(labels, np.r_[good, defect])), 4)
         thresholds[head_type] = threshold
         logger.info("head choice: %s catches %.1f%% of synthetic defects at its threshold for %.1f%% false rejects "
