@@ -52,6 +52,14 @@ def test_specks_on_the_edge_that_set_the_threshold_are_named_with_what_the_band_
     assert f"--edge-band 5 would set the threshold at {edge['threshold_with_band']:.4g}" in edge["note"]
 
 
+def test_no_note_when_the_top_scores_peak_on_the_edge_but_the_band_would_barely_move_the_threshold():
+    heats, scores = _heats(200, seed=0)
+    for i in np.argsort(-scores)[:8]:  # the highest goods peak on the edge, a hair above their own part
+        heats[i][0, 50] = scores[i] + 0.01
+    scores = np.array([h.max() for h in heats])
+    assert edge_peaks(heats, scores, 0.01, choose_threshold(scores, 0.01).threshold) is None
+
+
 @pytest.fixture(scope="module")
 def banded(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "banded"

@@ -23,6 +23,9 @@ FOLDS = 10  # each fold's model sees 90 % of the goods: out-of-fold scores run o
 OUTLIER_Z = 5.0
 MIN_GOOD_FOR_OUTLIERS = 20  # below this a median and MAD say too little to call anything unusual
 EDGE_BAND_FRACTION = 0.05  # of the shorter side: the outer band the edge check looks at (19 % of a square frame)
+# ... and it speaks only when the band would take at least this share off the threshold's height above the median
+# good score (screw: 0.25; magnetic tile, whose top scores also peak there: 0.003)
+EDGE_GAIN = 0.1
 
 
 def fold_of(name: str, folds: int = FOLDS) -> int:
@@ -159,7 +162,8 @@ def edge_peaks(good_heats: list[np.ndarray], good_scores: np.ndarray, target_frr
 
     Parts at random angles on a dusty background (screw) put their highest good scores on the frame's edge, where a
     speck meets the padding of the backbone's convolutions, not on the part: the threshold is then set by the edge.
-    Returns None when fewer than half of the top scores peak there (or too few goods to say). The threshold with
+    Returns None when fewer than half of the top scores peak there, when the band would lower the threshold by
+    less than EDGE_GAIN of its height above the median good score, or with too few goods to say. The threshold with
     the band is the same rule on the same out-of-fold maps, so it is what `--edge-band` would ship.
     """
     scores = np.asarray(good_scores, dtype=np.float64)
@@ -174,6 +178,8 @@ def edge_peaks(good_heats: list[np.ndarray], good_scores: np.ndarray, target_frr
         return None
     inner = np.array([float(np.max(heat[band:height - band, band:width - band])) for heat in good_heats])
     with_band = choose_threshold(inner, target_frr).threshold
+    if threshold - with_band < EDGE_GAIN * (threshold - float(np.median(scores))):
+        return None  # the edge holds some top scores but does not set the threshold
     note = (f"{at_edge} of the {len(top)} highest good scores peak in the outer {band} px of the {width}x{height} "
             f"model input: if parts never reach the frame's edge, --edge-band {band} would set the threshold at "
             f"{with_band:.4g} instead of {threshold:.4g}")
