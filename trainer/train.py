@@ -182,7 +182,9 @@ def calibrate(options: TrainOptions, calib: ScoredSet, good_heats: list[np.ndarr
         if facts["unusual_goods"]:
             logger.warning("good images that score like defects (check them: glare, wrong part, mislabelled?): %s",
                            ", ".join(f"{u['image']} {u['score']:.4g}" for u in facts["unusual_goods"]))
-        edge = good_calibration.edge_peaks(good_heats, good, options.target_frr, threshold)
+        # the band's threshold is the inner maps' maximum: only where the image score is the map's maximum
+        edge = good_calibration.edge_peaks(good_heats, good, options.target_frr, threshold) \
+            if options.reducer == "max" else None
         if edge is not None:
             stats["edge_peaks"] = edge
             logger.warning("%s", edge["note"])
