@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy.stats import beta, binom, norm
 
+from edge.core.scoring import edge_band_mask
 from trainer.metrics import CONFIDENCE, clopper_pearson, conformal_rank, good_quantile_threshold, min_good_for_target
 
 FOLDS = 10  # each fold's model sees 90 % of the goods: out-of-fold scores run only a little above the full model's
@@ -176,7 +177,8 @@ def edge_peaks(good_heats: list[np.ndarray], good_scores: np.ndarray, target_frr
     at_edge = sum(min(r, c, height - 1 - r, width - 1 - c) < band for r, c in peaks)
     if 2 * at_edge <= len(top):
         return None
-    inner = np.array([float(np.max(heat[band:height - band, band:width - band])) for heat in good_heats])
+    left_in = ~edge_band_mask((height, width), band)  # the device's own band (edge.core.scoring)
+    inner = np.array([float(np.max(heat[left_in])) for heat in good_heats])
     with_band = choose_threshold(inner, target_frr).threshold
     if threshold - with_band < EDGE_GAIN * (threshold - float(np.median(scores))):
         return None  # the edge holds some top scores but does not set the threshold

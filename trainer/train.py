@@ -19,7 +19,7 @@ from edge.core.inspector import Inspector
 from edge.core.preprocess import PreprocessSpec
 from edge.core.quality import fit_limits, measure
 from edge.core.reference import DriftReference, Distribution, image_reference
-from edge.core.scoring import Calibration, ScoringSpec
+from edge.core.scoring import Calibration, ScoringSpec, edge_band_problem
 from trainer import calibration as good_calibration
 from trainer import crossfit, metrics, small_choice
 from trainer.data import DataError, Dataset, Sample, load_arrays, read_checked
@@ -102,9 +102,9 @@ class TrainOptions:
 
 
 def _check_edge_band(opts: TrainOptions) -> None:
-    if 2 * opts.edge_band >= min(opts.size):
-        raise ValueError(f"--edge-band {opts.edge_band} leaves nothing of the {opts.size[1]}x{opts.size[0]} model "
-                         "input to score")
+    problem = edge_band_problem(opts.edge_band, *opts.size)
+    if problem:
+        raise ValueError(f"--edge-band {problem}")
 
 
 def check_image_sizes(dataset: Dataset) -> None:

@@ -44,9 +44,9 @@ class ScoringSpec:
 
     def check_size(self, height: int, width: int) -> None:
         """An edge band that leaves nothing to score would pass every part: refused."""
-        if 2 * self.edge_band >= min(height, width):
-            raise ValueError(f"scoring.edge_band {self.edge_band} leaves nothing of the {width}x{height} model input "
-                             "to score")
+        problem = edge_band_problem(self.edge_band, height, width)
+        if problem:
+            raise ValueError(f"scoring.edge_band {problem}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,6 +193,13 @@ def smooth(heat: np.ndarray, spec: ScoringSpec) -> np.ndarray:
     if spec.smoothing_sigma > 0:
         return cv2.GaussianBlur(heat, (0, 0), spec.smoothing_sigma, borderType=cv2.BORDER_REFLECT)
     return heat
+
+
+def edge_band_problem(band: int, height: int, width: int) -> str | None:
+    """Why an edge band cannot be used on a height x width model input (it leaves nothing to score), or None."""
+    if 2 * band >= min(height, width):
+        return f"{band} leaves nothing of the {width}x{height} model input to score"
+    return None
 
 
 def edge_band_mask(shape: tuple[int, int], band: int) -> np.ndarray | None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from edge.core.bundle import Stage, sha256_of
 from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
+from edge.core.scoring import edge_band_mask
 from edge.kinds.components.backbone import BackboneFeatures
 from edge.kinds.features import BACKBONE_STRIDE
 from trainer.kinds.head_choice import choose_head, choose_head_at_threshold, inner_positions, progress
@@ -86,10 +87,8 @@ def _synthetic_defects(images: np.ndarray, donors: np.ndarray, seed: int) -> tup
 
 def visible_defects(masks: np.ndarray, band_px: int) -> np.ndarray | None:
     """Which synthetic defects reach inside an edge band of band_px (the others cannot be seen); None: all."""
-    if band_px <= 0:
-        return None
-    height, width = masks.shape[1:3]
-    return masks[:, band_px:height - band_px, band_px:width - band_px].reshape(len(masks), -1).max(axis=1) > 0
+    band = edge_band_mask(masks.shape[1:3], band_px)
+    return None if band is None else masks[:, ~band].max(axis=1) > 0
 
 
 def head_candidates(positions: int) -> tuple[str, ...]:

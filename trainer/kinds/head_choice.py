@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
+from edge.core.scoring import edge_band_mask
 from edge.kinds.features.heads import HEADS, Head, HeadFit, fit_head, head_from_arrays
 from trainer.calibration import choose_threshold
 
@@ -32,12 +33,8 @@ def image_scores(head: Head, features: np.ndarray, scored: np.ndarray | None = N
 
 def inner_positions(grid: tuple[int, int], band_px: int, stride: int) -> np.ndarray | None:
     """Positions whose patch lies at least partly inside an edge band of band_px model pixels; None without one."""
-    cut = band_px // stride  # patches wholly inside the band
-    if cut <= 0:
-        return None
-    keep = np.zeros(grid, bool)
-    keep[cut:grid[0] - cut, cut:grid[1] - cut] = True
-    return keep.reshape(-1)
+    band = edge_band_mask(grid, band_px // stride)  # the patches wholly in the band
+    return None if band is None else ~band.reshape(-1)
 
 
 def caught_above_goods(good_scores: np.ndarray, defect_scores: np.ndarray) -> float:
