@@ -9,15 +9,14 @@ file, not JSON, bad polygons) stops the start (exit 78) or refuses the reload, n
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.core.files import read_limited, write_json_atomic
+from edge.core.files import write_json_atomic
 from edge.publish.messages import model_ref, utc_now
-from edge.threshold_store import remove_stored, rename_aside, stored_model
+from edge.threshold_store import read_stored, remove_stored, rename_aside, stored_model
 
 logger = logging.getLogger("lineguard")
 
@@ -79,19 +78,12 @@ def load_mask(storage_dir: Path) -> dict | None:
     """The stored record ({"polygons", "model", "set_by", "ts"}) or None when none is stored. Read bounded, from
     a regular file only (a FIFO cannot hang it, /dev/zero cannot fill the memory)."""
     path = mask_path(storage_dir)
-    try:
-        raw = read_limited(path, MAX_FILE_BYTES)
-    except FileNotFoundError:
+    record = read_stored(path, MAX_FILE_BYTES, "polygons", StoredMaskError,
+                         "stored mask (JSON object with 'polygons')", FIX_HINT)
+    if record is None:
         return None
-    except OSError as exc:
-        raise StoredMaskError(f"{path}: cannot read: {exc.strerror or exc}; {FIX_HINT}") from None
     try:
-        record = json.loads(raw.decode("utf-8"))
-        polygons = record["polygons"]
-    except (ValueError, RecursionError, KeyError, TypeError, IndexError):  # ValueError: bad UTF-8 or JSON
-        raise StoredMaskError(f"{path}: not a stored mask (JSON object with 'polygons'); {FIX_HINT}") from None
-    try:
-        record["polygons"] = check_polygons(polygons)
+        record["polygons"] = check_polygons(record["polygons"])
     except ValueError as exc:
         raise StoredMaskError(f"{path}: {exc}; {FIX_HINT}") from None
     return record

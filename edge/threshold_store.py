@@ -42,19 +42,28 @@ def load_threshold(storage_dir: Path) -> dict | None:
     """The stored record ({"threshold", "model", "set_by", "ts"}) or None when none is stored. Read bounded, from
     a regular file only, as the config is (a FIFO cannot hang it, /dev/zero cannot fill the memory)."""
     path = threshold_path(storage_dir)
+    record = read_stored(path, MAX_FILE_BYTES, "threshold", StoredThresholdError,
+                         "stored threshold (JSON object with a 'threshold' number)", FIX_HINT)
+    if record is not None:
+        record["threshold"] = _positive_number(path, record["threshold"])
+    return record
+
+
+def read_stored(path: Path, max_bytes: int, key: str, error: type[ValueError], what: str,
+                fix_hint: str) -> dict | None:
+    """A stored record (threshold or mask): a JSON object holding `key`, read bounded from a regular file; None
+    when there is none. Anything else raises `error` naming the file, what it should be and the fix."""
     try:
-        raw = read_limited(path, MAX_FILE_BYTES)
+        raw = read_limited(path, max_bytes)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StoredThresholdError(f"{path}: cannot read: {exc.strerror or exc}; {FIX_HINT}") from None
+        raise error(f"{path}: cannot read: {exc.strerror or exc}; {fix_hint}") from None
     try:
         record = json.loads(raw.decode("utf-8"))
-        value = record["threshold"]
+        record[key]  # a list, a string or a number instead of an object raises TypeError
     except (ValueError, RecursionError, KeyError, TypeError, IndexError):  # ValueError: bad UTF-8 or JSON
-        raise StoredThresholdError(f"{path}: not a stored threshold (JSON object with a 'threshold' number); "
-                                   f"{FIX_HINT}") from None
-    record["threshold"] = _positive_number(path, value)
+        raise error(f"{path}: not a {what}; {fix_hint}") from None
     return record
 
 
