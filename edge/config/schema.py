@@ -242,20 +242,13 @@ class Config(BaseModel):
     def _resolve_model(cls, value: Path, info: ValidationInfo) -> Path:
         return resolve(value, info)
 
-    @field_validator("homeassistant")
+    @field_validator("homeassistant", "sparkplug")
     @classmethod
-    def _discovery_needs_mqtt(cls, value: HomeAssistantConfig, info: ValidationInfo) -> HomeAssistantConfig:
+    def _needs_mqtt(cls, value: HomeAssistantConfig | SparkplugConfig, info: ValidationInfo):
         mqtt = info.data.get("mqtt")
         if value.enabled and mqtt is not None and not mqtt.enabled:
-            raise ValueError("enabled needs mqtt.enabled: discovery goes through the broker")
-        return value
-
-    @field_validator("sparkplug")
-    @classmethod
-    def _sparkplug_needs_mqtt(cls, value: SparkplugConfig, info: ValidationInfo) -> SparkplugConfig:
-        mqtt = info.data.get("mqtt")
-        if value.enabled and mqtt is not None and not mqtt.enabled:
-            raise ValueError("enabled needs mqtt.enabled: the edge node publishes through the broker")
+            how = "discovery goes" if info.field_name == "homeassistant" else "the edge node publishes"
+            raise ValueError(f"enabled needs mqtt.enabled: {how} through the broker")
         return value
 
     @property
