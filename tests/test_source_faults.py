@@ -5,14 +5,23 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import time
 
 from tests.support.broker import strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
 from tests.support.helpers import wait_until
 
 
-def open_descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def lowest_free_descriptor(pid: int, samples: int = 3) -> int:
+    """The lowest descriptor number free in any of a few samples: with the limit there, no open can succeed
+    (a count of open descriptors is not enough: a gap below it, or a file open only at that instant, would leave
+    a number free)."""
+    held = None
+    for _ in range(samples):
+        now = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+        held = now if held is None else held & now
+        time.sleep(0.03)
+    return next(number for number in range(len(held) + 1) if number not in held)
 
 
 def states(collector) -> list[dict]:
@@ -28,7 +37,7 @@ def test_a_looping_replay_out_of_file_descriptors_is_away_then_flows_again(tmp_p
         assert collector.wait_for(lambda _: len(results(collector)) >= 4, 30), daemon.log()[-3000:]
         limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
         # No descriptor left: every image file the replay opens now fails with EMFILE.
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_descriptors(pid), limits[1]))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free_descriptor(pid), limits[1]))
         away = lambda: any(s["source"] == "reconnecting" and "Too many open files" in s["detail"]  # noqa: E731
                            for s in states(collector))
         assert collector.wait_for(lambda _: away(), 15), (states(collector)[-3:], daemon.log()[-3000:])

@@ -71,6 +71,8 @@ def test_review_viewer_lays_the_heatmap_on_the_frame_and_steps_with_the_keys(tmp
     collector = make_collector(broker, [f"{BASE}/result"])
     daemon = start_daemon(config, url, "--keep-serving")
     assert daemon.wait_for_log("the station page stays up", WAIT_S), daemon.log()[-3000:]
+    # The broker acknowledged every result; the subscriber may still be receiving them.
+    assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= 1 + len(BLOBS), WAIT_S)
     received = {v["image"]: v for v in unique_in_order(results(collector))}
     assert received["000-good.png"]["verdict"] == "pass"
     blob_seqs = {}
