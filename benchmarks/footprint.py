@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from benchmarks.common import local_broker, log, median, percentile, rounded, run_daemon, scratch_dir, write_config
-from benchmarks.pipeline import compare
+from benchmarks.pipeline import Bench, compare
 from benchmarks.workloads import MNIST_BUNDLE, conv_bundle, fail_threshold, mnist_frames, part_frames
 
 PACED = (  # (label, model, fps, frames)
@@ -117,7 +117,8 @@ def scaling(work: Path, port: int, earlier: dict) -> dict:
             if size == 256 and str(threads) in case1:
                 summary = case1[str(threads)]
             else:
-                summary = compare(bundle, frames, threshold, threads, SCALING_FRAMES[size], 1, port, work).summary()
+                summary = compare(Bench(bundle, frames, threshold, SCALING_FRAMES[size], 1, port, work),
+                                  threads).summary()
             table[key] = {"daemon_fps": summary["daemon_fps_median"], "bare_invoke_fps": summary["bare_invoke_fps_median"],
                           "efficiency": summary["efficiency"], "cpu_ms_per_frame": summary.get("cpu_ms_per_frame"),
                           "peak_rss_mb": summary["peak_rss_mb"]}

@@ -9,6 +9,8 @@ ratios of adjacent pairs.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,16 +75,39 @@ def failed_fraction(run: DaemonRun) -> float | None:
     return int(match.group(3)) / int(match.group(1)) if match and int(match.group(1)) else None
 
 
-def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: int, repeats: int,
-            port: int, work: Path, extra: dict | None = None, logs: list[str] | None = None) -> Comparison:
+@dataclass(frozen=True)
+class Bench:
+    """What every pipeline case runs on: the conv bundle, its frames and a threshold, a local broker, a folder."""
+
+    bundle: Path
+    frames: Path
+    threshold: float
+    count: int
+    repeats: int
+    port: int
+    work: Path
+
+
+@contextmanager
+def bench(name: str, mode: str) -> Iterator[Bench]:
+    bundle = conv_bundle(SIZE_PX)
+    count = FRAMES[mode]
+    with scratch_dir(name) as work, local_broker(work) as broker:
+        frames = part_frames(work / "frames", count, SIZE_PX)
+        yield Bench(bundle, frames, fail_threshold(bundle, frames), count, REPEATS[mode], broker.port, work)
+
+
+def compare(setup: Bench, threads: int, extra: dict | None = None, logs: list[str] | None = None) -> Comparison:
     """`repeats` pairs of (daemon run, bare loop), alternating which goes first."""
+    bundle, frames, count, work = setup.bundle, setup.frames, setup.count, setup.work
     result = Comparison(size=int(bundle.name.split("-")[1]), threads=threads)
     sample_image = str(sorted(frames.glob("*.png"))[0])
-    for repeat in range(repeats):
+    for repeat in range(setup.repeats):
         def daemon() -> None:
             storage = work / f"state-{bundle.name}-{threads}-{repeat}"
             config = write_config(work / f"config-{threads}-{repeat}.yaml", model=bundle, frames=frames,
-                                  port=port, storage=storage, threads=threads, threshold=threshold, extra=extra)
+                                  port=setup.port, storage=storage, threads=threads, threshold=setup.threshold,
+                                  extra=extra)
             run = run_daemon(config, work)
             if run.delivered != count:
                 raise RuntimeError(f"only {run.delivered} of {count} verdicts acknowledged:\n{run.log_tail()}")
@@ -112,22 +137,17 @@ def compare(bundle: Path, frames: Path, threshold: float, threads: int, count: i
 
 
 def run(mode: str) -> dict:
-    bundle = conv_bundle(SIZE_PX)
-    count, repeats = FRAMES[mode], REPEATS[mode]
-    with scratch_dir("pipeline") as work, local_broker(work) as broker:
-        frames = part_frames(work / "frames", count, SIZE_PX)
-        threshold = fail_threshold(bundle, frames)
-        log("case 1: pipeline efficiency, %d frames of %dx%d, %d pairs per thread count", count, SIZE_PX,
-            SIZE_PX, repeats)
-        by_threads = {str(t): compare(bundle, frames, threshold, t, count, repeats, broker.port, work).summary()
-                      for t in THREADS[mode]}
+    with bench("pipeline", mode) as setup:
+        log("case 1: pipeline efficiency, %d frames of %dx%d, %d pairs per thread count", setup.count, SIZE_PX,
+            SIZE_PX, setup.repeats)
+        by_threads = {str(t): compare(setup, t).summary() for t in THREADS[mode]}
     headline = by_threads["1"]["efficiency"]
     results = {
         "pipeline_efficiency_256": headline,
         "pipeline_256": {
             "goal": GOAL, "met": headline is not None and headline >= GOAL, "mode": mode,
-            "model": f"{bundle.name} (conv AE, int8, uint8 in/out)", "frames": count, "warmup_frames": WARMUP_FRAMES,
-            "threshold": threshold, "by_threads": by_threads,
+            "model": f"{setup.bundle.name} (conv AE, int8, uint8 in/out)", "frames": setup.count,
+            "warmup_frames": WARMUP_FRAMES, "threshold": setup.threshold, "by_threads": by_threads,
         },
     }
     if "2" in by_threads:
@@ -146,15 +166,10 @@ def plant_interfaces() -> dict:
 
 def run_plant(mode: str) -> dict:
     """Case 10: case 1 at one thread with OPC UA, Sparkplug B and Modbus on (issue: plant scale keeps >= 0.90)."""
-    bundle = conv_bundle(SIZE_PX)
-    count, repeats = FRAMES[mode], REPEATS[mode]
-    with scratch_dir("pipeline-plant") as work, local_broker(work) as broker:
-        frames = part_frames(work / "frames", count, SIZE_PX)
-        threshold = fail_threshold(bundle, frames)
-        log("case 10: pipeline efficiency with OPC UA, Sparkplug B and Modbus on, %d frames, %d pairs", count,
-            repeats)
-        summary = compare(bundle, frames, threshold, 1, count, repeats, broker.port, work,
-                          extra=plant_interfaces()).summary()
+    with bench("pipeline-plant", mode) as setup:
+        log("case 10: pipeline efficiency with OPC UA, Sparkplug B and Modbus on, %d frames, %d pairs",
+            setup.count, setup.repeats)
+        summary = compare(setup, 1, extra=plant_interfaces()).summary()
     return {
         "pipeline_efficiency_256_plant": summary["efficiency"],
         "pipeline_256_plant": {"goal": GOAL, "met": summary["efficiency"] is not None and summary["efficiency"] >= GOAL,
@@ -168,16 +183,10 @@ SHADOW_PATTERN = re.compile(r"(\d+) frame\(s\) compared, (\d+) agreed, (\d+) dis
 
 def run_shadow(mode: str) -> dict:
     """Case 11: case 1 at one thread with a shadow model (the same bundle) scoring beside the live one."""
-    bundle = conv_bundle(SIZE_PX)
-    count, repeats = FRAMES[mode], REPEATS[mode]
-    with scratch_dir("pipeline-shadow") as work, local_broker(work) as broker:
-        frames = part_frames(work / "frames", count, SIZE_PX)
-        threshold = fail_threshold(bundle, frames)
-        log("case 11: pipeline efficiency with a shadow model, %d frames, %d pairs", count, repeats)
-        logs: list[str] = []
-        comparison = compare(bundle, frames, threshold, 1, count, repeats, broker.port, work,
-                             extra={"shadow": {"model": str(bundle)}}, logs=logs)
-        summary = comparison.summary()
+    logs: list[str] = []
+    with bench("pipeline-shadow", mode) as setup:
+        log("case 11: pipeline efficiency with a shadow model, %d frames, %d pairs", setup.count, setup.repeats)
+        summary = compare(setup, 1, extra={"shadow": {"model": str(setup.bundle)}}, logs=logs).summary()
     found = [tuple(int(v) for v in m.groups()) for m in map(SHADOW_PATTERN.search, logs) if m]
     compared, skipped = sum(f[0] for f in found), sum(f[3] for f in found)
     return {

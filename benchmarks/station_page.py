@@ -14,9 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import local_broker, log, median, rounded, run_daemon, run_json, scratch_dir, write_config
-from benchmarks.pipeline import FRAMES, GOAL, SIZE_PX, WARMUP_FRAMES
-from benchmarks.workloads import conv_bundle, fail_threshold, part_frames
+from benchmarks.common import log, median, rounded, run_daemon, run_json, write_config
+from benchmarks.pipeline import GOAL, SIZE_PX, WARMUP_FRAMES, bench
 from tests.support.broker import free_port
 
 REPEATS = 3
@@ -73,13 +72,10 @@ def daemon_fps(bundle: Path, frames: Path, threshold: float, count: int, port: i
 
 
 def run(mode: str = "quick") -> dict:
-    bundle = conv_bundle(SIZE_PX)
-    count = FRAMES[mode]
     fps: dict[str, list[float]] = {"bare": [], "closed": [], "open": []}
     pictures: list[int] = []
-    with scratch_dir("station-page") as work, local_broker(work) as broker:
-        frames = part_frames(work / "frames", count, SIZE_PX)
-        threshold = fail_threshold(bundle, frames)
+    with bench("station-page", mode) as setup:
+        bundle, frames, threshold, count, work = setup.bundle, setup.frames, setup.threshold, setup.count, setup.work
         sample_image = str(sorted(frames.glob("*.png"))[0])
         log("case 8: station page, %d frames of %dx%d, %d rounds of bare / page closed / page open", count,
             SIZE_PX, SIZE_PX, REPEATS)
@@ -90,7 +86,7 @@ def run(mode: str = "quick") -> dict:
                     fps["bare"].append(run_json("benchmarks.bare_invoke", bundle / "model.tflite", 1, count,
                                                 WARMUP_FRAMES, sample_image)["fps"])
                     continue
-                value, shown = daemon_fps(bundle, frames, threshold, count, broker.port, work, f"{step}-{repeat}",
+                value, shown = daemon_fps(bundle, frames, threshold, count, setup.port, work, f"{step}-{repeat}",
                                           viewer=step == "open")
                 fps[step].append(value)
                 if step == "open":
