@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, entry_points, version
 from pathlib import Path
 
 from edge.argtypes import POSITIVE_INT, number
-from edge.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_OK, EX_TEMPFAIL
+from edge.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_IOERR, EX_OK
 from edge.history_cli import add_history_command
 from edge.web.client import add_station_commands
 

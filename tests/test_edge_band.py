@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.core.bundle import IGNORE_MASK_NAME, MANIFEST_NAME, load_bundle
+from edge.core.bundle import MANIFEST_NAME, load_bundle
 from edge.core.inspector import Inspector
 from trainer.calibration import choose_threshold, edge_peaks
 from trainer.kinds.features import visible_defects

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
-import subprocess
 import time
 import urllib.request
 from pathlib import Path

@@ -26,7 +26,7 @@ from edge.config.errors import ConfigError
 from edge.config.load import parse_config
 from tests.support.broker import free_port, strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
-from tests.support.helpers import run_cli, wait_until
+from tests.support.helpers import run_cli
 
 # The node map, as README.md documents it (read here from the README's names, not from edge/).
 NAMESPACE = "urn:lineguard:opcua"

@@ -109,17 +109,23 @@ def _config(path: Path):
         return None
 
 
-def _connect(client: PageClient, command: str) -> int | None:
-    """Open the page session: None when open; EX_CONFIG (said here) for a password problem; EX_TEMPFAIL when no
-    page answers, for the caller to handle."""
+AWAY_HINT = " (is the daemon running with web.enabled?)"
+
+
+def _page(cfg, command: str, away_hint: str | None = AWAY_HINT) -> tuple[PageClient, int | None]:
+    """A session with the running daemon's page, and None when it is open; EX_CONFIG for a password problem;
+    EX_TEMPFAIL when no page answers (said with ``away_hint``; not said when it is None: the caller goes on)."""
+    client = PageClient(cfg.web)
     try:
         client.open()
     except PermissionError as exc:  # before OSError, of which it is one
         print(f"lineguard {command}: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return client, EX_CONFIG
     except OSError:
-        return EX_TEMPFAIL
-    return None
+        if away_hint is not None:
+            print(f"lineguard {command}: no station page answers at {client.base}{away_hint}", file=sys.stderr)
+        return client, EX_TEMPFAIL
+    return client, None
 
 
 def _answer(answer: dict) -> int:
@@ -128,30 +134,12 @@ def _answer(answer: dict) -> int:
 
 
 def cmd_threshold(args) -> int:
-    from edge.threshold_audit import record_change
-    from edge.threshold_store import StoredThresholdError, clear_threshold, load_threshold, threshold_path
-
     cfg = _config(args.config)
     if cfg is None:
         return EX_CONFIG
-    client = PageClient(cfg.web)
-    refused = _connect(client, "threshold")
-    if refused == EX_TEMPFAIL:
-        if not args.reset:
-            print(f"lineguard threshold: no station page answers at {client.base} (is the daemon running with "
-                  "web.enabled?)", file=sys.stderr)
-            return EX_TEMPFAIL
-        try:
-            stored = load_threshold(cfg.storage.dir)
-        except StoredThresholdError:
-            stored = None
-        removed = clear_threshold(cfg.storage.dir)
-        if removed:
-            record_change(cfg.storage.dir, "cli", "reset", stored["threshold"] if stored else None, None,
-                          args.why or "the daemon was not running")
-        print(f"{threshold_path(cfg.storage.dir)} {'removed' if removed else 'was not there'}; the daemon is not "
-              "running and uses the configured or bundle threshold when it starts")
-        return EX_OK
+    client, refused = _page(cfg, "threshold", None if args.reset else AWAY_HINT)
+    if refused == EX_TEMPFAIL and args.reset:
+        return _reset_without_daemon(cfg, args.why)
     if refused is not None:
         return refused
     why = {"why": args.why} if args.why else {}
@@ -160,15 +148,29 @@ def cmd_threshold(args) -> int:
     return _answer(client.command("/api/threshold", {"threshold": args.value, **why}))
 
 
+def _reset_without_daemon(cfg, why: str | None) -> int:
+    """No daemon answers: remove the stored threshold file here, audited like the daemon's reset."""
+    from edge.threshold_audit import record_change
+    from edge.threshold_store import StoredThresholdError, clear_threshold, load_threshold, threshold_path
+
+    try:
+        stored = load_threshold(cfg.storage.dir)
+    except StoredThresholdError:
+        stored = None
+    removed = clear_threshold(cfg.storage.dir)
+    if removed:
+        record_change(cfg.storage.dir, "cli", "reset", stored["threshold"] if stored else None, None,
+                      why or "the daemon was not running")
+    print(f"{threshold_path(cfg.storage.dir)} {'removed' if removed else 'was not there'}; the daemon is not "
+          "running and uses the configured or bundle threshold when it starts")
+    return EX_OK
+
+
 def cmd_shadow(args) -> int:
     cfg = _config(args.config)
     if cfg is None:
         return EX_CONFIG
-    client = PageClient(cfg.web)
-    refused = _connect(client, "shadow")
-    if refused == EX_TEMPFAIL:
-        print(f"lineguard shadow: no station page answers at {client.base} (is the daemon running with "
-              "web.enabled?)", file=sys.stderr)
+    client, refused = _page(cfg, "shadow")
     if refused is not None:
         return refused
     body = {"stop": True} if args.stop else {"model": str(args.model.expanduser().resolve())}
@@ -180,11 +182,7 @@ def cmd_switch(args) -> int:
     cfg = _config(args.config)
     if cfg is None:
         return EX_CONFIG
-    client = PageClient(cfg.web)
-    refused = _connect(client, args.command)
-    if refused == EX_TEMPFAIL:
-        print(f"lineguard {args.command}: no station page answers at {client.base} (is the daemon running with "
-              "web.enabled?)", file=sys.stderr)
+    client, refused = _page(cfg, args.command)
     if refused is not None:
         return refused
     return _answer(client.command(f"/api/{args.command}", {}))
@@ -203,11 +201,7 @@ def cmd_feedback(args) -> int:
         return EX_CONFIG
     if args.image is not None:
         return _file_image(args.image, cfg, folder)
-    client = PageClient(cfg.web)
-    refused = _connect(client, "feedback")
-    if refused == EX_TEMPFAIL:
-        print(f"lineguard feedback: no station page answers at {client.base}; use --image for a file",
-              file=sys.stderr)
+    client, refused = _page(cfg, "feedback", "; use --image for a file")
     if refused is not None:
         return refused
     return _answer(client.command("/api/feedback", {"seq": args.seq, "label": args.label, "defect": args.defect}))
