@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import urllib.request
@@ -128,6 +129,42 @@ def test_a_busy_metrics_port_stops_the_start_with_exit_78(tmp_path):
         assert f"metrics.port: cannot listen on 127.0.0.1:{port}" in daemon.log()
     finally:
         blocker.close()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True when the server closes the connection (a socket timeout, 20 s, when it never does)."""
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_silent_and_slow_scrapers_are_closed_and_cannot_crowd_out_prometheus(tmp_path):
+    """metrics.port has the page's limits: more idle sockets than metrics.max_connections cost no more than that
+    many descriptors, each is closed after metrics.read_timeout_s, and a real scrape is still answered."""
+    port, limit = free_port(), 4
+    config = write_config(tmp_path, None, sample_folder(tmp_path, 2), mqtt={"enabled": False},
+                          source={"fps": 4, "loop": True},
+                          metrics={"enabled": True, "port": port, "read_timeout_s": 1.0, "max_connections": limit})
+    daemon = DaemonProcess(config)
+    try:
+        assert daemon.wait_for_log("Prometheus metrics at", 30), daemon.log()[-3000:]
+        fds = lambda: len(os.listdir(f"/proc/{daemon.process.pid}/fd"))  # noqa: E731
+        fds_before = fds()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(3 * limit)]
+        idle[1].sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers that never end
+        try:
+            assert ("lineguard_frames_total", ()) in scrape(port)
+            assert fds() <= fds_before + limit + 4
+            assert all(closed_by_server(sock) for sock in idle)  # nothing whole was sent in time
+        finally:
+            for sock in idle:
+                sock.close()
+    finally:
+        daemon.signal(signal.SIGTERM)
+        code = daemon.wait(30)
+    assert code == 0, daemon.log()[-3000:]
+    assert "Traceback" not in daemon.log()
 
 
 def test_the_exposition_mounts_on_a_starlette_server():

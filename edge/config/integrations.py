@@ -21,6 +21,15 @@ class MetricsConfig(BaseModel):
         "elsewhere scrape it.",
     )
     port: int = Field(DEFAULT_METRICS_PORT, ge=1, le=65535, strict=True, description="TCP port to listen on.")
+    read_timeout_s: float = Field(
+        10.0, gt=0, le=300, strict=True,
+        description="Time a client has to send its request; then it is closed (a scraper sends at once).",
+    )
+    max_connections: int = Field(
+        8, ge=1, le=1000, strict=True,
+        description="Connections to metrics.port at once; a new one beyond it replaces the oldest that has sent "
+        "no request, or is closed.",
+    )
 
 
 class HomeAssistantConfig(BaseModel):

@@ -2,8 +2,9 @@
 latency histogram whose names start with `lineguard_`.
 
 Every scrape reads the same numbers the stats payload is built from (edge.publish.messages.stats_payload), so
-/metrics and MQTT never disagree. `metrics.enabled` serves them on `metrics.host:metrics.port`; a web server
-that wants /metrics too mounts :meth:`StationMetrics.asgi_app` or calls :meth:`StationMetrics.render`.
+/metrics and MQTT never disagree. A web server mounts :meth:`StationMetrics.asgi_app` or calls
+:meth:`StationMetrics.render`: the station page at /metrics, and with `metrics.enabled` a server of their own on
+`metrics.host:metrics.port` with the page's limits on slow clients (edge.web.station).
 prometheus_client is part of the `edge` extra and imported only when metrics are wanted.
 """
 from __future__ import annotations
@@ -182,7 +183,7 @@ def _drift(gauge, counter, drift: dict | None) -> Iterator:
 
 
 class StationMetrics:
-    """The station's metrics registry, its optional HTTP server and the hooks a web page mounts."""
+    """The station's metrics registry and the hooks a web server mounts."""
 
     def __init__(self, stats: Callable[[], dict], status) -> None:
         from prometheus_client import CollectorRegistry
@@ -191,7 +192,6 @@ class StationMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(StationCollector(stats, status, lambda: self.connects))
         ProcessCollector(namespace=PREFIX, registry=self.registry)  # lineguard_process_cpu_seconds_total, ...
-        self._server = self._thread = None
 
     def on_connection(self, connected: bool, reason: str) -> None:
         """An MqttLink connection listener: counts connections."""
@@ -208,26 +208,13 @@ class StationMetrics:
         from prometheus_client import make_asgi_app
         return make_asgi_app(self.registry)
 
-    def serve(self, host: str, port: int) -> None:
-        """Serve GET /metrics on host:port in a thread; OSError when the address cannot be bound."""
-        from prometheus_client import start_http_server
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        logger.info("serving Prometheus metrics at http://%s:%d/metrics", host, self._server.server_port)
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(5)
-            self._server = self._thread = None
-
-
-def serve_metrics(settings: MetricsConfig, page_enabled: bool, stats: Callable[[], dict], status: StationStatus,
-                  link: MqttLink | None) -> StationMetrics | None:
+def station_metrics(settings: MetricsConfig, page_enabled: bool, stats: Callable[[], dict],
+                    status: StationStatus, link: MqttLink | None) -> StationMetrics | None:
     """A station's metrics: ``stats`` the <base>/stats payload as of now, ``status`` its StationStatus (for the
     latency histogram), ``link`` its broker link, whose connections are counted. For GET /metrics on the station
     page (``page_enabled``) and, when `metrics.enabled`, on metrics.port. None when neither wants them.
-    StartupError (exit 78) when metrics.enabled and prometheus_client is missing or the port cannot be bound.
+    StartupError (exit 78) when metrics.enabled and prometheus_client is missing.
     Call before the MQTT link starts, so every connection is counted."""
     if not (settings.enabled or page_enabled):
         return None
@@ -239,10 +226,4 @@ def serve_metrics(settings: MetricsConfig, page_enabled: bool, stats: Callable[[
         raise StartupError("metrics.enabled needs prometheus_client: install the 'edge' extra") from None
     if link is not None:
         link.add_connection_listener(metrics.on_connection)
-    if settings.enabled:
-        try:
-            metrics.serve(settings.host, settings.port)
-        except OSError as exc:
-            raise StartupError(f"metrics.port: cannot listen on {settings.host}:{settings.port}: "
-                               f"{exc.strerror or exc}") from None
     return metrics

@@ -1,6 +1,6 @@
 """uvicorn's HTTP/1.1 protocol (h11) with the limits a station page needs against slow or silent clients.
 
-- Each request's headers must arrive within web.read_timeout_s of the connection (or of the previous answer),
+- Each request's headers must arrive within web.read_timeout_s (metrics.read_timeout_s on the metrics port) of the connection (or of the previous answer),
   and its body within as long again; otherwise the connection is closed. uvicorn alone waits forever for the
   first request's headers, so idle sockets piled up until the daemon ran out of file descriptors.
 - An answer sent before the body was read (a refusal: too large, no length) is followed by a short lingering
@@ -25,10 +25,13 @@ LINGER_S = 2.0
 LINGER_BYTES = 16 * 1024 * 1024
 
 
-def limited_protocol(read_timeout_s: float, max_connections: int) -> type[H11Protocol]:
-    """A protocol class for one server (its open connections are counted apart from any other server's)."""
+def limited_protocol(read_timeout_s: float, max_connections: int, setting: str = "web.port") -> type[H11Protocol]:
+    """A protocol class for one server (its open connections are counted apart from any other server's);
+    ``setting`` names its section in the warning when it is full."""
+    section = setting.split(".")[0]
     return type("LimitedH11Protocol", (LimitedH11Protocol,), {
-        "read_timeout_s": read_timeout_s, "max_connections": max_connections, "open": {}, "warned_s": [-1e9]})
+        "read_timeout_s": read_timeout_s, "max_connections": max_connections, "open": {}, "warned_s": [-1e9],
+        "section": section})
 
 
 class LimitedH11Protocol(H11Protocol):
@@ -36,6 +39,7 @@ class LimitedH11Protocol(H11Protocol):
     max_connections: int
     open: dict  # this server's connections, oldest first (a dict keeps insertion order)
     warned_s: list
+    section: str  # the config section whose limits these are
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -120,5 +124,5 @@ class LimitedH11Protocol(H11Protocol):
         now = time.monotonic()
         if now - self.warned_s[0] >= CAP_WARNING_EVERY_S:  # once a minute: a flood must not flood the log
             self.warned_s[0] = now
-            logger.warning("web: %d connections busy (web.max_connections): new ones are closed",
-                           self.max_connections)
+            logger.warning("%s: %d connections busy (%s.max_connections): new ones are closed", self.section,
+                           self.max_connections, self.section)

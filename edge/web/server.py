@@ -19,17 +19,21 @@ STOP_WAIT_S = 5.0
 
 
 class WebServer:
-    def __init__(self, app, host: str, port: int, read_timeout_s: float = 10.0, max_connections: int = 64) -> None:
+    """``setting`` names the config keys a bind failure is reported under; ``label`` says what is served."""
+
+    def __init__(self, app, host: str, port: int, read_timeout_s: float = 10.0, max_connections: int = 64,
+                 setting: str = "web.port", label: str = "station page", path: str = "") -> None:
         self.app = app
         self.host = host
         self.port = port
-        self.protocol = limited_protocol(read_timeout_s, max_connections)
-        self.socket = self._bind(host, port)
+        self.label, self.path = label, path
+        self.protocol = limited_protocol(read_timeout_s, max_connections, setting)
+        self.socket = self._bind(host, port, setting)
         self.server: uvicorn.Server | None = None
         self.thread: threading.Thread | None = None
 
     @staticmethod
-    def _bind(host: str, port: int) -> socket.socket:
+    def _bind(host: str, port: int, setting: str) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -37,7 +41,7 @@ class WebServer:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise StartupError(f"web.host/web.port {host}:{port}: cannot listen: {exc.strerror or exc}") from None
+            raise StartupError(f"{setting}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         sock.listen(64)
         sock.set_inheritable(True)
         return sock
@@ -52,10 +56,10 @@ class WebServer:
         config = uvicorn.Config(self.app, http=self.protocol, log_level="warning", access_log=False,
                                 lifespan="off", timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, name="web",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       name=self.label, daemon=True)
         self.thread.start()
-        logger.info("station page at %s", self.url)
+        logger.info("%s at %s%s", self.label, self.url, self.path)
 
     def stop(self) -> None:
         if self.server is not None:

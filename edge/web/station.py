@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from edge.core.files import read_limited
 from edge.errors import StartupError
 from edge.feedback import FeedbackStore, RecentFrames
-from edge.publish.metrics import serve_metrics
+from edge.publish.metrics import station_metrics
 from edge.publish.messages import model_ref
 from edge.status import StationStatus
 from edge.text import one_line
@@ -77,7 +77,7 @@ class StationWeb:
         self.feedback.on_filed = self._filed
         self.sink = LiveSink(cfg.web.recent_verdicts, self.frames, lambda: view.cfg().inference.roi, cfg.web.live_fps)
         self.sinks = [self.sink]
-        self.server = self.metrics = None
+        self.server = self.metrics_server = self.metrics = None
         self.extra_routes: list = []  # more Starlette routes on the same server (e.g. /metrics); add before start()
         self.keep_serving = cfg.web.keep_serving_after_replay  # or `run --keep-serving`
         self._waiting: dict[str, dict] = {}
@@ -95,7 +95,9 @@ class StationWeb:
         view = self.view
         cfg = view.cfg()
         web = cfg.web
-        self.metrics = serve_metrics(cfg.metrics, web.enabled, view.stats, view.status, view.link())
+        self.metrics = station_metrics(cfg.metrics, web.enabled, view.stats, view.status, view.link())
+        if cfg.metrics.enabled:
+            self._serve_metrics(cfg.metrics)
         if not web.enabled:
             return
         from edge.web.app import build_app
@@ -110,12 +112,21 @@ class StationWeb:
         self.server = WebServer(app, web.host, web.port, web.read_timeout_s, web.max_connections)
         self.server.start()
 
+    def _serve_metrics(self, settings) -> None:
+        """metrics.port: the exposition alone, on a server with the page's limits on slow or silent clients."""
+        from edge.web.server import WebServer
+
+        self.metrics_server = WebServer(self.metrics.asgi_app(), settings.host, settings.port,
+                                        settings.read_timeout_s, settings.max_connections, setting="metrics.port",
+                                        label="Prometheus metrics", path="metrics")
+        self.metrics_server.start()
+
     def stop(self) -> None:
         if self.server is not None:
             self.sink.live.close()
             self.server.stop()
-        if self.metrics is not None:
-            self.metrics.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self.feedback.close()
 
     @property
