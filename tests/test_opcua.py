@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from edge.config.errors import ConfigError
 from edge.config.load import parse_config
+from edge.login_throttle import FREE_ATTEMPTS
 from tests.support.broker import free_port, strict_json
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
 from tests.support.helpers import run_cli
@@ -174,6 +175,19 @@ def test_logins_are_enforced_when_required(secured):
     trusted = (folder / "trusted.der", folder / "trusted.pem")
     assert refused(url, channel=trusted, identity=trusted) is None  # a trusted client certificate logs in alone
     assert refused(url, channel=channel, identity=channel) is ua.uaerrors.BadUserAccessDenied  # an unknown one not
+
+
+def test_wrong_passwords_in_a_row_lock_the_peer_out_before_its_password_is_checked(secured):
+    daemon, _, url, folder = secured
+    for _ in range(FREE_ATTEMPTS):
+        assert refused(url, user=USER, password="guess") is ua.uaerrors.BadUserAccessDenied
+    # Locked out: the right password is not even checked, and the log says why, naming the peer.
+    assert refused(url, user=USER, password=PASSWORD) is ua.uaerrors.BadUserAccessDenied
+    assert daemon.wait_for_log("opcua: login from 127.0.0.1 refused without a check: too many wrong passwords", 10)
+    assert daemon.log().count("opcua: wrong user or password from 127.0.0.1") == FREE_ATTEMPTS
+    trusted = (folder / "trusted.der", folder / "trusted.pem")
+    assert refused(url, channel=trusted, identity=trusted) is None  # a certificate login is no password guess
+    assert PASSWORD not in daemon.log()
 
 
 def test_set_threshold_within_range_applies_and_out_of_range_is_refused(secured):

@@ -14,7 +14,7 @@ import pytest
 
 from edge.config.errors import ConfigError
 from edge.config.load import parse_config
-from edge.web.auth import FREE_ATTEMPTS
+from edge.login_throttle import FREE_ATTEMPTS
 from tests.test_station_page import STARTED, page_config, poll, start_daemon
 
 PASSWORD = "correct horse battery staple"
@@ -301,7 +301,7 @@ def test_parallel_wrong_passwords_are_evaluated_a_few_times_then_refused_with_re
 
 
 def test_the_login_throttle_grows_and_ends():
-    from edge.web.auth import LoginThrottle
+    from edge.login_throttle import LoginThrottle
 
     now = [100.0]
     throttle = LoginThrottle(clock=lambda: now[0])

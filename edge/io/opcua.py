@@ -9,8 +9,6 @@ cmd/threshold, so the same range check and storage apply, and waits for its repl
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import json
 import logging
@@ -22,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from asyncua import Server, ua
-from asyncua.crypto.permission_rules import User, UserRole
 
 from edge.commands import PART_ID_MAX_CHARS
 from edge.config.opcua import OpcuaConfig
 from edge.core.files import read_limited
 from edge.io import IoError
+from edge.io.opcua_logins import Logins, follow_peers
 from edge.io.opcua_nodes import (NAMESPACE_URI, SET_THRESHOLD_IN, SET_THRESHOLD_OUT, STATION, TRIGGER_IN, TRIGGER_OUT,
                                  VARIABLES, arguments, node_id, variant)
 from edge.io.triggers import INSPECTED, Answer, Trigger
@@ -49,30 +47,6 @@ class Station:
     offer: Callable[[Trigger], bool]  # the trigger desk's: queued, or answered busy at once
     command: Callable[[str, bytes], None]  # queues a command as MQTT's cmd/<name> does (CommandQueue.on_command)
     threshold_problem: Callable[[float], "str | None"]  # why a threshold is refused for the running model, or None
-
-
-class Logins:
-    """asyncua's user manager: the configured user and password, trusted client certificates, and anonymous
-    sessions only where the config allows them. Never an admin: clients read and call, they do not write."""
-
-    def __init__(self, config: OpcuaConfig, password: str | None, trusted: list[bytes]) -> None:
-        digest = lambda text: hashlib.sha256(text.encode()).digest()
-        self._user = digest(config.username) if config.username is not None and password else None
-        self._password = digest(password) if password else None
-        self._trusted = set(trusted)
-        self._anonymous = config.anonymous_allowed
-        self._digest = digest
-
-    def get_user(self, iserver, username=None, password=None, certificate=None):  # noqa: ANN001 - asyncua's
-        if username is not None:
-            if self._user is None or not isinstance(password, str):
-                return None
-            name_ok = hmac.compare_digest(self._digest(username), self._user)
-            return User(role=UserRole.User, name=username) if (
-                hmac.compare_digest(self._digest(password), self._password) and name_ok) else None
-        if certificate is not None and bytes(certificate) in self._trusted:
-            return User(role=UserRole.User, name="certificate")
-        return User(role=UserRole.User) if self._anonymous else None
 
 
 class OpcuaServer:
@@ -195,6 +169,7 @@ class OpcuaServer:
         certificate, private_key, trusted = credentials
         server = Server(user_manager=Logins(self.config, password, trusted))
         await server.init()
+        follow_peers(server.iserver)
         server.iserver.max_connections = MAX_SESSIONS
         server.set_endpoint(self.config.endpoint_url)
         server.set_server_name(f"lineguard {self.device_id}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import math
 import secrets
 import threading
 import time
@@ -22,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from edge.config.secrets import find_secret
+from edge.login_throttle import LoginThrottle
 from edge.config.web import WILDCARD_HOSTS, WebConfig, ip_literal
 
 CREDENTIAL_NAME = "web_password"  # systemd LoadCredential= name
@@ -31,10 +31,6 @@ MAX_SESSIONS = 256  # anonymous ones; the oldest is forgotten first
 MAX_LOGGED_IN = 64  # kept apart, so only another login can push one out
 SESSION_IDLE_S = 12 * 3600.0
 SAME_ORIGIN_FETCH = ("same-origin", "none")
-FREE_ATTEMPTS = 5  # wrong passwords in a row a source may try before it must wait
-FIRST_WAIT_S = 30.0  # doubled at each further lockout, up to MAX_WAIT_S
-MAX_WAIT_S = 3600.0
-MAX_SOURCES = 1024
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 LOOPBACK_V6 = ipaddress.ip_address("::1")
 
@@ -96,45 +92,6 @@ def _host_name(host_header: str) -> str | None:
     if rest and not (rest[0] == ":" and rest[1:].isascii() and rest[1:].isdigit()):
         return None
     return name or None
-
-
-@dataclass
-class _Attempts:
-    count: int = 0
-    lockouts: int = 0
-    until_s: float = 0.0
-
-
-class LoginThrottle:
-    """Counts password attempts per source before they are evaluated, so parallel guesses are held back as
-    much as serial ones: after FREE_ATTEMPTS wrong ones in a row a source waits, longer at each lockout.
-    Thread-safe."""
-
-    def __init__(self, clock=time.monotonic) -> None:
-        self._clock = clock
-        self._sources: OrderedDict[str, _Attempts] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def admit(self, source: str) -> float | None:
-        """None: this attempt may be evaluated (it is counted); else the whole seconds to wait first."""
-        with self._lock:
-            now = self._clock()
-            record = self._sources.pop(source, None) or _Attempts()
-            self._sources[source] = record
-            while len(self._sources) > MAX_SOURCES:
-                self._sources.popitem(last=False)
-            if now < record.until_s:
-                return float(math.ceil(record.until_s - now))
-            if record.count >= FREE_ATTEMPTS:
-                wait = min(FIRST_WAIT_S * 2 ** record.lockouts, MAX_WAIT_S)
-                record.count, record.lockouts, record.until_s = 0, record.lockouts + 1, now + wait
-                return wait
-            record.count += 1
-            return None
-
-    def succeeded(self, source: str) -> None:
-        with self._lock:
-            self._sources.pop(source, None)
 
 
 class Guard:
