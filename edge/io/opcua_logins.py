@@ -11,6 +11,7 @@ import contextvars
 import hashlib
 import hmac
 import logging
+import time
 
 from asyncua.crypto.permission_rules import User, UserRole
 
@@ -19,6 +20,7 @@ from edge.login_throttle import LoginThrottle
 
 logger = logging.getLogger("lineguard")
 
+LOCKOUT_WARNING_EVERY_S = 60.0
 UNKNOWN_PEER = "unknown peer"  # when asyncua's sessions change shape: then every peer shares one count
 PEER: contextvars.ContextVar[str] = contextvars.ContextVar("opcua_peer", default=UNKNOWN_PEER)
 
@@ -36,6 +38,7 @@ class Logins:
         self._trusted = set(trusted)
         self._anonymous = config.anonymous_allowed
         self.throttle = LoginThrottle()
+        self._warned_s = -LOCKOUT_WARNING_EVERY_S
 
     def get_user(self, iserver, username=None, password=None, certificate=None):  # noqa: ANN001 - asyncua's
         if username is not None:
@@ -50,8 +53,11 @@ class Logins:
         peer = PEER.get()
         wait_s = self.throttle.admit(peer)  # counted before it is checked
         if wait_s is not None:
-            logger.warning("opcua: login from %s refused without a check: too many wrong passwords, %.0f s to wait",
-                           peer, wait_s)
+            now = time.monotonic()
+            if now - self._warned_s >= LOCKOUT_WARNING_EVERY_S:  # a flood of guesses must not flood the journal
+                self._warned_s = now
+                logger.warning("opcua: login from %s refused without a check: too many wrong passwords, %.0f s "
+                               "to wait", peer, wait_s)
             return None
         name_ok = hmac.compare_digest(_digest(username), self._user)
         if hmac.compare_digest(_digest(password), self._password) and name_ok:
