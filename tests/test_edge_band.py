@@ -12,9 +12,11 @@ import pytest
 
 from edge.core.bundle import MANIFEST_NAME, load_bundle
 from edge.core.inspector import Inspector
+from edge.core.scoring import ScoringSpec, edge_band_mask, score_heat
+from edge.kinds.features import distance_heat
 from trainer.calibration import choose_threshold, edge_peaks
 from trainer.kinds.features import visible_defects
-from trainer.kinds.head_choice import image_scores, inner_positions
+from trainer.kinds.head_choice import device_score_of, image_scores
 from tests.support.helpers import FIXTURES, run_cli, textured_part
 
 TILES = FIXTURES / "magnetic-tile"
@@ -145,21 +147,27 @@ def test_train_says_when_the_threshold_is_set_on_the_frame_edge_and_what_a_band_
     assert f"--edge-band 11 would set the threshold at {edge['threshold_with_band']:.4g}" in edge["note"]
 
 
-def test_the_head_choice_scores_the_positions_the_band_leaves_in():
-    assert inner_positions((28, 28), 7, 8) is None  # no patch lies wholly inside a 7 px band
-    keep = inner_positions((40, 40), 16, 8).reshape(40, 40)
-    assert keep[2:38, 2:38].all() and keep.sum() == 36 * 36
-
-    class Edgy:  # a head whose largest distance lies on the edge row
+def test_the_head_choice_scores_as_the_station_does_band_and_smoothing_included():
+    class Edgy:  # a head whose patch distances are the first feature channel
         channels = np.arange(2)
 
         def distances(self, features):
             return features[:, 0]
 
-    features = np.zeros((1, 1600, 2), np.float32)
-    features[0, 5, 0], features[0, 3 * 40 + 7, 0] = 9.0, 2.0
-    assert image_scores(Edgy(), features)[0] == 9.0
-    assert image_scores(Edgy(), features, inner_positions((40, 40), 16, 8))[0] == 2.0
+    features = np.zeros((1, 1600, 2), np.float32)  # a 40 x 40 patch grid, 320 px model input
+    features[0, 5, 0], features[0, 3 * 40 + 7, 0] = 9.0, 2.0  # the larger on the top row, the other inside
+    raw = ScoringSpec(None, "max", 0.0, 0.01, 0)
+    banded = ScoringSpec(None, "max", 0.0, 0.01, 16)
+    smoothed = ScoringSpec(None, "max", 4.0, 0.01, 16)
+    assert image_scores(Edgy(), features)[0] == 9.0  # no station spec: the largest patch distance
+    assert image_scores(Edgy(), features, device_score_of((40, 40), (320, 320), raw))[0] > 8.0
+    with_band = image_scores(Edgy(), features, device_score_of((40, 40), (320, 320), banded))[0]
+    assert 1.5 < with_band <= 2.0  # the top row's patch lies wholly in the 16 px band: only the inner one counts
+    with_smoothing = image_scores(Edgy(), features, device_score_of((40, 40), (320, 320), smoothed))[0]
+    assert with_smoothing < 0.8 * with_band  # a lone patch is spread by the sigma 4 px blur, as on the device
+    # The same figure as the station's own path for that map.
+    heat = distance_heat(features[0, :, 0], (40, 40), (320, 320))
+    assert with_smoothing == score_heat(heat, smoothed, edge_band_mask((320, 320), 16))[1]
 
 
 def test_a_synthetic_defect_wholly_inside_the_band_is_not_counted_in_the_head_choice():

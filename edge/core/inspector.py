@@ -131,11 +131,7 @@ class Inspector:
         pixels = to_pixels(frame, self.spec, bgr=bgr)
         x = scale(pixels)
         output = self.pipeline(x, pixels)
-        heat = scoring.smooth(output.heat, self.bundle.scoring)
-        ignore = self._ignore_pixels(frame_shape)
-        if ignore is not None:
-            heat[ignore] = 0.0
-        score = scoring.image_score(heat, self.bundle.scoring, ignore)
+        heat, score = scoring.score_heat(output.heat, self.bundle.scoring, self._ignore_pixels(frame_shape))
         regions = []
         decision = scoring.verdict(score, self.threshold)
         reason = problem(x, self.quality) if self.quality is not None else None

@@ -226,6 +226,14 @@ def image_score(heat: np.ndarray, spec: ScoringSpec, ignore: np.ndarray | None =
     return float(np.partition(values, values.size - k)[-k:].mean(dtype=np.float64))
 
 
+def score_heat(heat: np.ndarray, spec: ScoringSpec, ignore: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """What a station makes of a model's anomaly map: smoothed, the ignored pixels zeroed, and its image score."""
+    heat = smooth(heat, spec)
+    if ignore is not None:
+        heat[ignore] = 0.0
+    return heat, image_score(heat, spec, ignore)
+
+
 def normalize_score(score: float, calibration: Calibration) -> float:
     """0..1 score that is exactly 0.5 at the threshold (anomalib's min-max-threshold normalization)."""
     span = max(calibration.score_max - calibration.score_min, 1e-12)

@@ -19,10 +19,9 @@ from tqdm import tqdm
 from edge.core.bundle import Stage, sha256_of
 from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
-from edge.core.scoring import edge_band_mask
+from edge.core.scoring import ScoringSpec, edge_band_mask
 from edge.kinds.components.backbone import BackboneFeatures
-from edge.kinds.features import BACKBONE_STRIDE
-from trainer.kinds.head_choice import choose_head, choose_head_at_threshold, inner_positions, progress
+from trainer.kinds.head_choice import choose_head, choose_head_at_threshold, device_score_of, progress
 from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
 from trainer import backbones
 from trainer.synthetic import DefectSynthesizer
@@ -117,19 +116,21 @@ def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, se
     if options.head != "auto":
         return options.head, {"reason": f"{options.head}: chosen with --head"}
     candidates = head_candidates(features.shape[1])
-    scored = inner_positions(extractor.grid, options.edge_band, BACKBONE_STRIDE)  # as --edge-band scores them
+    spec = ScoringSpec(options.residual, options.reducer, options.smoothing_sigma, options.topk_fraction,
+                       options.edge_band)
+    score_of = device_score_of(extractor.grid, tuple(options.size), spec)  # as the station will score
     if len(x_train) >= MIN_CROSS_CHOICE:
         defects, masks = _synthetic_defects(x_train, x_train, options.seed)
         defect_features = np.stack(list(extract(extractor, defects, "synthetic defects")))
-        return choose_head_at_threshold(features, defect_features, setting, candidates, options.target_frr, scored,
-                                        visible_defects(masks, options.edge_band))
+        return choose_head_at_threshold(features, defect_features, setting, candidates, options.target_frr,
+                                        score_of, visible_defects(masks, options.edge_band))
     split = held_out_defects(x_train, options.seed)
     if split is None:
         return candidates[0], {"reason": f"{candidates[0]}: too few images ({len(x_train)}) to hold some out and "
                                          "measure"}
     kept, held, defective = split
     defect_features = np.stack(list(extract(extractor, defective, "synthetic defects")))
-    return choose_head(features[kept], features[held], defect_features, setting, candidates, scored)
+    return choose_head(features[kept], features[held], defect_features, setting, candidates, score_of)
 
 
 def fit(options, x_train: np.ndarray) -> FittedFeatures:

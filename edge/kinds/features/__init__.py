@@ -17,6 +17,12 @@ from edge.kinds.features.heads import Head, HeadError, load_head
 BACKBONE_STRIDE = 8  # of the finest layer: the patch grid
 
 
+def distance_heat(distances: np.ndarray, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """One image's patch distances (a value per grid position) as the model-sized (height, width) anomaly map."""
+    height, width = size
+    return cv2.resize(distances.reshape(grid), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 class FeaturesPipeline(Pipeline):
     kind = "features"
     # Nothing to train by gradient descent: statistics of ImageNet features. PaDiM's smoothing, sigma 4 px. The
@@ -62,6 +68,5 @@ class FeaturesPipeline(Pipeline):
         features = self.features(x, pixels)
         if not self.all_channels:
             features = features[:, self.head.channels]
-        distance = self.head.distances(features).reshape(self.features.grid)
         _, height, width, _ = self.bundle.input_shape
-        return PipelineOutput(cv2.resize(distance, (width, height), interpolation=cv2.INTER_LINEAR))
+        return PipelineOutput(distance_heat(self.head.distances(features), self.features.grid, (height, width)))
