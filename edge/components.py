@@ -22,13 +22,16 @@ def source_component(source: dict) -> dict:
     return component(state in SOURCE_UP, state, source.get("last_error"))
 
 
-def broker_component(link, enabled: bool) -> dict:
-    """``link``: edge.publish.mqtt.MqttLink, or None before start-up or without a broker."""
+def broker_component(link, enabled: bool, refusal: str | None = None) -> dict:
+    """``link``: edge.publish.mqtt.MqttLink, or None before start-up or without a broker; ``refusal``: why a
+    connected broker counts as refusing the outbox's messages (OutboxSender.refusal), or None."""
     if not enabled:
         return component(None, "off", None)
     if link is None:
         return component(False, "starting", None)
     error = link.last_error
+    if link.connected and refusal:
+        return component(False, "refusing", refusal)
     if link.connected:
         return component(True, "connected", error)
     return component(False, "refused" if error and "refused" in error else "disconnected", error)
@@ -50,8 +53,8 @@ def model_component(bundle_name: str | None, last_reload_error: str | None) -> d
 
 
 def components(source: dict, link, mqtt_enabled: bool, outbox: dict, bundle_name: str | None,
-               last_reload_error: str | None) -> dict:
-    broker = broker_component(link, mqtt_enabled)
+               last_reload_error: str | None, refusal: str | None = None) -> dict:
+    broker = broker_component(link, mqtt_enabled, refusal)
     return {"source": source_component(source), "broker": broker, "outbox": outbox_component(outbox, broker["up"]),
             "model": model_component(bundle_name, last_reload_error)}
 

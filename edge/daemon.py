@@ -215,7 +215,7 @@ def station_stats(d: Daemon) -> dict:
     return messages.stats_payload(
         d.cfg.device_id, inspector.bundle, inspector.threshold, d.status, source=source, outbox=outbox,
         components=components(source, link, d.cfg.mqtt.enabled, outbox, inspector.bundle.name,
-                              d.status.last_reload_error),
+                              d.status.last_reload_error, d.sender.refusal() if d.sender else None),
         last_seq=station.recorder.last_seq, delivered=d.sender.delivered if d.sender else 0,
         evidence=d.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
         sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats(),

@@ -74,6 +74,10 @@ def test_a_publish_the_brokers_acl_refuses_stays_in_the_outbox_over_mqtt5(tmp_pa
             # 5: "not authorized" for each, kept for a later try; 3.1.1: acknowledged as if delivered, and gone.
             assert wait_until(lambda: sender.refused == kept and outbox.depth() == kept, 15), (sender.refused,
                                                                                                outbox.depth())
+            # What stats show as the broker's state: refusing over 5; over 3.1.1 nothing tells.
+            refusal = sender.refusal()
+            assert (refusal is not None and refusal.startswith(f"broker refused {kept} outbox message(s)")) \
+                if kept else refusal is None
         finally:
             sender.stop()
             link.stop(timeout_s=1.0)

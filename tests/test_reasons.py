@@ -12,7 +12,7 @@ from selenium.webdriver.common.by import By
 
 from tests.support.broker import free_port
 from tests.support.browser import start_chromium
-from tests.support.daemon_harness import DaemonProcess, sample_folder, write_config
+from tests.support.daemon_harness import BASE, DaemonProcess, sample_folder, write_config
 from tests.support.helpers import wait_until
 from tests.test_metrics import samples
 from tests.test_payload_schema import validate
@@ -95,3 +95,34 @@ def test_a_missing_camera_and_a_refused_login_show_in_stats_healthz_metrics_and_
             driver.quit()
         camera.kill()
         folder.kill()
+
+
+def test_a_connected_broker_that_refuses_the_results_shows_as_refusing_while_the_station_inspects(tmp_path,
+                                                                                                 make_broker):
+    """Connected is not delivering: a broker whose ACL refuses the results (MQTT 5 PUBACK "not authorized") is
+    down in stats, /healthz and /metrics with the reason, while the station inspects and its outbox holds them."""
+    allowed = "".join(f"topic write {BASE}/{topic}\n" for topic in ("status", "state", "stats"))
+    acl = tmp_path / "acl"
+    acl.write_text(f"{allowed}topic read {BASE}/cmd/#\n")
+    broker = make_broker([f"acl_file {acl}"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), web={"enabled": True, "port": port},
+                          source={"fps": 5, "loop": True})
+    daemon = DaemonProcess(config)
+    try:
+        refusing = lambda: health(url)[1].get("components", {}).get("broker", {}).get("state") == "refusing"  # noqa: E731
+        assert wait_until(refusing, 60), (health(url), daemon.log()[-3000:])
+        status, body = health(url)
+        broker_part = body["components"]["broker"]
+        assert status == 200 and body["status"] == "inspecting", body
+        assert broker_part["up"] is False and broker_part["last_error"].startswith("broker refused "), broker_part
+        assert "not allowed by its ACL?" in broker_part["last_error"] and broker_part["last_error"] in body["reasons"]
+        assert body["components"]["outbox"]["state"] == "holding"
+        stats = json.loads(get(url + "api/stats")[1])
+        validate("stats", stats)
+        assert stats["outbox"]["depth"] > 0
+        scraped = samples(get(url + "metrics")[1].decode())
+        assert scraped[("lineguard_component_up", (("component", "broker"),))] == 0.0
+    finally:
+        daemon.kill()

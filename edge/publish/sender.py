@@ -17,6 +17,7 @@ SENDER_IDLE_RECHECK_S = 5.0
 SENDER_ERROR_BACKOFF_MIN_S = 1.0
 SENDER_ERROR_BACKOFF_MAX_S = 30.0
 SENDER_JOIN_TIMEOUT_S = 5.0
+REFUSAL_SHOWN_S = 60.0  # a refused message marks the broker as refusing for this long
 DRAIN_RECHECK_S = 0.2  # another sender may empty the outbox (one that drains the held rows): look again this often
 
 
@@ -61,11 +62,21 @@ class OutboxSender:
         self._delivered = 0
         self.discarded = 0  # rows that could never be published (invalid topic/qos/size)
         self.refused = 0  # acknowledgements with a failure code (MQTT 5), for the log
+        self._last_refused_s: float | None = None
 
     @property
     def delivered(self) -> int:
         """Messages acknowledged by the broker (PUBACK) and removed from the outbox so far."""
         return self._delivered
+
+    def refusal(self) -> str | None:
+        """Why the broker counts as refusing (stats `components.broker`): it refused an outbox message within
+        REFUSAL_SHOWN_S; None otherwise. A connected broker that refuses every result delivers nothing."""
+        last = self._last_refused_s
+        if last is None or (ago := time.monotonic() - last) > REFUSAL_SHOWN_S:
+            return None
+        return (f"broker refused {self.refused} outbox message(s), the last {ago:.0f} s ago (not allowed by its "
+                "ACL?); they stay in the outbox")
 
     def start(self) -> None:
         """Start the sender thread."""
@@ -169,6 +180,7 @@ class OutboxSender:
                 self._acked_seqs.append(seq)
             else:  # over MQTT 5, e.g. "not authorized" by the broker's ACL: logged once per 1000, not per frame
                 self.refused += 1
+                self._last_refused_s = time.monotonic()
                 if self.refused == 1 or self.refused % 1000 == 0:
                     logger.warning("broker refused outbox message %d (%d so far); it stays in the outbox and is "
                                    "re-sent after reconnecting", row_id, self.refused)
