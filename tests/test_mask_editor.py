@@ -31,13 +31,20 @@ def open_viewer(browser, url: str, shown: str = "fail") -> int:
     browser.get(url)
     open_tab(browser, "review")
     browser.find_element(By.CSS_SELECTOR, f"#review-filter option[value='{shown}']").click()
-    pictures = lambda: browser.find_elements(By.CSS_SELECTOR, "#review-list .item[data-seq] img")
-    assert poll(pictures)
-    picture = pictures()[0]
-    seq = int(picture.find_element(By.XPATH, "./ancestor::*[@data-seq][1]").get_attribute("data-seq"))
-    picture.click()
+    seq = poll(lambda: click_first_picture(browser))  # the list is drawn again after the filter changes: retried
     image = browser.find_element(By.ID, "viewer-image")
     assert poll(lambda: image.is_displayed() and image.get_property("naturalWidth") == FRAME_W)
+    return seq
+
+
+def click_first_picture(browser) -> int | None:
+    """Click the first card's picture; its seq, or None while the list is empty (a card replaced under the click
+    raises a stale-element error, which poll retries)."""
+    pictures = browser.find_elements(By.CSS_SELECTOR, "#review-list .item[data-seq] img")
+    if not pictures:
+        return None
+    seq = int(pictures[0].find_element(By.XPATH, "./ancestor::*[@data-seq][1]").get_attribute("data-seq"))
+    pictures[0].click()
     return seq
 
 

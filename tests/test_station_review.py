@@ -96,7 +96,9 @@ def test_review_viewer_lays_the_heatmap_on_the_frame_and_steps_with_the_keys(tmp
     assert poll(lambda: len(cards()) == len(received))
     order = [int(card.get_attribute("data-seq")) for card in cards()]  # newest first
     first = blob_seqs["blob-a"]
-    browser.find_element(By.CSS_SELECTOR, f"#review-list .item[data-seq='{first}'] img").click()
+    # The list is drawn again when the filter changes: a card replaced under the click is retried by poll.
+    assert poll(lambda: browser.find_element(By.CSS_SELECTOR, f"#review-list .item[data-seq='{first}'] img").click()
+                or True)
     viewer, image = browser.find_element(By.ID, "review-viewer"), browser.find_element(By.ID, "viewer-image")
     shown = lambda: (int(image.get_attribute("data-seq")), image.get_attribute("data-kind"),
                      image.get_property("naturalWidth"))
