@@ -32,6 +32,8 @@ def test_labels_sent_over_mqtt_make_a_folder_the_trainer_retrains_on(tmp_path, b
 
 def label_everything(collector, daemon: DaemonProcess) -> None:
     assert daemon.wait_for_log("the station page stays up", WAIT_S), daemon.log()[-3000:]
+    # The broker acknowledged every result; the subscriber may still be receiving them.
+    assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= 20, WAIT_S)
     verdicts = unique_in_order(results(collector))
     assert len(verdicts) == 20
     # Label as a person would: the 1s are good parts, the 9s missed or caught defects.

@@ -94,7 +94,7 @@ def test_review_viewer_lays_the_heatmap_on_the_frame_and_steps_with_the_keys(tmp
     browser.find_element(By.CSS_SELECTOR, "#review-filter option[value='all']").click()
     cards = lambda: browser.find_elements(By.CSS_SELECTOR, "#review-list .item")
     assert poll(lambda: len(cards()) == len(received))
-    order = [int(card.get_attribute("data-seq")) for card in cards()]  # newest first
+    order = poll(lambda: [int(card.get_attribute("data-seq")) for card in cards()])  # newest first
     first = blob_seqs["blob-a"]
     # The list is drawn again when the filter changes: a card replaced under the click is retried by poll.
     assert poll(lambda: browser.find_element(By.CSS_SELECTOR, f"#review-list .item[data-seq='{first}'] img").click()

@@ -183,6 +183,7 @@ def test_after_a_replay_a_station_that_keeps_serving_answers_triggers_and_comman
     collector = make_collector(broker, [f"{BASE}/result", f"{BASE}/reply"])
     daemon = DaemonProcess(config, None, "--keep-serving")
     assert daemon.wait_for_log("commands are taken, until SIGTERM", 60), daemon.log()[-3000:]
+    assert collector.wait_for(lambda _: len(results(collector)) >= 3, 10)  # acknowledged is not yet received
     assert len(results(collector)) == 3
     for request_id in ("late", "later"):  # each answered, so the second is not refused as busy
         trigger(collector, request_id)
