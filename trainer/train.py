@@ -71,6 +71,10 @@ class TrainOptions:
     seed: int = 0
     threads: int = 2
 
+    def scoring_spec(self) -> ScoringSpec:
+        """How the station will score this model's maps (resolved options): what the bundle ships."""
+        return ScoringSpec(self.residual, self.reducer, self.smoothing_sigma, self.topk_fraction, self.edge_band)
+
     def resolved(self, dataset: Dataset) -> TrainOptions:
         """Fill every "auto" from the data, so the bundle records what was really used."""
         check_image_sizes(dataset)
@@ -212,7 +216,7 @@ def train_bundle(dataset: Dataset, out_dir: Path, options: TrainOptions) -> dict
         options, model_choice = small_choice.choose(options, dataset, fit_samples)
     opts = options.resolved(dataset)
     spec = PreprocessSpec(color=opts.color, height=opts.size[0], width=opts.size[1], roi=opts.roi)
-    scoring = ScoringSpec(opts.residual, opts.reducer, opts.smoothing_sigma, opts.topk_fraction, opts.edge_band)
+    scoring = opts.scoring_spec()
     choice = MODELS[opts.model]
     kind_module = module_for(choice)
     cross_fit = (opts.threshold_method == "good-quantile" and crossfit.supported(kind_module)

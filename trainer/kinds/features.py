@@ -19,7 +19,7 @@ from tqdm import tqdm
 from edge.core.bundle import Stage, sha256_of
 from edge.core.files import write_bytes_atomic
 from edge.core.runtime import TFLiteStage
-from edge.core.scoring import ScoringSpec, edge_band_mask
+from edge.core.scoring import edge_band_mask
 from edge.kinds.components.backbone import BackboneFeatures
 from trainer.kinds.head_choice import choose_head, choose_head_at_threshold, device_score_of, progress
 from edge.kinds.features.heads import HEAD_FILE, HeadFit, fit_head
@@ -116,9 +116,8 @@ def _pick_head(options, x_train: np.ndarray, features: np.ndarray, extractor, se
     if options.head != "auto":
         return options.head, {"reason": f"{options.head}: chosen with --head"}
     candidates = head_candidates(features.shape[1])
-    spec = ScoringSpec(options.residual, options.reducer, options.smoothing_sigma, options.topk_fraction,
-                       options.edge_band)
-    score_of = device_score_of(extractor.grid, tuple(options.size), spec)  # as the station will score
+    # Scored as the station will score the shipped bundle.
+    score_of = device_score_of(extractor.grid, tuple(options.size), options.scoring_spec())
     if len(x_train) >= MIN_CROSS_CHOICE:
         defects, masks = _synthetic_defects(x_train, x_train, options.seed)
         defect_features = np.stack(list(extract(extractor, defects, "synthetic defects")))
