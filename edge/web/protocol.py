@@ -1,8 +1,9 @@
 """uvicorn's HTTP/1.1 protocol (h11) with the limits a station page needs against slow or silent clients.
 
-- Each request's headers must arrive within web.read_timeout_s (metrics.read_timeout_s on the metrics port) of the connection (or of the previous answer),
-  and its body within as long again; otherwise the connection is closed. uvicorn alone waits forever for the
-  first request's headers, so idle sockets piled up until the daemon ran out of file descriptors.
+- Each request's headers must arrive within web.read_timeout_s (metrics.read_timeout_s on the metrics port)
+  of the connection (or of the previous answer), and its body within as long again; otherwise the connection
+  is closed. uvicorn alone waits forever for the first request's headers, so idle sockets piled up until the
+  daemon ran out of file descriptors.
 - An answer sent before the body was read (a refusal: too large, no length) is followed by a short lingering
   close: what the client still sends is discarded unread for a moment, so it reads the answer instead of a
   connection reset.
