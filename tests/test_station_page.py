@@ -20,7 +20,7 @@ from edge.threshold_store import THRESHOLD_FILE
 from tests.support.broker import free_port
 from tests.support.browser import screenshot, start_chromium
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, unique_in_order, write_config
-from tests.support.helpers import run_cli
+from tests.support.helpers import run_cli, wait_until
 from tests.test_reload import CALIBRATED_THRESHOLD
 
 WAIT_S = 30.0
@@ -158,7 +158,9 @@ def test_live_view_review_feedback_and_threshold_in_a_real_browser(tmp_path, bro
     fails = {v["seq"] for v in received if v["verdict"] == "fail"}
     assert fails and len(fails) < len(received)
 
-    # Review: exactly the fails the subscriber received, each with its evidence frame and heatmap.
+    # Review: exactly the fails the subscriber received, each with its evidence frame and heatmap. The history is
+    # written on its own thread: it may hold the last verdict a moment after the broker does.
+    assert wait_until(lambda: review_seqs(url, filter="all") == {v["seq"] for v in received}, WAIT_S)
     open_tab(browser, "review")
     items = lambda: browser.find_elements(By.CSS_SELECTOR, "#review-list .item")
     assert poll(lambda: len(items()) == len(fails))

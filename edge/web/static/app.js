@@ -100,12 +100,16 @@ function isoOf(inputId) {
   return value ? new Date(value).toISOString() : "";
 }
 
+let reviewRequests = 0;  // only the newest request draws the list: an older answer may arrive after it
+
 async function loadReview() {
+  const request = ++reviewRequests;
   const query = new URLSearchParams({filter: $("review-filter").value});
   if (isoOf("review-since")) query.set("since", isoOf("review-since"));
   if (isoOf("review-until")) query.set("until", isoOf("review-until"));
   let data;
   try { data = await api("/api/review?" + query); } catch (error) { text("review-message", error.message); return; }
+  if (request !== reviewRequests) return;
   const list = $("review-list");
   list.replaceChildren();
   const shown = $("review-with-regions").checked ? data.verdicts.filter((v) => v.regions.length) : data.verdicts;
