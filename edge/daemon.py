@@ -208,6 +208,13 @@ def _verdict(d: Daemon, seq: int) -> dict | None:
     return last if last is not None and last["seq"] == seq else None
 
 
+def _broker_refusal(d: Daemon) -> str | None:
+    """Why the broker counts as refusing: the station's results first, then the Sparkplug node's data."""
+    node = d.station.fanout.find("sparkplug")
+    refusals = (d.sender.refusal() if d.sender else None, node.refusal() if node is not None else None)
+    return next((refusal for refusal in refusals if refusal is not None), None)
+
+
 def station_stats(d: Daemon) -> dict:
     """The <base>/stats payload as of now, from any thread: also what /metrics and the station page show."""
     station, link, inspector = d.station, d.link, d.station.inspector
@@ -215,7 +222,7 @@ def station_stats(d: Daemon) -> dict:
     return messages.stats_payload(
         d.cfg.device_id, inspector.bundle, inspector.threshold, d.status, source=source, outbox=outbox,
         components=components(source, link, d.cfg.mqtt.enabled, outbox, inspector.bundle.name,
-                              d.status.last_reload_error, d.sender.refusal() if d.sender else None),
+                              d.status.last_reload_error, _broker_refusal(d)),
         last_seq=station.recorder.last_seq, delivered=d.sender.delivered if d.sender else 0,
         evidence=d.evidence.stats(), mqtt_connected=bool(link is not None and link.connected),
         sinks=station.fanout.stats(), triggers=d.triggers.stats(), feedback=d.web.feedback.stats(),

@@ -126,3 +126,32 @@ def test_a_connected_broker_that_refuses_the_results_shows_as_refusing_while_the
         assert scraped[("lineguard_component_up", (("component", "broker"),))] == 0.0
     finally:
         daemon.kill()
+
+
+def test_a_broker_that_refuses_the_sparkplug_data_shows_as_refusing_and_the_data_waits_in_the_outbox(tmp_path,
+                                                                                                     make_broker):
+    """The Sparkplug node has its own session and sender: DDATA its broker refuses (MQTT 5 PUBACK "not
+    authorized") mark the broker refusing too, naming the node's data, while the station's own results flow."""
+    node_topics = "".join(f"topic write spBv1.0/lg/{kind}/#\n" for kind in ("NBIRTH", "NDEATH", "DBIRTH"))
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {BASE}/#\n{node_topics}topic read spBv1.0/lg/NCMD/#\n")
+    broker = make_broker([f"acl_file {acl}"])
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), web={"enabled": True, "port": port},
+                          source={"fps": 5, "loop": True}, sparkplug={"enabled": True, "group_id": "lg"})
+    daemon = DaemonProcess(config)
+    try:
+        refusing = lambda: health(url)[1].get("components", {}).get("broker", {}).get("state") == "refusing"  # noqa: E731
+        assert wait_until(refusing, 60), (health(url), daemon.log()[-3000:])
+        status, body = health(url)
+        broker_part = body["components"]["broker"]
+        assert status == 200 and body["status"] == "inspecting", body
+        assert broker_part["last_error"].startswith("broker refused ")
+        assert "Sparkplug DDATA message(s)" in broker_part["last_error"], broker_part
+        stats = json.loads(get(url + "api/stats")[1])
+        validate("stats", stats)
+        assert stats["delivered"] > 0 and stats["outbox"]["depth"] > 0  # results delivered, node data held
+        assert "broker refused Sparkplug DDATA message" in daemon.log()
+    finally:
+        daemon.kill()

@@ -36,6 +36,7 @@ class OutboxSender:
     """
 
     thread_name = SENDER_THREAD_NAME
+    refused_kind = "outbox message"  # what a refusal names, in the log and in refusal()
 
     def __init__(self, link: MqttLink, outbox: Outbox, window: int = 256,
                  on_delivered: Callable[[list[int]], None] | None = None, rows: tuple[str, bool] = (HELD, False)
@@ -75,7 +76,7 @@ class OutboxSender:
         last = self._last_refused_s
         if last is None or (ago := time.monotonic() - last) > REFUSAL_SHOWN_S:
             return None
-        return (f"broker refused {self.refused} outbox message(s), the last {ago:.0f} s ago (not allowed by its "
+        return (f"broker refused {self.refused} {self.refused_kind}(s), the last {ago:.0f} s ago (not allowed by its "
                 "ACL?); they stay in the outbox")
 
     def start(self) -> None:
@@ -182,8 +183,8 @@ class OutboxSender:
                 self.refused += 1
                 self._last_refused_s = time.monotonic()
                 if self.refused == 1 or self.refused % 1000 == 0:
-                    logger.warning("broker refused outbox message %d (%d so far); it stays in the outbox and is "
-                                   "re-sent after reconnecting", row_id, self.refused)
+                    logger.warning("broker refused %s %d (%d so far); it stays in the outbox and is "
+                                   "re-sent after reconnecting", self.refused_kind, row_id, self.refused)
         if self._acked_unsaved:
             # Under the lock, so a waiter never sees an empty outbox with an old count.
             with self._progress:

@@ -77,6 +77,10 @@ class SparkplugNode(VerdictSink):
         self._snapshot = Snapshot(seq=message["seq"], values=values, stamped_ms=stamped_ms)
         return [(payloads.HELD_DDATA, payloads.verdict_data(values, stamped_ms), self.data_qos)]
 
+    def refusal(self) -> str | None:
+        """Why the broker counts as refusing the node's data (OutboxSender.refusal), or None."""
+        return self.sender.refusal()
+
     def on_verdict(self, event) -> None:
         self.sender.wake()  # the verdict's DDATA row is in the outbox now
 

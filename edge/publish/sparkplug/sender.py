@@ -48,6 +48,7 @@ class SparkplugSender(OutboxSender):
     """Drains the held DDATA rows through the node's link, after the births of each connection."""
 
     thread_name = "sparkplug-sender"
+    refused_kind = "Sparkplug DDATA message"
 
     def __init__(self, link: SparkplugLink, outbox: Outbox, node: NodeView, window: int = 256) -> None:
         super().__init__(link, outbox, window, rows=(payloads.HELD_DDATA, True))
