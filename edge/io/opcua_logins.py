@@ -11,11 +11,11 @@ import contextvars
 import hashlib
 import hmac
 import logging
-import time
 
 from asyncua.crypto.permission_rules import User, UserRole
 
 from edge.config.opcua import OpcuaConfig
+from edge.log_limit import LogLimit, held_back
 from edge.login_throttle import LoginThrottle
 
 logger = logging.getLogger("lineguard")
@@ -38,7 +38,7 @@ class Logins:
         self._trusted = set(trusted)
         self._anonymous = config.anonymous_allowed
         self.throttle = LoginThrottle()
-        self._warned_s = -LOCKOUT_WARNING_EVERY_S
+        self._lockout_log = LogLimit(LOCKOUT_WARNING_EVERY_S)
 
     def get_user(self, iserver, username=None, password=None, certificate=None):  # noqa: ANN001 - asyncua's
         if username is not None:
@@ -53,11 +53,9 @@ class Logins:
         peer = PEER.get()
         wait_s = self.throttle.admit(peer)  # counted before it is checked
         if wait_s is not None:
-            now = time.monotonic()
-            if now - self._warned_s >= LOCKOUT_WARNING_EVERY_S:  # a flood of guesses must not flood the journal
-                self._warned_s = now
+            if events := self._lockout_log.due():  # a flood of guesses must not flood the journal
                 logger.warning("opcua: login from %s refused without a check: too many wrong passwords, %.0f s "
-                               "to wait", peer, wait_s)
+                               "to wait%s", peer, wait_s, held_back(events, "refused"))
             return None
         name_ok = hmac.compare_digest(_digest(username), self._user)
         if hmac.compare_digest(_digest(password), self._password) and name_ok:

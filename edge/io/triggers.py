@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from edge.capture.base import Frame, FrameSource
 from edge.commands import Command
+from edge.log_limit import LogLimit, held_back
 
 logger = logging.getLogger("lineguard")
 
@@ -84,8 +85,7 @@ class TriggerDesk:
         self._lock = threading.Lock()
         self._engaged = False
         self.counts = {"received": 0, INSPECTED: 0, BUSY: 0, NO_FRAME: 0, NOT_INSPECTED: 0, "stale_skipped": 0}
-        self._busy_logged_at: float | None = None
-        self._busy_unlogged = 0
+        self._busy_log = LogLimit(BUSY_LOG_EVERY_S)
         commands.on_trigger = self.offer  # MQTT triggers come here from the command queue
 
     @property
@@ -146,14 +146,9 @@ class TriggerDesk:
         self._tell("answered", answer)
 
     def _log_busy(self, answer: Answer) -> None:
-        with self._lock:
-            now, last = time.monotonic(), self._busy_logged_at
-            self._busy_unlogged += 1
-            if last is not None and now - last < BUSY_LOG_EVERY_S:
-                return
-            self._busy_logged_at, unlogged, self._busy_unlogged = now, self._busy_unlogged, 0
-        more = f" ({unlogged - 1} more answered busy since the last such line)" if unlogged > 1 else ""
-        logger.warning("trigger from %s: %s%s", answer.trigger.origin, answer.reason, more)
+        if events := self._busy_log.due():
+            logger.warning("trigger from %s: %s%s", answer.trigger.origin, answer.reason,
+                           held_back(events, "answered busy"))
 
     def _tell(self, event: str, value) -> None:
         for listener in self.listeners:

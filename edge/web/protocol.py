@@ -13,10 +13,11 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from edge.log_limit import LogLimit, held_back
 
 logger = logging.getLogger("lineguard")
 
@@ -31,7 +32,7 @@ def limited_protocol(read_timeout_s: float, max_connections: int, setting: str =
     ``setting`` names its section in the warning when it is full."""
     section = setting.split(".")[0]
     return type("LimitedH11Protocol", (LimitedH11Protocol,), {
-        "read_timeout_s": read_timeout_s, "max_connections": max_connections, "open": {}, "warned_s": [-1e9],
+        "read_timeout_s": read_timeout_s, "max_connections": max_connections, "open": {}, "full_log": LogLimit(CAP_WARNING_EVERY_S),
         "section": section})
 
 
@@ -39,7 +40,7 @@ class LimitedH11Protocol(H11Protocol):
     read_timeout_s: float
     max_connections: int
     open: dict  # this server's connections, oldest first (a dict keeps insertion order)
-    warned_s: list
+    full_log: LogLimit  # a flood of connections must not flood the log
     section: str  # the config section whose limits these are
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -122,8 +123,6 @@ class LimitedH11Protocol(H11Protocol):
         return True
 
     def _warn_full(self) -> None:
-        now = time.monotonic()
-        if now - self.warned_s[0] >= CAP_WARNING_EVERY_S:  # once a minute: a flood must not flood the log
-            self.warned_s[0] = now
-            logger.warning("%s: %d connections busy (%s.max_connections): new ones are closed", self.section,
-                           self.max_connections, self.section)
+        if events := self.full_log.due():
+            logger.warning("%s: %d connections busy (%s.max_connections): new ones are closed%s", self.section,
+                           self.max_connections, self.section, held_back(events, "closed"))
