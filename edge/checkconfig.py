@@ -13,6 +13,7 @@ import re
 import time
 from pathlib import Path
 
+from edge import ports, station_lock
 from edge.capture.base import CaptureError
 from edge.capture.registry import open_source
 from edge.config.errors import ConfigError
@@ -29,6 +30,8 @@ PROBE_WAIT_S = 10.0  # the longest the probe waits for the source's first frame 
 # Problems that start with a file's path instead of a key: the key that named the file.
 FILE_KEYS = {"MQTT password file": ("mqtt", "password_file"), "web password file": ("web", "password_file"),
              "OPC UA password file": ("opcua", "password_file")}
+HELD_PORT = re.compile(r"^(\S+): cannot listen on (\S+): .*$")
+DEVICE_SOURCES = ("camera", "gstreamer")  # a device the running station has open cannot be probed beside it
 SOURCE_KEYS = ("index", "url", "device", "pipeline", "path", "kind")  # the key a source's failure is shown on
 
 
@@ -39,19 +42,46 @@ def check_config(path: Path, probe: bool = False) -> tuple[int, list[str]]:
     except ConfigError as exc:
         return EX_CONFIG, list(exc.errors)
     problems = list(checked.errors)
-    cfg, storage = checked.config, []
+    cfg, storage, notes, skipped = checked.config, [], [], []
     if cfg is not None:
-        found = preflight(cfg)
+        running = station_lock.holder(cfg.storage.dir)
+        found, held = set_aside_held_ports(preflight(cfg), running)
         problems += located(checked, found)
+        notes = located(checked, held)
         storage = located(checked, preflight_storage(cfg.storage))
         if probe:  # what the checks above found already is not probed again
             concerns = {key[0] for key in checked.bad_keys if key} | {problem.split(".")[0] for problem in found}
-            problems += located(checked, [None if "source" in concerns else probe_source(cfg, checked),
-                                          *([] if "mqtt" in concerns else probe_broker(cfg))])
-    lines = [message for _, message in sorted(problems + storage, key=lambda item: item[0])]
+            probed, skipped = probe_all(cfg, checked, concerns, running)
+            problems, notes = problems + located(checked, probed), notes + located(checked, skipped)
+    lines = [message for _, message in sorted(problems + storage + notes, key=lambda item: item[0])]
     if problems or storage:
         return (EX_CONFIG if problems else EX_TEMPFAIL), lines
-    return EX_OK, [f"{path}: OK" + (" (the source gave a frame; the broker took the login)" if probe else "")]
+    done = " (the source gave a frame; the broker took the login)" if probe and not skipped else ""
+    return EX_OK, [f"{path}: OK{done}", *lines]
+
+
+def probe_all(cfg: Config, checked: Checked, concerns: set[str], running: int | None
+              ) -> tuple[list[str | None], list[str]]:
+    """--probe: the problems the source and the broker show, and what was not probed (a camera the running
+    station has open cannot be opened beside it)."""
+    held = []
+    if running is not None and cfg.source.kind in DEVICE_SOURCES:
+        held.append(f"source.kind: the {cfg.source.kind} was not probed: the station running on storage.dir "
+                    f"(pid {running}) has it open")
+        source = None
+    else:
+        source = None if "source" in concerns else probe_source(cfg, checked)
+    return [source, *([] if "mqtt" in concerns else probe_broker(cfg))], held
+
+
+def set_aside_held_ports(problems: list[str], running: int | None) -> tuple[list[str], list[str]]:
+    """With a station running on storage.dir, a port in use is most likely its own: such a problem becomes a note
+    ("not checked"), so a check beside the running service does not fail on the ports it holds."""
+    if running is None:
+        return problems, []
+    held = [HELD_PORT.sub(rf"\1: \2 is in use, most likely by the station running on storage.dir (pid {running}): "
+                          "not checked", problem) for problem in problems if ports.taken(problem)]
+    return [problem for problem in problems if not ports.taken(problem)], held
 
 
 def located(checked: Checked, problems: list[str | None]) -> list[tuple[int, str]]:

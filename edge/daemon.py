@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from edge import station_lock
 from edge.components import components
 from edge.config.errors import ConfigError
 from edge.config.load import load_config
@@ -55,15 +56,14 @@ class Daemon:
         self.cfg, self.config_path, self.debug, self.max_frames = cfg, config_path, debug, max_frames
         self.drain_timeout_override_s = drain_timeout_s  # --drain-timeout outlives reloads
         self.extra_sinks = list(sinks)
-        self.stop = threading.Event()
-        self.reload_requested = threading.Event()
+        self.stop, self.reload_requested = threading.Event(), threading.Event()
         self.notifier = SystemdNotifier()
         self.status = StationStatus()
         self.report = Reporter(reporter_view(self))
         self.commands = CommandQueue(self.report.reply)
         self.triggers = TriggerDesk(self.commands, self.report)  # from MQTT, Modbus and GPIO: queued or busy
         self.io = PlantIo(cfg, self.triggers, self.status, lambda: _inspector(self))
-        self.link = self.sender = self.source = self.station = self.evidence = None
+        self.link = self.sender = self.source = self.station = self.evidence = self.lock = None
         self.web = StationWeb(page_view(self))  # the station page (edge.web), its live-view sink, feedback, /metrics
         self.controls = controls(self)
 
@@ -73,6 +73,7 @@ class Daemon:
         cfg, base_topic = self.cfg, messages.base_topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id)
         inspector, dropped = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (75)
         drop_threshold(dropped, self.status, inspector)
+        self.lock = station_lock.take(cfg.storage.dir)  # one station per outbox, or seqs would be given twice
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
         self.io.start()  # a Modbus or OPC UA port or a GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
@@ -87,8 +88,7 @@ class Daemon:
         self.station = Station(cfg, inspector, recorder, fanout, self.status)
         self.web.start()  # and Prometheus metrics: before the link starts, so its first connection counts
         if self.link is not None:
-            start_link(self.link)
-            self.sender.start()
+            start_link(self.link, self.sender)
             # An answering broker gets the first heatmaps (not queued) too; an absent one costs one attempt.
             self.link.wait_first_attempt(FIRST_CONNECT_WAIT_S)
         logger.info("ready: model %s (threshold %.6g), source %s, %d message(s) pending from earlier",
@@ -109,6 +109,7 @@ class Daemon:
             self.link.stop(clean=clean)
         if self.station is not None:
             self.station.recorder.outbox.close()
+        station_lock.release(self.lock)
 
     # --- a callback from other threads: it only records, notifies and publishes ---
 
@@ -282,9 +283,11 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
     try:
         daemon.start()
     except (StartupError, ConfigError) as exc:
+        station_lock.release(daemon.lock)  # let another station start on storage.dir
         logger.error("cannot start: %s", exc)
         return EX_CONFIG
     except StorageError as exc:
+        station_lock.release(daemon.lock)  # let another station start on storage.dir
         logger.error("cannot start: %s (exit 75: systemd starts it again after a delay)", exc)
         return EX_TEMPFAIL
     code = EX_SOFTWARE

@@ -17,6 +17,7 @@ from edge.core.preprocess import ImageError, read_image
 from edge.core.runtime import ModelLoadError, cpu_features, runtime_version
 from edge.errors import StartupError, StorageError
 from edge.io.plant import preflight_io, preflight_opcua
+from edge.ports import listen_problem
 from edge.publish import outbox
 from edge.core.space import free_bytes
 from edge.publish.evidence import EvidenceStore
@@ -180,11 +181,13 @@ def open_frames(cfg: Config, grayscale: bool, on_state) -> FrameSource:
         raise StartupError(str(exc)) from None
 
 
-def start_link(link: MqttLink) -> None:
+def start_link(link: MqttLink, sender) -> None:
+    """The broker link, then the outbox's sender on it."""
     try:
         link.start()  # a bad certificate or key file fails here, before any connection
     except (OSError, ValueError) as exc:
         raise StartupError(f"mqtt.tls: {one_line(str(exc))}") from None
+    sender.start()
 
 
 def preflight(cfg: Config) -> list[str]:
@@ -213,12 +216,15 @@ def preflight(cfg: Config) -> list[str]:
 
 
 def preflight_web(cfg: Config) -> list[str]:
-    """The station page's password: an exposed page needs one, and its file must be readable."""
+    """The station page's password (an exposed page needs one, and its file must be readable) and its port, and
+    the metrics port."""
     try:
         problem = check_web_password(cfg.web, resolve_web_password(cfg.web))
     except ConfigError as exc:
         problem = one_line(str(exc))
-    return [problem] if problem else []
+    ports = [listen_problem(f"{name}.port", section.host, section.port)
+             for name, section in (("web", cfg.web), ("metrics", cfg.metrics)) if section.enabled]
+    return [found for found in (problem, *ports) if found]
 
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:

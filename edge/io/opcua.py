@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from edge.config.opcua import OpcuaConfig
 from edge.core.files import read_limited
 from edge.io import IoError
 from edge.io.opcua_logins import Logins, follow_peers
+from edge.ports import listen_problem
 from edge.io.opcua_nodes import (NAMESPACE_URI, SET_THRESHOLD_IN, SET_THRESHOLD_OUT, STATION, TRIGGER_IN, TRIGGER_OUT,
                                  VARIABLES, arguments, node_id, variant)
 from edge.io.triggers import INSPECTED, Answer, Trigger
@@ -316,8 +316,6 @@ def load_credentials(config: OpcuaConfig) -> tuple:
 
 
 def check_port(config: OpcuaConfig) -> None:
-    try:
-        with socket.create_server((config.host, config.port)):
-            pass
-    except OSError as exc:
-        raise IoError(f"opcua.port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+    problem = listen_problem("opcua.port", config.host, config.port)
+    if problem is not None:
+        raise IoError(problem)

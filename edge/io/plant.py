@@ -9,7 +9,6 @@ does nothing, and none of their libraries is imported.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from edge.config.errors import ConfigError
 from edge.config.io import IoConfig
 from edge.config.opcua import OpcuaConfig, check_opcua_password, resolve_opcua_password
 from edge.io import IoError
+from edge.ports import listen_problem
 from edge.io.triggers import ANSWER_CODES, BUSY, INSPECTED, NO_FRAME, NOT_INSPECTED, Answer, TriggerDesk
 from edge.publish.sinks import VerdictEvent, VerdictSink
 from edge.errors import StartupError
@@ -202,13 +202,8 @@ def preflight_io(config: IoConfig) -> list[str]:
         except IoError as exc:
             problems.append(str(exc))
     if config.modbus.enabled:
-        modbus = config.modbus
-        try:
-            with socket.create_server((modbus.host, modbus.port)):
-                pass
-        except OSError as exc:
-            problems.append(f"io.modbus: cannot listen on {modbus.host}:{modbus.port}: {exc.strerror or exc}")
-    return problems
+        problems.append(listen_problem("io.modbus", config.modbus.host, config.modbus.port))
+    return [problem for problem in problems if problem]
 
 
 def preflight_opcua(config: OpcuaConfig) -> list[str]:
