@@ -97,26 +97,37 @@ def test_a_missing_camera_and_a_refused_login_show_in_stats_healthz_metrics_and_
         folder.kill()
 
 
+def station_behind_acl(tmp_path, make_broker, acl_text: str, **sections) -> tuple[DaemonProcess, str]:
+    """A station inspecting a looping folder, its page on, publishing to a Mosquitto with this ACL."""
+    acl = tmp_path / "acl"
+    acl.write_text(acl_text)
+    broker = make_broker([f"acl_file {acl}"])
+    port = free_port()
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), web={"enabled": True, "port": port},
+                          source={"fps": 5, "loop": True}, **sections)
+    return DaemonProcess(config), f"http://127.0.0.1:{port}/"
+
+
+def refusing_health(daemon: DaemonProcess, url: str) -> dict:
+    """/healthz once the broker shows as refusing (within 60 s): 200, still inspecting."""
+    refusing = lambda: health(url)[1].get("components", {}).get("broker", {}).get("state") == "refusing"  # noqa: E731
+    assert wait_until(refusing, 60), (health(url), daemon.log()[-3000:])
+    status, body = health(url)
+    assert status == 200 and body["status"] == "inspecting", body
+    assert body["components"]["broker"]["last_error"].startswith("broker refused "), body
+    return body
+
+
 def test_a_connected_broker_that_refuses_the_results_shows_as_refusing_while_the_station_inspects(tmp_path,
                                                                                                  make_broker):
     """Connected is not delivering: a broker whose ACL refuses the results (MQTT 5 PUBACK "not authorized") is
     down in stats, /healthz and /metrics with the reason, while the station inspects and its outbox holds them."""
     allowed = "".join(f"topic write {BASE}/{topic}\n" for topic in ("status", "state", "stats"))
-    acl = tmp_path / "acl"
-    acl.write_text(f"{allowed}topic read {BASE}/cmd/#\n")
-    broker = make_broker([f"acl_file {acl}"])
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), web={"enabled": True, "port": port},
-                          source={"fps": 5, "loop": True})
-    daemon = DaemonProcess(config)
+    daemon, url = station_behind_acl(tmp_path, make_broker, f"{allowed}topic read {BASE}/cmd/#\n")
     try:
-        refusing = lambda: health(url)[1].get("components", {}).get("broker", {}).get("state") == "refusing"  # noqa: E731
-        assert wait_until(refusing, 60), (health(url), daemon.log()[-3000:])
-        status, body = health(url)
+        body = refusing_health(daemon, url)
         broker_part = body["components"]["broker"]
-        assert status == 200 and body["status"] == "inspecting", body
-        assert broker_part["up"] is False and broker_part["last_error"].startswith("broker refused "), broker_part
+        assert broker_part["up"] is False, broker_part
         assert "not allowed by its ACL?" in broker_part["last_error"] and broker_part["last_error"] in body["reasons"]
         assert body["components"]["outbox"]["state"] == "holding"
         stats = json.loads(get(url + "api/stats")[1])
@@ -133,22 +144,12 @@ def test_a_broker_that_refuses_the_sparkplug_data_shows_as_refusing_and_the_data
     """The Sparkplug node has its own session and sender: DDATA its broker refuses (MQTT 5 PUBACK "not
     authorized") mark the broker refusing too, naming the node's data, while the station's own results flow."""
     node_topics = "".join(f"topic write spBv1.0/lg/{kind}/#\n" for kind in ("NBIRTH", "NDEATH", "DBIRTH"))
-    acl = tmp_path / "acl"
-    acl.write_text(f"topic readwrite {BASE}/#\n{node_topics}topic read spBv1.0/lg/NCMD/#\n")
-    broker = make_broker([f"acl_file {acl}"])
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), web={"enabled": True, "port": port},
-                          source={"fps": 5, "loop": True}, sparkplug={"enabled": True, "group_id": "lg"})
-    daemon = DaemonProcess(config)
+    daemon, url = station_behind_acl(tmp_path, make_broker,
+                                     f"topic readwrite {BASE}/#\n{node_topics}topic read spBv1.0/lg/NCMD/#\n",
+                                     sparkplug={"enabled": True, "group_id": "lg"})
     try:
-        refusing = lambda: health(url)[1].get("components", {}).get("broker", {}).get("state") == "refusing"  # noqa: E731
-        assert wait_until(refusing, 60), (health(url), daemon.log()[-3000:])
-        status, body = health(url)
-        broker_part = body["components"]["broker"]
-        assert status == 200 and body["status"] == "inspecting", body
-        assert broker_part["last_error"].startswith("broker refused ")
-        assert "Sparkplug DDATA message(s)" in broker_part["last_error"], broker_part
+        body = refusing_health(daemon, url)
+        assert "Sparkplug DDATA message(s)" in body["components"]["broker"]["last_error"], body
         stats = json.loads(get(url + "api/stats")[1])
         validate("stats", stats)
         assert stats["delivered"] > 0 and stats["outbox"]["depth"] > 0  # results delivered, node data held
