@@ -33,7 +33,7 @@ from tests.support.helpers import run_cli
 NAMESPACE = "urn:lineguard:opcua"
 PASSWORD = "correct horse battery staple"
 USER = "scada"
-DELAY_MS = 800
+DELAY_MS = 2000  # the busy window the busy test aims into: wide enough for a loaded machine
 CLIENT_URI = "urn:lineguard:test-client"
 
 
@@ -245,21 +245,25 @@ def test_trigger_answers_once_with_the_published_result_and_busy_while_busy(trig
         try:
             answers = [await call(first, "Trigger", ua.Variant("part-1", ua.VariantType.String))]
             pending = asyncio.create_task(call(first, "Trigger", ua.Variant("part-2", ua.VariantType.String)))
-            for _ in range(200):  # until the first trigger is taken (DELAY_MS of waiting for its part)
-                if (await read(second, "Busy"))["Busy"]:
+            # Read on the caller's own connection while its call waits for the part (DELAY_MS): the server
+            # answers the read before the call.
+            for _ in range(200):
+                if (await read(first, "Busy"))["Busy"]:
                     break
                 await asyncio.sleep(0.02)
+            read_while_calling = not pending.done()
             busy = await call(second, "Trigger", ua.Variant("", ua.VariantType.String))
             answers.append(await pending)
             answers.append(await call(first, "Trigger", ua.Variant("part-3", ua.VariantType.String)))
             answers.append(await call(first, "Trigger", ua.Variant("part-4", ua.VariantType.String)))  # replay over
             counts = await read(second, "BusyCount", "AnsweredCount", "LastAnswer", "Seq", "PartId")
-            return answers, busy, counts
+            return answers, busy, counts, read_while_calling
         finally:
             await first.disconnect()
             await second.disconnect()
 
-    answers, busy, counts = asyncio.run(scenario())
+    answers, busy, counts, read_while_calling = asyncio.run(scenario())
+    assert read_while_calling
     assert busy[3] == "busy" and busy[0] == 0 and "busy" in busy[4]
     inspected, last = answers[:3], answers[3]
     assert [a[3] for a in inspected] == ["inspected"] * 3

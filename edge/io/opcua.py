@@ -24,6 +24,7 @@ from edge.commands import PART_ID_MAX_CHARS
 from edge.config.opcua import OpcuaConfig
 from edge.core.files import read_limited
 from edge.io import IoError
+from edge.io.opcua_calls import answer_calls_apart
 from edge.io.opcua_logins import Logins, follow_peers
 from edge.ports import listen_problem
 from edge.io.opcua_nodes import (NAMESPACE_URI, SET_THRESHOLD_IN, SET_THRESHOLD_OUT, STATION, TRIGGER_IN, TRIGGER_OUT,
@@ -170,6 +171,7 @@ class OpcuaServer:
         server = Server(user_manager=Logins(self.config, password, trusted))
         await server.init()
         follow_peers(server.iserver)
+        answer_calls_apart()  # a Trigger waiting for its part must not hold up its client's other requests
         server.iserver.max_connections = MAX_SESSIONS
         server.set_endpoint(self.config.endpoint_url)
         server.set_server_name(f"lineguard {self.device_id}")
