@@ -131,14 +131,20 @@ class ShadowSink(VerdictSink):
         self.configured: Path | None = None  # the shadow.model last followed
         self.error: str | None = None  # why the last candidate asked for was refused
         self._slots = threading.BoundedSemaphore(MAX_PENDING)
+        self._skipped_loading = 0  # frames skipped while a candidate was loading: counted on it once it is there
 
     def wants(self, event: VerdictEvent) -> bool:
         candidate = self.candidate
         if candidate is None and self.cfg().shadow.model == self.configured:
+            self._skipped_loading = 0  # none came of the loading (refused, or stopped)
             return False
+        if candidate is not None and self._skipped_loading:
+            candidate.skipped, self._skipped_loading = candidate.skipped + self._skipped_loading, 0
         if not self._slots.acquire(blocking=False):
             if candidate is not None:
                 candidate.skipped += 1  # only the frame loop counts skips: one writer
+            else:
+                self._skipped_loading += 1
             return False
         return True
 

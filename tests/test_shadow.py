@@ -68,13 +68,19 @@ def test_a_shadow_with_another_threshold_disagrees_exactly_between_the_threshold
     candidate = bundle_with_threshold(tmp_path / "candidate", SHADOW_THRESHOLD)
     got, stats, _ = replay_with_shadow(tmp_path, broker, make_collector, candidate)
     shadow = stats["shadow"]
-    assert shadow["skipped"] == 0 and shadow["frames"] == FRAMES, shadow  # 10 fps leaves the shadow time
+    assert shadow["frames"] + shadow["skipped"] == FRAMES, shadow
     live_threshold = got[0]["threshold"]
     between = [r["seq"] for r in got if SHADOW_THRESHOLD <= r["score"] < live_threshold]
     assert len(between) >= 3, got  # the test means something
+    assert shadow["threshold"] == SHADOW_THRESHOLD
+    # Disagreements only between the two thresholds; every compared frame there is one. A loaded machine may make
+    # the shadow (at the lowest priority) skip a frame: those are counted, and the exact figures need none.
+    assert set(shadow["last_disagreements"]) <= set(between), shadow
+    assert len(between) - shadow["skipped"] <= shadow["disagreements"] <= len(between), shadow
+    if shadow["skipped"]:
+        return
     assert shadow["last_disagreements"] == between
     assert shadow["disagreements"] == len(between) and shadow["agreements"] == FRAMES - len(between)
-    assert shadow["threshold"] == SHADOW_THRESHOLD
     live_fails = sum(r["verdict"] == "fail" for r in got)
     assert shadow["fail_rate"]["live"]["rate"] == round(live_fails / FRAMES, 6)
     assert shadow["fail_rate"]["shadow"]["rate"] == round((live_fails + len(between)) / FRAMES, 6)
@@ -124,3 +130,16 @@ def test_a_broken_candidate_is_refused_with_its_reason_and_the_live_model_goes_o
     finally:
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, daemon.log()[-3000:]
+
+
+def test_frames_skipped_while_the_candidate_loads_are_counted_on_it_once_it_is_there():
+    """The frame loop does not wait for the shadow's model to load: frames beyond MAX_PENDING meanwhile are
+    skipped, and counted, so frames + skipped is every frame the live model judged."""
+    from types import SimpleNamespace
+
+    from edge.shadow import MAX_PENDING, ShadowSink
+
+    sink = ShadowSink(lambda: SimpleNamespace(shadow=SimpleNamespace(model=MNIST_BUNDLE)))
+    assert [sink.wants(None) for _ in range(MAX_PENDING + 3)] == [True] * MAX_PENDING + [False] * 3
+    sink.candidate = SimpleNamespace(skipped=0)  # loaded now (its two waiting frames are still being scored)
+    assert sink.wants(None) is False and sink.candidate.skipped == 3 + 1
