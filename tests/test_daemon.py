@@ -42,6 +42,8 @@ def test_folder_replay_gives_one_result_per_frame_equal_to_score(tmp_path, broke
         assert r["model"]["sha256"] == json.loads((MNIST_BUNDLE / "model.json").read_text())["stages"][0]["sha256"]
     failed = [r for r in got if r["verdict"] == "fail"]
     assert failed and all("digit9" in r["image"] for r in failed)
+    # The station's last message is status offline: once the subscriber has it, it has all the others.
+    assert collector.wait_for(lambda _: collector.payloads(f"{BASE}/status")[-1:] == [b"offline"], 10)
     alerts = [strict_json(p) for p in collector.payloads(f"{BASE}/alert")]
     assert [a["id"] for a in alerts] == [r["id"] for r in failed]
     assert len(collector.payloads(f"{BASE}/heatmap")) == len(failed)

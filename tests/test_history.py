@@ -137,6 +137,7 @@ def test_a_damaged_history_file_is_reported_and_inspection_goes_on(tmp_path, bro
     (state / FILE_NAME).write_bytes(b"not a database, " * 512)
     daemon = DaemonProcess(config)
     assert daemon.wait(60) == 0, daemon.log()[-3000:]
+    assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= 20, 10)  # still arriving
     assert [m["seq"] for m in unique_in_order(results(collector))] == list(range(1, 21))
     assert wait_until(lambda: "history" in latest_stats(collector), 10)
     history = latest_stats(collector)["history"]

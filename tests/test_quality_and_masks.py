@@ -92,8 +92,9 @@ def test_daemon_config_ignore_polygons_and_unscorable_count(tmp_path, broker, ma
     blank = [r for r in got if r["image"] == "999-blank.png"][0]
     assert blank["verdict"] == "unscorable" and blank["reason"].startswith("blank")
     assert all(r["verdict"] == "pass" for r in got if r is not blank)
-    stats = [strict_json(p) for p in collector.payloads(f"{BASE}/stats")]
-    assert stats[-1]["unscorable"] == 1
+    stats = lambda: [strict_json(p) for p in collector.payloads(f"{BASE}/stats")]  # noqa: E731
+    assert collector.wait_for(lambda _: stats() and stats()[-1]["frames"] >= 7, 10)  # the final one, after the results
+    assert stats()[-1]["unscorable"] == 1
 
 
 def full_rule(m, limits) -> str | None:

@@ -41,6 +41,7 @@ def test_daemon_scores_16_bit_frames_exactly_as_score_does(tmp_path, broker, mak
         assert r["verdict"] == expected[r["image"]]["verdict"]
     failed = [r for r in got if r["verdict"] == "fail"]
     assert failed  # their heatmaps and evidence are drawn from the 16-bit frames too
+    assert collector.wait_for(lambda _: len(collector.payloads(f"{BASE}/heatmap")) >= len(failed), 10)
     assert len(collector.payloads(f"{BASE}/heatmap")) == len(failed)
     assert len(list((tmp_path / "state" / "evidence").glob("*-heat.jpg"))) == len(failed)
 

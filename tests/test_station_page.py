@@ -118,9 +118,20 @@ def drag_threshold(browser, offset_px: int) -> tuple[float, int, set[int]]:
     return float(value.get_attribute("data-threshold")), int(browser.find_element(By.ID, "flip-count").text), listed
 
 
-def review_seqs(url: str, **query: str) -> set[int]:
+def review_verdicts(url: str, **query: str) -> list[dict]:
     with urllib.request.urlopen(f"{url}api/review?{urllib.parse.urlencode(query)}", timeout=5) as response:
-        return {v["seq"] for v in json.loads(response.read())["verdicts"]}
+        return json.loads(response.read())["verdicts"]
+
+
+def review_seqs(url: str, **query: str) -> set[int]:
+    return {v["seq"] for v in review_verdicts(url, **query)}
+
+
+def history_holds(url: str, seqs: set[int], with_evidence: set[int]) -> bool:
+    """The history lists exactly these verdicts, and the evidence of those given is on disk (both are written on
+    sink threads: a moment after the broker has the result)."""
+    listed = {v["seq"]: v for v in review_verdicts(url, filter="all")}
+    return set(listed) == seqs and all(listed[seq]["evidence"] for seq in with_evidence)
 
 
 def running_threshold(url: str) -> float:
@@ -129,7 +140,7 @@ def running_threshold(url: str) -> float:
 
 
 def test_live_view_review_feedback_and_threshold_in_a_real_browser(tmp_path, broker, make_collector, browser):
-    config, url = page_config(tmp_path, broker.port, source={"fps": 4})
+    config, url = page_config(tmp_path, broker.port, source={"fps": 2})
     frames = tmp_path / "frames"
     collector = make_collector(broker, [f"{BASE}/result"])
     daemon = start_daemon(config, url, "--keep-serving")
@@ -160,7 +171,7 @@ def test_live_view_review_feedback_and_threshold_in_a_real_browser(tmp_path, bro
 
     # Review: exactly the fails the subscriber received, each with its evidence frame and heatmap. The history is
     # written on its own thread: it may hold the last verdict a moment after the broker does.
-    assert wait_until(lambda: review_seqs(url, filter="all") == {v["seq"] for v in received}, WAIT_S)
+    assert wait_until(lambda: history_holds(url, {v["seq"] for v in received}, fails), WAIT_S)
     open_tab(browser, "review")
     items = lambda: browser.find_elements(By.CSS_SELECTOR, "#review-list .item")
     assert poll(lambda: len(items()) == len(fails))

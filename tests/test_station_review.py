@@ -15,7 +15,7 @@ from tests.support.broker import free_port
 from tests.support.browser import screenshot
 from tests.support.daemon_harness import BASE, results, unique_in_order, write_config
 from tests.support.helpers import SAMPLES, wait_until
-from tests.test_station_page import WAIT_S, browser, open_tab, poll, review_seqs, start_daemon  # noqa: F401
+from tests.test_station_page import WAIT_S, browser, history_holds, open_tab, poll, start_daemon  # noqa: F401
 from tests.test_station_page import _no_daemon_outlives_its_test  # noqa: F401 (fixture)
 
 # A good digit enlarged 5x into a bigger frame; inference.roi is where it lies, so the model sees only that part,
@@ -74,6 +74,9 @@ def test_review_viewer_lays_the_heatmap_on_the_frame_and_steps_with_the_keys(tmp
     # The broker acknowledged every result; the subscriber may still be receiving them.
     assert collector.wait_for(lambda _: len(unique_in_order(results(collector))) >= 1 + len(BLOBS), WAIT_S)
     received = {v["image"]: v for v in unique_in_order(results(collector))}
+    # The history and the evidence files are written on their own threads: a moment after the broker has them.
+    fails = {v["seq"] for v in received.values() if v["verdict"] == "fail"}
+    assert wait_until(lambda: history_holds(url, {v["seq"] for v in received.values()}, fails), WAIT_S)
     assert received["000-good.png"]["verdict"] == "pass"
     blob_seqs = {}
     for number, (name, (bx, by)) in enumerate(BLOBS.items(), 1):
@@ -89,8 +92,10 @@ def test_review_viewer_lays_the_heatmap_on_the_frame_and_steps_with_the_keys(tmp
         # The region boxes are in frame pixels too: the spot is inside one.
         assert any(r["x"] <= bx <= r["x"] + r["w"] and r["y"] <= by <= r["y"] + r["h"] for r in verdict["regions"])
 
-    # The history is written on its own thread: it may hold the last verdict a moment after the broker does.
-    assert wait_until(lambda: review_seqs(url, filter="all") == {v["seq"] for v in received.values()}, WAIT_S)
+    received = {v["image"]: v for v in unique_in_order(results(collector))}
+    # The history and the evidence files are written on their own threads: a moment after the broker has them.
+    fails = {v["seq"] for v in received.values() if v["verdict"] == "fail"}
+    assert wait_until(lambda: history_holds(url, {v["seq"] for v in received.values()}, fails), WAIT_S)
     browser.get(url)
     open_tab(browser, "review")
     browser.find_element(By.CSS_SELECTOR, "#review-filter option[value='all']").click()

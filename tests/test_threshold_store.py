@@ -63,13 +63,16 @@ def test_a_commanded_threshold_outlasts_reload_and_restart_until_reset(tmp_path,
     assert f"threshold {APPLIED:g} set by command" in daemon.log()
 
     # Back to the bundle's threshold: the file goes, the next verdicts and the state say so.
-    stats_seen = len(json_messages(collector, "stats"))
     collector.publish(f"{BASE}/cmd/threshold_reset", b'{"request_id": "back"}')
     reply = wait_for_reply(collector, daemon, request_id="back")
     assert reply["ok"] is True and f"-> {CALIBRATED_THRESHOLD:.6g}" in reply["reason"], reply
     assert not stored.exists()
     assert retained_state(make_collector, broker)["threshold"] == CALIBRATED_THRESHOLD
-    assert thresholds_after(collector, daemon, stats_last_seq_after(collector, stats_seen)) == {CALIBRATED_THRESHOLD}
+    # The reset publishes stats before its reply: the first with the bundle's threshold comes between the last
+    # frame judged with the stored one and the first judged without it.
+    reset = lambda: [s for s in json_messages(collector, "stats") if s["threshold"] == CALIBRATED_THRESHOLD]  # noqa: E731
+    assert collector.wait_for(lambda _: reset(), 10)
+    assert thresholds_after(collector, daemon, reset()[0]["last_seq"]) == {CALIBRATED_THRESHOLD}
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
     # Both changes are in the threshold audit of the history database, newest first, with their origin.
