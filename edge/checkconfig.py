@@ -13,13 +13,14 @@ import re
 import time
 from pathlib import Path
 
-from edge import ports, station_lock
+from edge import station_lock
 from edge.capture.base import CaptureError
 from edge.capture.registry import open_source
 from edge.config.errors import ConfigError
 from edge.config.load import Checked, check_text, read_config_text
 from edge.config.schema import Config
 from edge.exitcodes import EX_CONFIG, EX_OK, EX_TEMPFAIL
+from edge.ports import listen_problem, listeners
 from edge.publish.mqtt_client import build_client
 from edge.config.secrets import resolve_mqtt_password
 from edge.startup import preflight, preflight_storage
@@ -30,7 +31,6 @@ PROBE_WAIT_S = 10.0  # the longest the probe waits for the source's first frame 
 # Problems that start with a file's path instead of a key: the key that named the file.
 FILE_KEYS = {"MQTT password file": ("mqtt", "password_file"), "web password file": ("web", "password_file"),
              "OPC UA password file": ("opcua", "password_file")}
-HELD_PORT = re.compile(r"^(\S+): cannot listen on (\S+): .*$")
 DEVICE_SOURCES = ("camera", "gstreamer")  # a device the running station has open cannot be probed beside it
 SOURCE_KEYS = ("index", "url", "device", "pipeline", "path", "kind")  # the key a source's failure is shown on
 
@@ -45,7 +45,8 @@ def check_config(path: Path, probe: bool = False) -> tuple[int, list[str]]:
     cfg, storage, notes, skipped = checked.config, [], [], []
     if cfg is not None:
         running = station_lock.holder(cfg.storage.dir)
-        found, held = set_aside_held_ports(preflight(cfg), running)
+        port_problems, held = check_ports(cfg, running)
+        found = preflight(cfg) + port_problems
         problems += located(checked, found)
         notes = located(checked, held)
         storage = located(checked, preflight_storage(cfg.storage))
@@ -60,28 +61,32 @@ def check_config(path: Path, probe: bool = False) -> tuple[int, list[str]]:
     return EX_OK, [f"{path}: OK{done}", *lines]
 
 
-def probe_all(cfg: Config, checked: Checked, concerns: set[str], running: int | None
+def check_ports(cfg: Config, running: station_lock.Holder | None) -> tuple[list[str], list[str]]:
+    """The ports the config listens on that cannot be had now; one the station running on storage.dir listens on
+    (its lock file lists them) is a note, not checked: check-config beside the running service does not fail on
+    it. A port in use by anything else is a problem."""
+    problems, held = [], []
+    for listener in listeners(cfg):
+        if running is not None and str(listener) in running.listening:
+            held.append(f"{listener.setting}: {listener.host}:{listener.port} is held by the station running on "
+                        f"storage.dir ({running.who()}): not checked")
+        elif (problem := listen_problem(listener)) is not None:
+            problems.append(problem)
+    return problems, held
+
+
+def probe_all(cfg: Config, checked: Checked, concerns: set[str], running: station_lock.Holder | None
               ) -> tuple[list[str | None], list[str]]:
     """--probe: the problems the source and the broker show, and what was not probed (a camera the running
     station has open cannot be opened beside it)."""
     held = []
     if running is not None and cfg.source.kind in DEVICE_SOURCES:
         held.append(f"source.kind: the {cfg.source.kind} was not probed: the station running on storage.dir "
-                    f"(pid {running}) has it open")
+                    f"({running.who()}) has it open")
         source = None
     else:
         source = None if "source" in concerns else probe_source(cfg, checked)
     return [source, *([] if "mqtt" in concerns else probe_broker(cfg))], held
-
-
-def set_aside_held_ports(problems: list[str], running: int | None) -> tuple[list[str], list[str]]:
-    """With a station running on storage.dir, a port in use is most likely its own: such a problem becomes a note
-    ("not checked"), so a check beside the running service does not fail on the ports it holds."""
-    if running is None:
-        return problems, []
-    held = [HELD_PORT.sub(rf"\1: \2 is in use, most likely by the station running on storage.dir (pid {running}): "
-                          "not checked", problem) for problem in problems if ports.taken(problem)]
-    return [problem for problem in problems if not ports.taken(problem)], held
 
 
 def located(checked: Checked, problems: list[str | None]) -> list[tuple[int, str]]:

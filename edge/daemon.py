@@ -27,6 +27,7 @@ from edge.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from edge.io.plant import PlantIo
 from edge.io.triggers import Trigger, TriggerDesk, frame_after
 from edge.notify import SystemdNotifier
+from edge.ports import listeners
 from edge.publish import messages
 from edge.publish.sender import OutboxSender
 from edge.publish.outputs import OutputParts, build_sinks
@@ -72,8 +73,8 @@ class Daemon:
     def start(self) -> None:
         cfg, base_topic = self.cfg, messages.base_topic(self.cfg.mqtt.topic_prefix, self.cfg.device_id)
         inspector, dropped = build_inspector(cfg)  # what a person must fix (exit 78) before what may pass (75)
+        self.lock = station_lock.take(cfg.storage.dir)  # one station per storage.dir: before anything writes there
         drop_threshold(dropped, self.status, inspector)
-        self.lock = station_lock.take(cfg.storage.dir)  # one station per outbox, or seqs would be given twice
         outbox, self.evidence = open_outbox(cfg), open_evidence(cfg.storage)
         self.io.start()  # a Modbus or OPC UA port or a GPIO line it cannot have stops start-up here (exit 78)
         self.source_grayscale = inspector.spec.color == "gray"
@@ -290,6 +291,7 @@ def run_from_config(config_path: Path, max_frames: int | None = None, drain_time
         station_lock.release(daemon.lock)  # let another station start on storage.dir
         logger.error("cannot start: %s (exit 75: systemd starts it again after a delay)", exc)
         return EX_TEMPFAIL
+    daemon.lock.record([str(listener) for listener in listeners(cfg)])  # for check-config beside it
     code = EX_SOFTWARE
     try:
         code = daemon.run()

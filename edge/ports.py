@@ -1,24 +1,61 @@
-"""Whether a TCP port can be listened on, asked without keeping it (check-config), in the words `run` uses."""
+"""The TCP ports a station listens on, and whether each can be had, asked without keeping it (check-config), in
+the words `run` uses when it cannot."""
 from __future__ import annotations
 
-import errno
 import os
 import socket
+from dataclasses import dataclass
 
-IN_USE = os.strerror(errno.EADDRINUSE)  # "Address already in use"
+
+@dataclass(frozen=True)
+class Listener:
+    """One port the station listens on: the setting that names it, where, and how it is bound."""
+
+    setting: str  # "web.port", "metrics.port", "io.modbus", "opcua.port"
+    host: str
+    port: int
+    dual_stack: bool  # the page's servers bind "::" for IPv4 too; asyncio's servers (Modbus, OPC UA) IPv6 only
+
+    def __str__(self) -> str:  # as the station lock lists it
+        return f"{self.setting} {self.host}:{self.port}"
 
 
-def listen_problem(setting: str, host: str, port: int) -> str | None:
-    """"<setting>: cannot listen on host:port: why", or None when the port can be had now."""
+def listeners(cfg) -> list[Listener]:
+    """The ports this config has the station listen on."""
+    servers = (("web.port", cfg.web, True), ("metrics.port", cfg.metrics, True),
+               ("io.modbus", cfg.io.modbus, False), ("opcua.port", cfg.opcua, False))
+    return [Listener(setting, section.host, section.port, dual)
+            for setting, section, dual in servers if section.enabled]
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port as the page's servers bind it (OSError when it cannot be)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        with socket.create_server((host, port), family=family):
-            return None
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_problem(listener: Listener) -> str | None:
+    """"<setting>: cannot listen on host:port: why", or None when the port can be had now."""
+    try:
+        if listener.dual_stack:
+            bind_socket(listener.host, listener.port).close()
+        else:
+            family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+            socket.create_server((listener.host, listener.port), family=family).close()
     except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)  # create_server adds the address to strerror
-        return f"{setting}: cannot listen on {host}:{port}: {why}"
+        return f"{listener.setting}: cannot listen on {listener.host}:{listener.port}: {why(exc)}"
+    return None
 
 
-def taken(problem: str) -> bool:
-    """Whether a listen_problem line says the port is in use (by another process: perhaps the running station)."""
-    return "cannot listen on " in problem and problem.endswith(f": {IN_USE}")
+def why(exc: OSError) -> str:
+    """The error in words: create_server adds the address to strerror, a name lookup has a negative errno."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)

@@ -134,8 +134,11 @@ class ShadowSink(VerdictSink):
         self._skipped_loading = 0  # frames skipped while a candidate was loading: counted on it once it is there
 
     def wants(self, event: VerdictEvent) -> bool:
+        # configured before candidate: the shadow's thread sets them the other way round, so a candidate just
+        # loaded is never taken for none.
+        settled = self.cfg().shadow.model == self.configured
         candidate = self.candidate
-        if candidate is None and self.cfg().shadow.model == self.configured:
+        if candidate is None and settled:
             self._skipped_loading = 0  # none came of the loading (refused, or stopped)
             return False
         if candidate is not None and self._skipped_loading:

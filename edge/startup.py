@@ -17,7 +17,6 @@ from edge.core.preprocess import ImageError, read_image
 from edge.core.runtime import ModelLoadError, cpu_features, runtime_version
 from edge.errors import StartupError, StorageError
 from edge.io.plant import preflight_io, preflight_opcua
-from edge.ports import listen_problem
 from edge.publish import outbox
 from edge.core.space import free_bytes
 from edge.publish.evidence import EvidenceStore
@@ -216,15 +215,12 @@ def preflight(cfg: Config) -> list[str]:
 
 
 def preflight_web(cfg: Config) -> list[str]:
-    """The station page's password (an exposed page needs one, and its file must be readable) and its port, and
-    the metrics port."""
+    """The station page's password: an exposed page needs one, and its file must be readable."""
     try:
         problem = check_web_password(cfg.web, resolve_web_password(cfg.web))
     except ConfigError as exc:
         problem = one_line(str(exc))
-    ports = [listen_problem(f"{name}.port", section.host, section.port)
-             for name, section in (("web", cfg.web), ("metrics", cfg.metrics)) if section.enabled]
-    return [found for found in (problem, *ports) if found]
+    return [problem] if problem else []
 
 
 def broker_link(cfg: Config, base_topic: str, on_command=None, on_connection=None) -> MqttLink:

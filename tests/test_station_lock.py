@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +18,7 @@ from edge import station_lock
 from edge.errors import StorageError
 from tests.support.broker import free_port
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
-from tests.support.helpers import run_cli, wait_until
+from tests.support.helpers import ROOT, run_cli, wait_until
 
 WAIT_S = 30.0
 
@@ -22,7 +27,9 @@ def test_the_lock_names_its_holder_and_is_free_again_once_released(tmp_path):
     storage = tmp_path / "state"
     assert station_lock.holder(storage) is None and not storage.exists()  # asking creates nothing
     lock = station_lock.take(storage)
-    assert station_lock.holder(storage) == os.getpid()
+    assert station_lock.holder(storage) == station_lock.Holder(os.getpid(), frozenset())
+    lock.record(["web.port 127.0.0.1:8080"])
+    assert station_lock.holder(storage).listening == {"web.port 127.0.0.1:8080"}
     with pytest.raises(StorageError, match=re.escape(f"another lineguard station runs on it (pid {os.getpid()})")):
         station_lock.take(storage)
     lock.release()
@@ -66,10 +73,10 @@ def test_a_second_station_on_the_same_storage_dir_refuses_to_start_and_the_first
 
 def test_check_config_beside_the_running_station_notes_the_ports_it_holds_and_fails_on_a_port_another_holds(
         tmp_path, broker):
-    web_port, modbus_port = free_port(), free_port()
-    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), source={"fps": 5, "loop": True},
-                          web={"enabled": True, "host": "127.0.0.1", "port": web_port},
-                          io={"modbus": {"enabled": True, "host": "127.0.0.1", "port": modbus_port}})
+    web_port, modbus_port, metrics_port = free_port(), free_port(), free_port()
+    ports = {"web": {"enabled": True, "host": "127.0.0.1", "port": web_port},
+             "io": {"modbus": {"enabled": True, "host": "127.0.0.1", "port": modbus_port}}}
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), source={"fps": 5, "loop": True}, **ports)
     # No station runs: a port another program holds is a problem, on the line of its key.
     with socket.create_server(("127.0.0.1", web_port)):
         checked = run_cli("check-config", config)
@@ -85,9 +92,19 @@ def test_check_config_beside_the_running_station_notes_the_ports_it_holds_and_fa
         assert lines[0] == f"{config}: OK"
         pid = station.process.pid
         for setting, port in (("web.port", web_port), ("io.modbus", modbus_port)):
-            note = (f"{setting}: 127.0.0.1:{port} is in use, most likely by the station running on storage.dir "
-                    f"(pid {pid}): not checked")
+            note = f"{setting}: 127.0.0.1:{port} is held by the station running on storage.dir (pid {pid}): not checked"
             assert any(line.endswith(note) and line.startswith(f"{config}:") for line in lines), lines
+        # The config now asks for a port another program holds: that one is a problem, the station's are not.
+        edited = tmp_path / "edited" / "config.yaml"
+        edited.parent.mkdir()
+        write_config(edited.parent, broker.port, sample_folder(tmp_path), source={"fps": 5, "loop": True},
+                     storage={"dir": str(tmp_path / "state")}, metrics={"enabled": True, "host": "127.0.0.1",
+                                                                       "port": metrics_port}, **ports)
+        with socket.create_server(("127.0.0.1", metrics_port)):
+            checked = run_cli("check-config", edited)
+        assert checked.returncode == 78, checked.stderr
+        assert f"metrics.port: cannot listen on 127.0.0.1:{metrics_port}: Address already in use" in checked.stderr
+        assert f"web.port: 127.0.0.1:{web_port} is held by the station running on storage.dir" in checked.stderr
         assert station.process.poll() is None
     finally:
         station.kill()
@@ -108,3 +125,50 @@ def test_check_config_probe_beside_a_running_station_leaves_its_camera_alone_and
     checked = run_cli("check-config", "--probe", config)
     assert checked.returncode == 78 and "source.index: cannot open camera /dev/video7" in checked.stderr, \
         checked.stderr
+
+
+def test_a_lock_file_left_by_another_user_is_locked_read_only_and_still_keeps_a_second_station_out(tmp_path):
+    """A run by hand as root leaves station.lock root's (0644): the service's user still takes the lock (flock
+    needs no write access), and a second station is kept out. Real processes under another uid."""
+    shared = Path(tempfile.mkdtemp(prefix="lineguard-lock-"))  # pytest's folders are root's alone
+    package = Path(tempfile.mkdtemp(prefix="lineguard-code-"))
+    try:
+        os.chmod(shared, 0o777)
+        station_lock.release(station_lock.take(shared))  # as root: the file is root's now
+        assert (shared / station_lock.LOCK_FILE).stat().st_uid == 0
+        # The lock's own module (standard library only), where that user can read it, under the base interpreter.
+        (package / "edge").mkdir()
+        (package / "edge" / "__init__.py").write_text("")
+        for module in ("station_lock.py", "errors.py"):
+            shutil.copy(ROOT / "edge" / module, package / "edge" / module)
+        os.chmod(package, 0o755)
+        hold = ("import sys, time; from edge import station_lock; lock = station_lock.take(sys.argv[1]); "
+                "print('locked', flush=True); time.sleep(60)")
+        holder = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                                   os.path.realpath(sys.executable), "-c", hold, str(shared)], cwd=package,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+            assert "locked read-only" in holder.stderr.readline()
+            with pytest.raises(StorageError, match="another lineguard station runs on it"):
+                station_lock.take(shared)
+            assert station_lock.holder(shared) is not None
+        finally:
+            holder.kill()
+            holder.wait(10)
+        station_lock.release(station_lock.take(shared))  # gone with its process
+    finally:
+        shutil.rmtree(shared)
+        shutil.rmtree(package, ignore_errors=True)
+
+
+def test_a_page_on_every_address_is_checked_as_it_binds_ipv4_included():
+    """The page binds "::" for IPv4 too (as the kernel's default dual stack does): a port an IPv4 program holds
+    is in use for it, and check-config says so instead of passing a config `run` would refuse."""
+    from edge.ports import Listener, listen_problem
+
+    port = free_port()
+    with socket.create_server(("0.0.0.0", port)):
+        problem = listen_problem(Listener("web.port", "::", port, dual_stack=True))
+    assert problem == f"web.port: cannot listen on :::{port}: Address already in use"
+    assert listen_problem(Listener("web.port", "::", port, dual_stack=True)) is None  # free again

@@ -24,9 +24,9 @@ from edge.commands import PART_ID_MAX_CHARS
 from edge.config.opcua import OpcuaConfig
 from edge.core.files import read_limited
 from edge.io import IoError
-from edge.io.opcua_calls import answer_calls_apart
+from edge.io.opcua_calls import answer_calls_apart, cancel_calls
 from edge.io.opcua_logins import Logins, follow_peers
-from edge.ports import listen_problem
+from edge.ports import Listener, listen_problem
 from edge.io.opcua_nodes import (NAMESPACE_URI, SET_THRESHOLD_IN, SET_THRESHOLD_OUT, STATION, TRIGGER_IN, TRIGGER_OUT,
                                  VARIABLES, arguments, node_id, variant)
 from edge.io.triggers import INSPECTED, Answer, Trigger
@@ -193,6 +193,7 @@ class OpcuaServer:
             await self._stopping.wait()
         finally:
             self._server = None
+            await cancel_calls()
             await server.stop()
 
     async def _add_station(self, server: Server) -> None:
@@ -318,6 +319,6 @@ def load_credentials(config: OpcuaConfig) -> tuple:
 
 
 def check_port(config: OpcuaConfig) -> None:
-    problem = listen_problem("opcua.port", config.host, config.port)
+    problem = listen_problem(Listener("opcua.port", config.host, config.port, dual_stack=False))
     if problem is not None:
         raise IoError(problem)

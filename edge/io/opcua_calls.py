@@ -19,6 +19,7 @@ from asyncua import ua
 logger = logging.getLogger("lineguard")
 
 CALL_REQUEST = ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)
+CALLS_APART = 4  # per connection; beyond it a call is answered in turn again (a client looping on calls waits)
 _running: set[asyncio.Task] = set()  # the calls under way: a task nothing refers to may be collected
 
 
@@ -41,13 +42,28 @@ def answer_calls_apart() -> bool:
             is_call = nodeid_from_binary(body.copy()) == CALL_REQUEST  # a copy: the original reads the body itself
         except Exception:  # not ours to judge: asyncua answers it as before
             is_call = False
-        if not is_call:
+        apart = getattr(self, "calls_apart", 0)
+        if not is_call or apart >= CALLS_APART:
             return await original(self, seqhdr, body)
+        self.calls_apart = apart + 1
         task = asyncio.get_running_loop().create_task(original(self, seqhdr, body))
         _running.add(task)
-        task.add_done_callback(_running.discard)
+        task.add_done_callback(lambda done: _call_done(self, done))
         return True  # the connection goes on; the call's own task sends its response
 
     process_message.answers_calls_apart = True
     UaProcessor.process_message = process_message
     return True
+
+
+def _call_done(processor, task: asyncio.Task) -> None:
+    processor.calls_apart -= 1
+    _running.discard(task)
+
+
+async def cancel_calls() -> None:
+    """Before the server stops: end the calls still waiting (their triggers are answered on the station's side)."""
+    waiting = [task for task in _running if not task.done()]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)

@@ -55,7 +55,7 @@ class Logins:
         if wait_s is not None:
             if events := self._lockout_log.due():  # a flood of guesses must not flood the journal
                 logger.warning("opcua: login from %s refused without a check: too many wrong passwords, %.0f s "
-                               "to wait%s", peer, wait_s, held_back(events, "refused"))
+                               "to wait%s", peer, wait_s, held_back(events, "logins refused, from any address,"))
             return None
         name_ok = hmac.compare_digest(_digest(username), self._user)
         if hmac.compare_digest(_digest(password), self._password) and name_ok:

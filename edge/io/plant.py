@@ -17,7 +17,6 @@ from edge.config.errors import ConfigError
 from edge.config.io import IoConfig
 from edge.config.opcua import OpcuaConfig, check_opcua_password, resolve_opcua_password
 from edge.io import IoError
-from edge.ports import listen_problem
 from edge.io.triggers import ANSWER_CODES, BUSY, INSPECTED, NO_FRAME, NOT_INSPECTED, Answer, TriggerDesk
 from edge.publish.sinks import VerdictEvent, VerdictSink
 from edge.errors import StartupError
@@ -201,9 +200,7 @@ def preflight_io(config: IoConfig) -> list[str]:
             load_pin_factory(config.gpio.pin_factory).close()
         except IoError as exc:
             problems.append(str(exc))
-    if config.modbus.enabled:
-        problems.append(listen_problem("io.modbus", config.modbus.host, config.modbus.port))
-    return [problem for problem in problems if problem]
+    return problems
 
 
 def preflight_opcua(config: OpcuaConfig) -> list[str]:
@@ -216,12 +213,11 @@ def preflight_opcua(config: OpcuaConfig) -> list[str]:
         problem = str(exc)
     problems = [problem] if problem else []
     try:
-        from edge.io.opcua import check_port, load_credentials
+        from edge.io.opcua import load_credentials
     except ImportError as exc:
         return [*problems, f"opcua.enabled: the OPC UA library is missing ({exc}): install lineguard[edge]"]
-    for check in (load_credentials, check_port):
-        try:
-            check(config)
-        except IoError as exc:
-            problems.append(str(exc))
+    try:
+        load_credentials(config)
+    except IoError as exc:
+        problems.append(str(exc))
     return problems

@@ -148,7 +148,7 @@ class TriggerDesk:
     def _log_busy(self, answer: Answer) -> None:
         if events := self._busy_log.due():
             logger.warning("trigger from %s: %s%s", answer.trigger.origin, answer.reason,
-                           held_back(events, "answered busy"))
+                           held_back(events, "answered busy, from any origin,"))
 
     def _tell(self, event: str, value) -> None:
         for listener in self.listeners:

@@ -11,6 +11,7 @@ import threading
 import uvicorn
 
 from edge.errors import StartupError
+from edge.ports import bind_socket, why
 from edge.web.protocol import limited_protocol
 
 logger = logging.getLogger("lineguard")
@@ -34,14 +35,10 @@ class WebServer:
 
     @staticmethod
     def _bind(host: str, port: int, setting: str) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock = bind_socket(host, port)
         except OSError as exc:
-            sock.close()
-            raise StartupError(f"{setting}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise StartupError(f"{setting}: cannot listen on {host}:{port}: {why(exc)}") from None
         sock.listen(64)
         sock.set_inheritable(True)
         return sock

@@ -108,7 +108,10 @@ async function loadReview() {
   if (isoOf("review-since")) query.set("since", isoOf("review-since"));
   if (isoOf("review-until")) query.set("until", isoOf("review-until"));
   let data;
-  try { data = await api("/api/review?" + query); } catch (error) { text("review-message", error.message); return; }
+  try { data = await api("/api/review?" + query); } catch (error) {
+    if (request === reviewRequests) text("review-message", error.message);
+    return;
+  }
   if (request !== reviewRequests) return;
   const list = $("review-list");
   list.replaceChildren();
