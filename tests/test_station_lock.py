@@ -18,7 +18,7 @@ from edge import station_lock
 from edge.errors import StorageError
 from tests.support.broker import free_port
 from tests.support.daemon_harness import BASE, DaemonProcess, results, sample_folder, write_config
-from tests.support.helpers import ROOT, run_cli, wait_until
+from tests.support.helpers import MNIST_BUNDLE, ROOT, run_cli, wait_until
 
 WAIT_S = 30.0
 
@@ -172,3 +172,29 @@ def test_a_page_on_every_address_is_checked_as_it_binds_ipv4_included():
         problem = listen_problem(Listener("web.port", "::", port, dual_stack=True))
     assert problem == f"web.port: cannot listen on :::{port}: Address already in use"
     assert listen_problem(Listener("web.port", "::", port, dual_stack=True)) is None  # free again
+
+
+def test_a_second_station_turned_away_leaves_the_running_stations_stored_threshold_alone(tmp_path, broker):
+    """A second station with another model on the same storage.dir would drop the running one's stored threshold
+    (it is another model's to it): the lock is taken before anything is written there."""
+    from edge.threshold_store import THRESHOLD_FILE, save_threshold
+    from tests.test_threshold_store import TILE_BUNDLE, model_sha
+
+    state = tmp_path / "state"
+    state.mkdir()
+    save_threshold(state, 30.0, {"name": "mnist-1", "sha256": model_sha(MNIST_BUNDLE)}, "test")
+    stored = (state / THRESHOLD_FILE).read_bytes()
+    config = write_config(tmp_path, broker.port, sample_folder(tmp_path), source={"fps": 5, "loop": True})
+    running = DaemonProcess(config)
+    try:
+        assert running.wait_for_log("ready: model", WAIT_S), running.log()[-3000:]
+        other = tmp_path / "other"
+        other.mkdir()
+        second = DaemonProcess(write_config(other, broker.port, sample_folder(other), model=str(TILE_BUNDLE),
+                                            storage={"dir": str(state)}))
+        assert second.wait(60) == 75, second.log()[-3000:]
+        assert "another lineguard station runs on it" in second.log()
+        assert (state / THRESHOLD_FILE).read_bytes() == stored
+        assert not list(state.glob(f"{THRESHOLD_FILE}.dropped-*")), sorted(p.name for p in state.iterdir())
+    finally:
+        running.kill()
