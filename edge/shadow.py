@@ -141,12 +141,12 @@ class ShadowSink(VerdictSink):
         if candidate is None and settled:
             self._skipped_loading = 0  # none came of the loading (refused, or stopped)
             return False
-        if candidate is not None and self._skipped_loading:
+        if settled and self._skipped_loading:
             candidate.skipped, self._skipped_loading = candidate.skipped + self._skipped_loading, 0
         if not self._slots.acquire(blocking=False):
-            if candidate is not None:
+            if settled:
                 candidate.skipped += 1  # only the frame loop counts skips: one writer
-            else:
+            else:  # a candidate is loading (the first, or one a reload named): its skips are counted on it
                 self._skipped_loading += 1
             return False
         return True

@@ -142,4 +142,6 @@ def test_frames_skipped_while_the_candidate_loads_are_counted_on_it_once_it_is_t
     sink = ShadowSink(lambda: SimpleNamespace(shadow=SimpleNamespace(model=MNIST_BUNDLE)))
     assert [sink.wants(None) for _ in range(MAX_PENDING + 3)] == [True] * MAX_PENDING + [False] * 3
     sink.candidate = SimpleNamespace(skipped=0)  # loaded now (its two waiting frames are still being scored)
-    assert sink.wants(None) is False and sink.candidate.skipped == 3 + 1
+    assert sink.wants(None) is False and sink.candidate.skipped == 0  # the loader has not said it is done
+    sink.configured = MNIST_BUNDLE
+    assert sink.wants(None) is False and sink.candidate.skipped == 4 + 1
