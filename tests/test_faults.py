@@ -389,16 +389,16 @@ def small_disk(tmp_path) -> Iterator[Path]:
 
 
 def fill(disk: Path, leave_bytes: int = 0) -> Path:
-    """Fill the file system with one file until ENOSPC, then give back ``leave_bytes``."""
+    """Fill the file system with one file until ENOSPC, or until only ``leave_bytes`` are free. The disk is
+    never full on the way to leave_bytes: a daemon writing meanwhile must see only what the test means."""
     filler = disk / f"filler-{time.monotonic_ns()}"
+    chunk = 64 * 1024
     with open(filler, "wb", buffering=0) as handle:  # unbuffered: closing has nothing left to write
         try:
-            while True:
-                handle.write(bytes(64 * 1024))
+            while not leave_bytes or (free := shutil.disk_usage(disk).free - leave_bytes) > 0:
+                handle.write(bytes(min(chunk, free) if leave_bytes else chunk))
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
-    if leave_bytes:
-        os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
     return filler
 
 
