@@ -28,10 +28,13 @@ def listeners(cfg) -> list[Listener]:
             for setting, section, dual in servers if section.enabled]
 
 
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port as the page's servers bind it (OSError when it cannot be)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family_of(host), socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -47,8 +50,7 @@ def listen_problem(listener: Listener) -> str | None:
         if listener.dual_stack:
             bind_socket(listener.host, listener.port).close()
         else:
-            family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
-            socket.create_server((listener.host, listener.port), family=family).close()
+            socket.create_server((listener.host, listener.port), family=family_of(listener.host)).close()
     except OSError as exc:
         return f"{listener.setting}: cannot listen on {listener.host}:{listener.port}: {why(exc)}"
     return None

@@ -32,8 +32,8 @@ def limited_protocol(read_timeout_s: float, max_connections: int, setting: str =
     ``setting`` names its section in the warning when it is full."""
     section = setting.split(".")[0]
     return type("LimitedH11Protocol", (LimitedH11Protocol,), {
-        "read_timeout_s": read_timeout_s, "max_connections": max_connections, "open": {}, "full_log": LogLimit(CAP_WARNING_EVERY_S),
-        "section": section})
+        "read_timeout_s": read_timeout_s, "max_connections": max_connections, "open": {},
+        "full_log": LogLimit(CAP_WARNING_EVERY_S), "section": section})
 
 
 class LimitedH11Protocol(H11Protocol):
